@@ -1,0 +1,46 @@
+# make demo: a fresh machine to a finished curation run on the sample pool.
+# make test: whatever set-up is missing, then the test suite.
+# Both are idempotent: a second call only redoes what changed.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.curate-installed
+SVG_DIR := /usr/share/openclipart/svg
+POOL := data/openclipart/summary.json
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test setup pool bench clean
+
+setup: $(STAMP)
+
+# torch first, from the versions this machine keeps on disk (see DEVELOPERS.md), then the package
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+$(SVG_DIR):
+	$(SUDO) apt-get update -q
+	$(SUDO) apt-get install -y -q openclipart-svg
+
+$(POOL): | $(STAMP) $(SVG_DIR)
+	$(BIN)/curate sample openclipart --out data/openclipart
+
+pool: $(POOL)
+
+demo: $(STAMP) $(POOL)
+	$(BIN)/curate run pipelines/quickstart.yaml
+	@echo
+	@echo "demo finished: shards in out/quickstart/shards, report in out/quickstart/report.html"
+
+test: $(STAMP) | $(SVG_DIR)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP) $(POOL)
+	$(BIN)/python bench/heuristics.py
+
+clean:
+	rm -rf out .pytest_cache

@@ -1,0 +1,121 @@
+"""The `curate` command line."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from curate.io.readers import InputError
+from curate.pipeline import ConfigError, load_pipeline
+
+
+class UserError(click.ClickException):
+    """A problem with the user's input or files: printed without a traceback, exit code 2."""
+
+    exit_code = 2
+
+
+def _user_errors(fn):
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, InputError, FileExistsError, FileNotFoundError) as exc:
+            raise UserError(str(exc)) from exc
+
+    wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
+    return wrapper
+
+
+@click.group()
+def main() -> None:
+    """curate: curate image-text pretraining data and score every data choice end to end."""
+
+
+@main.command()
+@click.argument("pipeline", type=click.Path(dir_okay=False))
+@click.option("--input", "input_paths", multiple=True, help="Input path(s); overrides the pipeline's input.")
+@click.option("--output", help="Output folder; overrides the pipeline's output.")
+@click.option("--engine", type=click.Choice(["local"]), default="local", show_default=True, help="Where to run.")
+@click.option("--workers", type=click.IntRange(min=1), default=max(1, (os.cpu_count() or 1)), show_default=True,
+              help="Worker processes (local engine).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key, e.g. stages[1].min_words=3.")
+@click.option("--overwrite", is_flag=True, help="Replace an output folder that holds another run.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_user_errors
+def run(pipeline, input_paths, output, engine, workers, overrides, overwrite, quiet):
+    """Run PIPELINE (a YAML file): filter, dedup and write shards, ledger, stats and report."""
+    from curate.engines import ENGINES
+    from curate.runner import run_pipeline
+
+    spec = load_pipeline(pipeline, list(overrides))
+    runner = ENGINES[engine](workers=workers, progress=not quiet)
+    stats = run_pipeline(spec, runner, list(input_paths) or None, output, overwrite)
+    out = Path(output or spec.settings.output)
+    if stats.get("resumed_complete"):
+        click.echo(f"{out} already holds this finished run (use --overwrite to redo it)")
+    click.echo(f"\n{spec.name}: {stats['input']} in -> {stats['kept']} kept ({100 * stats['kept_fraction']:.1f}%), "
+               f"{stats['rejected']} rejected")
+    for stage in stats["stages"]:
+        if stage["rejected"]:
+            reasons = ", ".join(f"{r} {n}" for r, n in stage["reasons"].items())
+            click.echo(f"  {stage['key']:<24} -{stage['rejected']:<7} {reasons}")
+    click.echo(f"shards:  {out / 'shards'}\nparquet: {out / 'parquet'}\nledger:  {out / 'rejected.parquet'}\n"
+               f"report:  {out / 'report.html'}\nstats:   {out / 'stats.json'}")
+
+
+@main.command()
+@click.argument("pipeline", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key before validating.")
+@_user_errors
+def validate(pipeline, overrides):
+    """Check a pipeline file without running it."""
+    spec = load_pipeline(pipeline, list(overrides))
+    spec.check_columns([])
+    click.echo(f"{pipeline}: ok ({spec.name}: {' -> '.join(s.name for s in spec.stages)})")
+
+
+@main.command()
+def stages():
+    """List the registered stages with their parameters."""
+    from curate.stages import REGISTRY
+
+    for name, cls in REGISTRY.items():
+        kind = "global" if cls.__mro__[1].__name__ == "GlobalStage" else "map"
+        click.echo(f"{name} ({kind}): {cls.summary()}")
+        for field, info in cls.Config.model_fields.items():
+            annotation = getattr(info.annotation, "__name__", str(info.annotation)).replace("typing.", "")
+            doc = f"  {info.description}" if info.description else ""
+            click.echo(f"    {field}: {annotation} = {info.default!r}{doc}")
+        if cls.reasons:
+            click.echo(f"    rejects: {', '.join(cls.reasons)}")
+
+
+@main.group()
+def sample():
+    """Build sample data sets."""
+
+
+@sample.command("openclipart")
+@click.option("--out", default="data/openclipart", show_default=True, type=click.Path(file_okay=False))
+@click.option("--source", default="/usr/share/openclipart/svg", show_default=True, type=click.Path(file_okay=False))
+@click.option("--limit", type=click.IntRange(min=1), help="Render only this many drawings, spread evenly (tests).")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Render processes (default: all cores).")
+@click.option("--eval-percent", type=click.IntRange(0, 100), default=10, show_default=True,
+              help="Share of drawings held out as the eval split.")
+@click.option("--max-side", type=click.IntRange(min=16), default=512, show_default=True,
+              help="Cap on the longer side of a rendered image.")
+@_user_errors
+def openclipart(out, source, limit, workers, eval_percent, max_side):
+    """Render Debian's openclipart-svg drawings into a pool and a held-out eval split."""
+    from curate.sample.openclipart import build_pool
+
+    summary = build_pool(Path(out), Path(source), workers, limit, eval_percent, max_side)
+    click.echo(f"{summary['rendered']} of {summary['svgs']} drawings rendered ({summary['failed']} failed, listed in "
+               f"{out}/summary.json): {summary['pool']} in {out}/pool, {summary['eval']} in {out}/eval")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

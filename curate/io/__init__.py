@@ -1,0 +1,1 @@
+"""Readers and writers for Parquet, WebDataset and img2dataset data."""

@@ -1,0 +1,136 @@
+"""Writers: Parquet parts, WebDataset tars, the rejection ledger and DataComp uid files.
+
+Every file is written under a temporary name and renamed into place on commit, so a
+crashed run never leaves a half-written output behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curate.schema import LEDGER_SCHEMA, uid_array
+
+TMP_SUFFIX = ".tmp"
+_MAGIC = ((b"\xff\xd8\xff", "jpg"), (b"\x89PNG", "png"), (b"GIF8", "gif"), (b"BM", "bmp"))
+
+
+def image_extension(data: bytes) -> str:
+    """WebDataset extension for encoded image bytes, from their magic number."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    for magic, ext in _MAGIC:
+        if data.startswith(magic):
+            return ext
+    return "img"
+
+
+def temp_path(path: Path) -> Path:
+    """Where `path` is written before it is committed."""
+    return path.with_name(path.name + TMP_SUFFIX)
+
+
+def remove_temp_files(folder: Path) -> int:
+    """Delete leftovers of an interrupted run; returns how many were removed."""
+    removed = 0
+    for path in folder.rglob(f"*{TMP_SUFFIX}"):
+        path.unlink()
+        removed += 1
+    return removed
+
+
+class PartWriter:
+    """Writes one task's rows to a Parquet part and, optionally, a WebDataset tar, atomically.
+
+    Use as a context manager: the files appear under their final names only when the
+    block ends without an exception.
+    """
+
+    def __init__(self, parquet_path: Path, tar_path: Path | None = None):
+        self.parquet_path, self.tar_path = parquet_path, tar_path
+        self.rows = 0
+        self._parquet: pq.ParquetWriter | None = None
+        self._schema: pa.Schema | None = None
+        self._tar = None
+
+    def __enter__(self) -> "PartWriter":
+        self.parquet_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.tar_path is not None:
+            import webdataset as wds
+
+            self.tar_path.parent.mkdir(parents=True, exist_ok=True)
+            self._tar = wds.TarWriter(str(temp_path(self.tar_path)), mtime=0)
+        return self
+
+    def write(self, table: pa.Table) -> None:
+        """Append a batch of rows."""
+        if self._parquet is None:
+            self._schema = table.schema
+            self._parquet = pq.ParquetWriter(temp_path(self.parquet_path), self._schema, compression="zstd")
+        elif not table.schema.equals(self._schema):
+            table = table.select(self._schema.names).cast(self._schema)
+        if table.num_rows:
+            self._parquet.write_table(table)
+        if self._tar is not None:
+            self._write_tar(table)
+        self.rows += table.num_rows
+
+    def _write_tar(self, table: pa.Table) -> None:
+        meta_columns = [f.name for f in table.schema if not pa.types.is_binary(f.type) and not pa.types.is_large_binary(f.type)]
+        metas = table.select(meta_columns).to_pylist()
+        for image, meta in zip(table.column("image").to_pylist(), metas):
+            self._tar.write(
+                {
+                    "__key__": meta["uid"],
+                    image_extension(image): image,
+                    "txt": meta["text"] or "",
+                    "json": json.dumps(meta, ensure_ascii=False, default=str).encode("utf-8"),
+                }
+            )
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._tar is not None:
+            self._tar.close()
+        if self._parquet is None and exc_type is None:
+            raise ValueError(f"{self.parquet_path}: nothing was written; call write() with an empty batch at least")
+        if self._parquet is not None:
+            self._parquet.close()
+        written = [self.parquet_path] + ([self.tar_path] if self.tar_path else [])
+        for path in written:
+            tmp = temp_path(path)
+            if exc_type is None:
+                os.replace(tmp, path)
+            elif tmp.exists():
+                tmp.unlink()
+
+
+def write_table_atomic(table: pa.Table, path: Path) -> None:
+    """Write a whole table to Parquet under a temporary name, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, temp_path(path), compression="zstd")
+    os.replace(temp_path(path), path)
+
+
+def write_json_atomic(data: dict, path: Path) -> None:
+    """Write JSON under a temporary name, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp_path(path).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    os.replace(temp_path(path), path)
+
+
+def empty_ledger() -> pa.Table:
+    """A rejection ledger with no rows."""
+    return LEDGER_SCHEMA.empty_table()
+
+
+def write_uids(uids: list[str], path: Path) -> None:
+    """DataComp subset file: sorted uids as 128-bit pairs of uint64 (dtype u8,u8)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(temp_path(path), "wb") as handle:
+        np.save(handle, uid_array(uids))
+    os.replace(temp_path(path), path)

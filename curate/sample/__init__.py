@@ -1,0 +1,1 @@
+"""Builders of the sample data the project works on here."""

@@ -1,0 +1,105 @@
+"""The sample schema: one Arrow row per image-text pair, the same on every engine."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+CORE_FIELDS = (
+    pa.field("uid", pa.string(), nullable=False),
+    pa.field("url", pa.string()),
+    pa.field("text", pa.string()),
+    pa.field("image", pa.binary()),
+    pa.field("width", pa.int32()),
+    pa.field("height", pa.int32()),
+)
+CORE_SCHEMA = pa.schema(CORE_FIELDS)
+REQUIRED_INPUT_COLUMNS = ("text", "image")
+
+LEDGER_SCHEMA = pa.schema(
+    [
+        pa.field("uid", pa.string(), nullable=False),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("value", pa.string()),
+    ]
+)
+
+UID_DTYPE = np.dtype("u8,u8")  # DataComp: a 128-bit uid as two uint64
+
+
+def make_uid(url: str | None, text: str | None) -> str:
+    """DataComp-style uid for a sample that has none: md5 of url and text, 32 hex chars."""
+    return hashlib.md5(f"{url or ''}\x00{text or ''}".encode("utf-8")).hexdigest()
+
+
+def is_hex_uid(uid: str) -> bool:
+    """True when uid is already a 128-bit hex id."""
+    if len(uid) != 32:
+        return False
+    try:
+        int(uid, 16)
+    except ValueError:
+        return False
+    return True
+
+
+def uid_array(uids: list[str]) -> np.ndarray:
+    """Sorted DataComp uid array (dtype u8,u8); ids that are not 32 hex chars are md5-hashed."""
+    hexes = [u if is_hex_uid(u) else hashlib.md5(u.encode("utf-8")).hexdigest() for u in uids]
+    arr = np.array([(int(h[:16], 16), int(h[16:], 16)) for h in hexes], dtype=UID_DTYPE)
+    arr.sort()
+    return arr
+
+
+def normalize(table: pa.Table, source: str) -> pa.Table:
+    """Bring a table read from `source` to the core schema, keeping any extra columns.
+
+    Adds a uid (md5 of url+text) where missing, casts core columns to their types and
+    fills width/height with nulls until the decoder sets them.
+    """
+    missing = [c for c in REQUIRED_INPUT_COLUMNS if c not in table.column_names]
+    if missing:
+        raise ValueError(
+            f"{source}: missing column(s) {missing}; an input needs at least 'text' (caption) "
+            f"and 'image' (encoded bytes), found {table.column_names}"
+        )
+    n = table.num_rows
+    if "url" not in table.column_names:
+        table = table.append_column("url", pa.nulls(n, pa.string()))
+    if "uid" not in table.column_names or table.column("uid").null_count == n:
+        urls = table.column("url").to_pylist()
+        texts = table.column("text").to_pylist()
+        uids = pa.array([make_uid(u, t) for u, t in zip(urls, texts)], pa.string())
+        table = set_column(table, "uid", uids)
+    for name in ("width", "height"):
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(n, pa.int32()))
+    for field in CORE_FIELDS:
+        col = table.column(field.name)
+        if field.name == "uid" and col.null_count:
+            raise ValueError(f"{source}: {col.null_count} row(s) have a null uid")
+        if not col.type.equals(field.type):
+            try:
+                col = pc.cast(col, field.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise ValueError(
+                    f"{source}: column '{field.name}' has type {col.type}, expected {field.type}"
+                ) from exc
+            table = set_column(table, field.name, col)
+    core = [f.name for f in CORE_FIELDS]
+    return table.select(core + [c for c in table.column_names if c not in core])
+
+
+def set_column(table: pa.Table, name: str, values, type: pa.DataType | None = None) -> pa.Table:
+    """Replace or append column `name` with `values` (a list or Arrow array)."""
+    if not isinstance(values, (pa.Array, pa.ChunkedArray)):
+        values = pa.array(values, type=type)
+    elif type is not None and not values.type.equals(type):
+        values = pc.cast(values, type)
+    if name in table.column_names:
+        return table.set_column(table.column_names.index(name), name, values)
+    return table.append_column(name, values)

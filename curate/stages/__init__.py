@@ -1,0 +1,17 @@
+"""The stage registry: every stage a pipeline can name, by its registered name."""
+
+from curate.stage import Stage
+from curate.stages.caption import Caption
+from curate.stages.decode import Decode
+from curate.stages.exact_dedup import ExactDedup
+from curate.stages.file_size import FileSize
+from curate.stages.image_size import ImageSize
+from curate.stages.language import Language
+from curate.stages.near_dedup import NearDedup
+from curate.stages.resize import Resize
+from curate.stages.text_filter import TextFilter
+
+REGISTRY: dict[str, type[Stage]] = {
+    cls.name: cls
+    for cls in (Decode, ImageSize, FileSize, Caption, Language, TextFilter, Resize, ExactDedup, NearDedup)
+}

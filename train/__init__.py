@@ -1,0 +1,1 @@
+"""Trainers and evaluation (CLIP, LLaVA); they read the shards that curate writes."""
