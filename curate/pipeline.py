@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from curate.schema import CORE_SCHEMA
+from curate.schema import INPUT_SCHEMA
 from curate.stage import Stage, StageConfig
 from curate.stages import REGISTRY
 
@@ -65,7 +65,7 @@ class Pipeline:
 
     def check_columns(self, input_columns: list[str]) -> None:
         """Fail when a stage reads a column that neither the input nor an earlier stage provides."""
-        available = set(input_columns) | set(CORE_SCHEMA.names)
+        available = set(input_columns) | set(INPUT_SCHEMA.names)
         for i, spec in enumerate(self.stages):
             cls = REGISTRY[spec.name]
             missing = [c for c in cls.reads if c not in available]

@@ -59,8 +59,9 @@ def _distributions(kept) -> list[tuple[str, str]]:
     ax.set_xlabel("caption length (characters)")
     ax.set_ylabel("kept samples")
     plots.append(("Caption length", _png(fig)))
-    widths, heights = kept.column("width").to_pylist(), kept.column("height").to_pylist()
-    sized = [(w, h) for w, h in zip(widths, heights) if w and h]
+    sized = []
+    if "width" in kept.column_names:
+        sized = [(w, h) for w, h in zip(kept.column("width").to_pylist(), kept.column("height").to_pylist()) if w and h]
     if sized:
         fig, ax = plt.subplots(figsize=(6, 3))
         ax.scatter([w for w, _ in sized], [h for _, h in sized], s=4, alpha=0.4)
@@ -82,13 +83,10 @@ def _distributions(kept) -> list[tuple[str, str]]:
 
 def write_report(layout, stats: dict) -> None:
     """Write OUTPUT/report.html from stats.json's content and the kept Parquet parts."""
-    columns = ["text", "width", "height"]
-    schema_names = set()
     parts = sorted(layout.parquet.glob("*.parquet"))
     if parts:
-        schema_names = set(pq.read_schema(parts[0]).names)
-        if "lang" in schema_names:
-            columns.append("lang")
+        names = set(pq.read_schema(parts[0]).names)
+        columns = [c for c in ("text", "width", "height", "lang") if c in names]
         kept = ds.dataset(parts, format="parquet").to_table(columns=columns)
     else:
         kept = None

@@ -16,7 +16,7 @@ CORE_FIELDS = (
     pa.field("width", pa.int32()),
     pa.field("height", pa.int32()),
 )
-CORE_SCHEMA = pa.schema(CORE_FIELDS)
+INPUT_SCHEMA = pa.schema(CORE_FIELDS[:4])  # what every reader yields; width/height come from the decoder
 REQUIRED_INPUT_COLUMNS = ("text", "image")
 
 LEDGER_SCHEMA = pa.schema(
@@ -58,8 +58,8 @@ def uid_array(uids: list[str]) -> np.ndarray:
 def normalize(table: pa.Table, source: str) -> pa.Table:
     """Bring a table read from `source` to the core schema, keeping any extra columns.
 
-    Adds a uid (md5 of url+text) where missing, casts core columns to their types and
-    fills width/height with nulls until the decoder sets them.
+    Adds a uid (md5 of url+text) and url where missing and casts core columns (including
+    width/height when the input has them) to their types.
     """
     missing = [c for c in REQUIRED_INPUT_COLUMNS if c not in table.column_names]
     if missing:
@@ -75,10 +75,9 @@ def normalize(table: pa.Table, source: str) -> pa.Table:
         texts = table.column("text").to_pylist()
         uids = pa.array([make_uid(u, t) for u, t in zip(urls, texts)], pa.string())
         table = set_column(table, "uid", uids)
-    for name in ("width", "height"):
-        if name not in table.column_names:
-            table = table.append_column(name, pa.nulls(n, pa.int32()))
     for field in CORE_FIELDS:
+        if field.name not in table.column_names:
+            continue
         col = table.column(field.name)
         if field.name == "uid" and col.null_count:
             raise ValueError(f"{source}: {col.null_count} row(s) have a null uid")
@@ -90,7 +89,7 @@ def normalize(table: pa.Table, source: str) -> pa.Table:
                     f"{source}: column '{field.name}' has type {col.type}, expected {field.type}"
                 ) from exc
             table = set_column(table, field.name, col)
-    core = [f.name for f in CORE_FIELDS]
+    core = [f.name for f in CORE_FIELDS if f.name in table.column_names]
     return table.select(core + [c for c in table.column_names if c not in core])
 
 

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from curate.engines.base import Pass, RunLayout, StageStats, merge_stats, plan_passes, run_pass_on_batch
 from curate.io.readers import InputTask, read_task
 from curate.io.writers import PartWriter, remove_temp_files, temp_path, write_json_atomic, write_table_atomic
-from curate.schema import CORE_SCHEMA, LEDGER_SCHEMA
+from curate.schema import INPUT_SCHEMA, LEDGER_SCHEMA
 from curate.stage import GlobalStage, Stage, Verdict
 
 
@@ -69,7 +69,7 @@ def _batches(job: TaskJob, layout: RunLayout):
     An empty task yields one empty batch, so its outputs still exist with a schema."""
     batch_size = job.pipeline.settings.batch_size
     if job.pass_.index == 0:
-        batches, empty = read_task(job.task, batch_size), CORE_SCHEMA.empty_table()
+        batches, empty = read_task(job.task, batch_size), INPUT_SCHEMA.empty_table()
     else:
         source = pq.ParquetFile(layout.intermediate(job.pass_.index - 1, job.task.index))
         batches = (Verdict(pa.Table.from_batches([b])) for b in source.iter_batches(batch_size=batch_size))

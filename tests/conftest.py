@@ -1,0 +1,76 @@
+"""Shared fixtures: a small real pool rendered from openclipart-svg, and real faulty images."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from curate.sample.openclipart import DEFAULT_SOURCE, build_pool
+
+POOL_LIMIT = 160
+
+
+@pytest.fixture(scope="session")
+def pool_root(tmp_path_factory) -> Path:
+    """A real pool: POOL_LIMIT drawings rendered by the project's builder, in several tasks."""
+    if not DEFAULT_SOURCE.is_dir():
+        pytest.fail(f"{DEFAULT_SOURCE} missing: run `make test` (it installs openclipart-svg)")
+    out = tmp_path_factory.mktemp("openclipart")
+    build_pool(out, limit=POOL_LIMIT, rows_per_file=80, rows_per_group=40, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def pool_table(pool_root) -> pa.Table:
+    """The pool split as one table."""
+    return pa.concat_tables(pq.read_table(p) for p in sorted((pool_root / "pool").glob("*.parquet")))
+
+
+@pytest.fixture(scope="session")
+def real_jpeg(pool_table) -> bytes:
+    """One real rendered pool image."""
+    return pool_table.column("image")[0].as_py()
+
+
+@pytest.fixture(scope="session")
+def fault_images(real_jpeg) -> dict[str, bytes | None]:
+    """One real example of each image fault class, keyed by the reason decode must give."""
+    bomb = io.BytesIO()
+    Image.new("1", (12_000, 12_000)).save(bomb, format="PNG")  # 144 Mpx in a few kB
+    png = io.BytesIO()
+    Image.open(io.BytesIO(real_jpeg)).save(png, format="PNG")
+    return {
+        "missing_image": None,
+        "empty_image": b"",
+        "corrupt_image": b"<html><body>404 Not Found</body></html>",
+        "truncated_image": real_jpeg[: len(real_jpeg) // 2],
+        "decompression_bomb": bomb.getvalue(),
+        "truncated_png": png.getvalue()[: len(png.getvalue()) * 2 // 3],
+    }
+
+
+@pytest.fixture()
+def faulty_input(tmp_path, pool_table, fault_images) -> Path:
+    """A Parquet input: the real pool plus one row per fault class (and an empty caption)."""
+    faults = [
+        {"uid": f"{i:032x}", "url": f"http://example.test/{reason}", "text": f"a drawing with a {reason} fault",
+         "image": data}
+        for i, (reason, data) in enumerate(fault_images.items(), start=1)
+    ]
+    faults.append({"uid": f"{99:032x}", "url": "http://example.test/blank", "text": "   ",
+                   "image": pool_table.column("image")[1].as_py()})
+    biggest = max(pool_table.column("image").to_pylist(), key=len)
+    faults += [{"uid": f"{k:032x}", "url": f"http://example.test/copy{k}", "text": "a colourful drawing of a friendly cat",
+                "image": biggest} for k in (100, 101)]  # an exact duplicate pair that passes every filter
+    base = pool_table.select(["uid", "url", "text", "image", "category"])
+    extra = pa.Table.from_pylist([{**f, "category": "faults"} for f in faults], schema=base.schema)
+    folder = tmp_path / "input"
+    folder.mkdir()
+    pq.write_table(base, folder / "a.parquet", row_group_size=40)
+    pq.write_table(extra, folder / "b.parquet")
+    return folder

@@ -1,0 +1,58 @@
+"""The simple map stages: caption, image_size, file_size, text_filter."""
+
+import pyarrow as pa
+import pytest
+from pydantic import ValidationError
+
+from curate.stages.caption import Caption, CaptionConfig
+from curate.stages.file_size import FileSize, FileSizeConfig
+from curate.stages.image_size import ImageSize, ImageSizeConfig
+from curate.stages.text_filter import TextFilter, TextFilterConfig
+
+
+def _uids(n):
+    return [f"{i:032x}" for i in range(n)]
+
+
+def test_caption_datacomp_rule():
+    texts = [None, "   ", "two words", "three tiny w", "a b c", "three real words", "x" * 50]
+    table = pa.table({"uid": _uids(len(texts)), "text": pa.array(texts, pa.string())})
+    verdict = Caption(CaptionConfig(min_words=3, min_chars=6, max_chars=40)).process(table)
+    assert verdict.reasons == ["empty_caption", "empty_caption", "too_few_words", None, "too_few_chars", None,
+                               "too_few_words"]
+    long = Caption(CaptionConfig(max_chars=40)).process(pa.table({"uid": _uids(1), "text": ["word " * 20]}))
+    assert long.reasons == ["caption_too_long"]
+
+
+def test_image_size_bounds():
+    sizes = [(300, 300), (199, 500), (900, 200), (200, 601), (5000, 4000)]
+    table = pa.table({"uid": _uids(5), "width": [w for w, _ in sizes], "height": [h for _, h in sizes]})
+    verdict = ImageSize(ImageSizeConfig(min_side=200, max_side=4096, max_aspect_ratio=3)).process(table)
+    assert verdict.reasons == [None, "image_too_small", "aspect_ratio", "aspect_ratio", "image_too_large"]
+
+
+def test_image_size_needs_decode():
+    table = pa.table({"uid": _uids(1), "width": pa.array([None], pa.int32()), "height": pa.array([None], pa.int32())})
+    with pytest.raises(ValueError, match="run 'decode' before 'image_size'"):
+        ImageSize(ImageSizeConfig()).process(table)
+
+
+def test_file_size_laion_rule(real_jpeg):
+    table = pa.table({"uid": _uids(3), "image": pa.array([real_jpeg, b"x" * 4999, None], pa.binary())})
+    verdict = FileSize(FileSizeConfig(min_bytes=5000)).process(table)
+    assert verdict.reasons == [None if len(real_jpeg) >= 5000 else "file_too_small", "file_too_small", "file_too_small"]
+
+
+def test_text_filter_patterns_and_whole_word_blocklist(tmp_path):
+    words = tmp_path / "block.txt"
+    words.write_text("# comment\nspam\n")
+    stage = TextFilter(TextFilterConfig(patterns=[r"https?://"], blocklist=["ugly"], blocklist_file=str(words)))
+    stage.setup()
+    texts = ["see http://x.test", "an Ugly duckling", "spammy but fine", "SPAM offer", "a clean caption"]
+    verdict = stage.process(pa.table({"uid": _uids(5), "text": texts}))
+    assert verdict.reasons == ["pattern", "blocklist", None, "blocklist", None]
+
+
+def test_text_filter_rejects_bad_regex():
+    with pytest.raises(ValidationError, match="not a valid regular expression"):
+        TextFilterConfig(patterns=["(unclosed"])

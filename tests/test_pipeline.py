@@ -1,0 +1,99 @@
+"""Pipeline files: validation before work, errors with file and key path, overrides."""
+
+from pathlib import Path
+
+import pytest
+
+from curate.pipeline import ConfigError, load_pipeline
+from curate.stages import REGISTRY
+
+RECIPES = Path(__file__).parents[1] / "pipelines"
+
+
+def write(tmp_path, text):
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    return path
+
+
+GOOD = """
+name: t
+input: in
+output: out
+stages:
+  - stage: decode
+  - stage: language
+  - stage: caption
+    min_words: 3
+"""
+
+
+def test_good_file_gives_typed_configs(tmp_path):
+    pipeline = load_pipeline(write(tmp_path, GOOD))
+    assert [s.name for s in pipeline.stages] == ["decode", "language", "caption"]
+    assert pipeline.stages[2].config.min_words == 3
+    assert pipeline.stages[1].config.languages == ["en"]
+
+
+def test_wrong_type_names_file_and_key_path(tmp_path):
+    path = write(tmp_path, GOOD.replace("min_words: 3", "min_words: three"))
+    with pytest.raises(ConfigError) as err:
+        load_pipeline(path)
+    message = str(err.value)
+    assert str(path) in message and "stages[2].min_words" in message and "integer" in message
+
+
+def test_unknown_parameter_and_unknown_stage(tmp_path):
+    with pytest.raises(ConfigError, match=r"stages\[2\]\.min_wrods.*Extra inputs"):
+        load_pipeline(write(tmp_path, GOOD.replace("min_words", "min_wrods")))
+    with pytest.raises(ConfigError) as err:
+        load_pipeline(write(tmp_path, GOOD.replace("stage: language", "stage: langauge")))
+    assert "stages[1].stage: unknown stage 'langauge'" in str(err.value)
+    assert all(name in str(err.value) for name in REGISTRY)
+
+
+def test_structural_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_pipeline(write(tmp_path, "name: [unclosed"))
+    with pytest.raises(ConfigError, match="stages: expected a non-empty list"):
+        load_pipeline(write(tmp_path, "name: t\nstages: decode\n"))
+    with pytest.raises(ConfigError, match=r"stages\[0\]: expected a mapping with a 'stage' key"):
+        load_pipeline(write(tmp_path, "name: t\nstages:\n  - decode\n"))
+    with pytest.raises(ConfigError, match="batch_size"):
+        load_pipeline(write(tmp_path, GOOD + "batch_size: -4\n"))
+    with pytest.raises(ConfigError, match="name"):
+        load_pipeline(write(tmp_path, "stages:\n  - stage: decode\n"))
+
+
+def test_overrides(tmp_path):
+    path = write(tmp_path, GOOD)
+    pipeline = load_pipeline(path, ["stages[2].min_words=5", "output=elsewhere", "stages[1].languages=[en, de]"])
+    assert pipeline.stages[2].config.min_words == 5
+    assert pipeline.settings.output == "elsewhere"
+    assert pipeline.stages[1].config.languages == ["en", "de"]
+    with pytest.raises(ConfigError, match=r"has no key 'stages\[9\]\.min_words'"):
+        load_pipeline(path, ["stages[9].min_words=1"])
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_pipeline(path, ["stages[1]"])
+    with pytest.raises(ConfigError, match=r"stages\[2\]\.min_words"):
+        load_pipeline(path, ["stages[2].min_words=many"])
+
+
+def test_column_check_names_stage_and_fix(tmp_path):
+    pipeline = load_pipeline(write(tmp_path, "name: t\nstages:\n  - stage: image_size\n    min_side: 10\n"))
+    with pytest.raises(ConfigError) as err:
+        pipeline.check_columns(["uid", "text", "image"])
+    assert "stages[0] (image_size)" in str(err.value) and "decode" in str(err.value)
+
+
+@pytest.mark.parametrize("recipe", ["quickstart", "datacomp_basic", "laion_filter"])
+def test_shipped_recipes_validate(recipe):
+    pipeline = load_pipeline(RECIPES / f"{recipe}.yaml")
+    pipeline.check_columns(["uid", "text", "image"])
+
+
+def test_datacomp_basic_recipe_matches_the_paper():
+    stages = {s.name: s.config for s in load_pipeline(RECIPES / "datacomp_basic.yaml").stages}
+    assert stages["language"].languages == ["en"]
+    assert (stages["caption"].min_words, stages["caption"].min_chars) == (3, 6)
+    assert (stages["image_size"].min_side, stages["image_size"].max_aspect_ratio) == (200, 3)
