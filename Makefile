@@ -10,7 +10,9 @@ SVG_DIR := /usr/share/openclipart/svg
 POOL := data/openclipart/summary.json
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test setup pool bench clean
+DJ_VENV := bench/.venv-dj
+
+.PHONY: demo test setup pool bench bench-dj clean
 
 setup: $(STAMP)
 
@@ -39,7 +41,16 @@ demo: $(STAMP) $(POOL)
 test: $(STAMP) | $(SVG_DIR)
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP) $(POOL)
+# Data-Juicer, the peer the heuristics benchmark compares against, in its own venv
+$(DJ_VENV)/.installed:
+	test -x $(DJ_VENV)/bin/python || $(PYTHON) -m venv $(DJ_VENV)
+	$(DJ_VENV)/bin/pip install -q --upgrade pip
+	$(DJ_VENV)/bin/pip install -q py-data-juicer aiohttp fasttext-predict
+	touch $@
+
+bench-dj: $(DJ_VENV)/.installed
+
+bench: $(STAMP) $(POOL) bench-dj
 	$(BIN)/python bench/heuristics.py
 
 clean:

@@ -54,7 +54,7 @@ def find_near_duplicates(uids: list[str], hashes: np.ndarray, radius: int) -> di
 class NearDedupConfig(StageConfig):
     """Parameters of the near_dedup stage."""
 
-    radius: int = Field(6, ge=0, le=31, description="Hamming distance (of 64 bits) at or below which images are near-duplicates")
+    radius: int = Field(4, ge=0, le=31, description="Hamming distance (of 64 bits) at or below which images are near-duplicates")
 
 
 class NearDedup(GlobalStage):
