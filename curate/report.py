@@ -19,34 +19,35 @@ from curate.io.writers import temp_path  # noqa: E402
 
 def _png(fig) -> str:
     buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=90)
+    fig.savefig(buffer, format="png", dpi=80)
     plt.close(fig)
     return base64.b64encode(buffer.getvalue()).decode()
 
 
+def _bars(title: str, rows: list[tuple[str, int]], color: str) -> str:
+    """A horizontal bar chart as HTML (cheaper than a figure, and the labels stay text)."""
+    top = max((n for _, n in rows), default=0) or 1
+    bars = "".join(
+        f"<tr><td>{html.escape(label)}</td><td class='n'>{n}</td><td class='bar'>"
+        f"<div style='width:{100 * n / top:.1f}%;background:{color}'>&nbsp;</div></td></tr>"
+        for label, n in rows
+    )
+    return f"<h2>{title}</h2><table class='bars'>{bars}</table>"
+
+
 def _funnel(stats: dict) -> str:
-    names = ["input"] + [s["key"] for s in stats["stages"]]
-    counts = [stats["input"]] + [s["out"] for s in stats["stages"]]
-    fig, ax = plt.subplots(figsize=(8, 0.4 * len(names) + 1))
-    ax.barh(names[::-1], counts[::-1], color="#4c72b0")
-    for y, c in enumerate(counts[::-1]):
-        ax.text(c, y, f" {c}", va="center", fontsize=8)
-    ax.set_xlabel("samples remaining")
-    ax.set_title("Funnel")
-    return _png(fig)
+    rows = [("input", stats["input"])] + [(f"after {s['key']}", s["out"]) for s in stats["stages"]]
+    return _bars("Funnel", rows, "#4c72b0")
 
 
-def _reasons(stats: dict) -> str | None:
-    items = [(f"{s['name']}: {r}", n) for s in stats["stages"] for r, n in s["reasons"].items()]
-    if not items:
-        return None
-    items.sort(key=lambda x: x[1])
-    fig, ax = plt.subplots(figsize=(8, 0.35 * len(items) + 1))
-    ax.barh([k for k, _ in items], [n for _, n in items], color="#c44e52")
-    ax.set_xlabel("samples rejected")
-    ax.set_title("Rejection reasons")
-    return _png(fig)
+def _reasons(stats: dict) -> str:
+    rows = sorted(((f"{s['name']}: {r}", n) for s in stats["stages"] for r, n in s["reasons"].items()),
+                  key=lambda x: -x[1])
+    return _bars("Rejection reasons", rows, "#c44e52") if rows else ""
+
+
+def _figure():
+    return plt.subplots(figsize=(6, 3), layout="constrained")
 
 
 def _distributions(kept) -> list[tuple[str, str]]:
@@ -54,7 +55,7 @@ def _distributions(kept) -> list[tuple[str, str]]:
     if kept.num_rows == 0:
         return plots
     lengths = [len(t or "") for t in kept.column("text").to_pylist()]
-    fig, ax = plt.subplots(figsize=(6, 3))
+    fig, ax = _figure()
     ax.hist(lengths, bins=40, color="#55a868")
     ax.set_xlabel("caption length (characters)")
     ax.set_ylabel("kept samples")
@@ -63,7 +64,7 @@ def _distributions(kept) -> list[tuple[str, str]]:
     if "width" in kept.column_names:
         sized = [(w, h) for w, h in zip(kept.column("width").to_pylist(), kept.column("height").to_pylist()) if w and h]
     if sized:
-        fig, ax = plt.subplots(figsize=(6, 3))
+        fig, ax = _figure()
         ax.scatter([w for w, _ in sized], [h for _, h in sized], s=4, alpha=0.4)
         ax.set_xlabel("width (px)")
         ax.set_ylabel("height (px)")
@@ -73,7 +74,7 @@ def _distributions(kept) -> list[tuple[str, str]]:
         for lang in kept.column("lang").to_pylist():
             counts[lang] = counts.get(lang, 0) + 1
         top = sorted(counts.items(), key=lambda x: -x[1])[:15]
-        fig, ax = plt.subplots(figsize=(6, 3))
+        fig, ax = _figure()
         ax.bar([k for k, _ in top], [v for _, v in top], color="#8172b2")
         ax.set_ylabel("kept samples")
         ax.set_title("Language (fastText lid.176)")
@@ -95,15 +96,13 @@ def write_report(layout, stats: dict) -> None:
         f"<td>{html.escape(', '.join(f'{r}: {n}' for r, n in s['reasons'].items()))}</td></tr>"
         for s in stats["stages"]
     )
-    images = [("Funnel", _funnel(stats))]
-    if (reasons := _reasons(stats)) is not None:
-        images.append(("Rejection reasons", reasons))
-    if kept is not None:
-        images += _distributions(kept)
-    figures = "".join(f"<h2>{t}</h2><img src='data:image/png;base64,{b}'/>" for t, b in images)
+    images = _distributions(kept) if kept is not None else []
+    figures = _funnel(stats) + _reasons(stats) + "".join(
+        f"<h2>{t}</h2><img src='data:image/png;base64,{b}'/>" for t, b in images
+    )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>curate run: {html.escape(str(stats.get('pipeline')))}</title>
 <style>body{{font-family:sans-serif;max-width:980px;margin:2em auto}}td,th{{border:1px solid #ccc;padding:3px 8px}}
-table{{border-collapse:collapse}}</style></head><body>
+table{{border-collapse:collapse}}.bars td{{border:none}}.bars .n{{text-align:right}}.bars .bar{{width:60%}}</style></head><body>
 <h1>curate run: {html.escape(str(stats.get('pipeline')))}</h1>
 <p>{stats['input']} input samples, <b>{stats['kept']} kept</b> ({100 * stats['kept_fraction']:.1f}%), {stats['rejected']} rejected
 (every rejection is in rejected.parquet). Engine {html.escape(str(stats.get('engine')))}, {stats.get('workers')} worker(s),

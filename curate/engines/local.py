@@ -131,11 +131,12 @@ class LocalEngine:
         stages = pipeline.build_stages()
         passes = plan_passes(stages)
         markers: dict[tuple[int, int], dict] = {}
-        executor = (
-            ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("forkserver"))
-            if self.workers > 1
-            else None
-        )
+        executor = None
+        if self.workers > 1:
+            # fork: workers start in milliseconds with every module already imported (pyarrow
+            # re-creates its thread pools after a fork); forkserver where fork is unavailable
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "forkserver"
+            executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context(method))
         try:
             for pass_ in passes:
                 state_path = str(layout.state(pass_.index - 1)) if pass_.apply is not None else None

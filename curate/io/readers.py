@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import tarfile
 from collections.abc import Iterator
+from functools import lru_cache
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,7 +94,7 @@ def _expand(path: Path) -> list[tuple[str, Path]]:
 def read_task(task: InputTask, batch_size: int) -> Iterator[Verdict]:
     """Batches of the task's samples in the core schema, with read failures as rejections."""
     if task.kind == "parquet":
-        table = pq.ParquetFile(task.path).read_row_group(task.row_group)
+        table = _parquet_file(task.path).read_row_group(task.row_group)
         table = table.rename_columns([_alias(c, table.column_names) for c in table.column_names])
         table = normalize(table, task.describe())
         for start in range(0, table.num_rows, batch_size):
@@ -108,6 +109,12 @@ def read_task(task: InputTask, batch_size: int) -> Iterator[Verdict]:
             batch = []
     if batch:
         yield _samples_to_verdict(batch, task)
+
+
+@lru_cache(maxsize=8)
+def _parquet_file(path: str) -> pq.ParquetFile:
+    """An open Parquet file, kept while its row groups are read one task after another."""
+    return pq.ParquetFile(path)
 
 
 def _alias(column: str, columns: list[str]) -> str:

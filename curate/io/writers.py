@@ -6,8 +6,10 @@ crashed run never leaves a half-written output behind.
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -61,17 +63,16 @@ class PartWriter:
     def __enter__(self) -> "PartWriter":
         self.parquet_path.parent.mkdir(parents=True, exist_ok=True)
         if self.tar_path is not None:
-            import webdataset as wds
-
+            # plain tarfile in WebDataset's layout: importing webdataset imports torch (seconds per worker)
             self.tar_path.parent.mkdir(parents=True, exist_ok=True)
-            self._tar = wds.TarWriter(str(temp_path(self.tar_path)), mtime=0)
+            self._tar = tarfile.open(temp_path(self.tar_path), "w", format=tarfile.USTAR_FORMAT)
         return self
 
     def write(self, table: pa.Table) -> None:
         """Append a batch of rows."""
         if self._parquet is None:
             self._schema = table.schema
-            self._parquet = pq.ParquetWriter(temp_path(self.parquet_path), self._schema, compression="zstd")
+            self._parquet = pq.ParquetWriter(temp_path(self.parquet_path), self._schema, compression=_compression(self._schema))
         elif not table.schema.equals(self._schema):
             table = table.select(self._schema.names).cast(self._schema)
         if table.num_rows:
@@ -84,14 +85,15 @@ class PartWriter:
         meta_columns = [f.name for f in table.schema if not pa.types.is_binary(f.type) and not pa.types.is_large_binary(f.type)]
         metas = table.select(meta_columns).to_pylist()
         for image, meta in zip(table.column("image").to_pylist(), metas):
-            self._tar.write(
-                {
-                    "__key__": meta["uid"],
-                    image_extension(image): image,
-                    "txt": meta["text"] or "",
-                    "json": json.dumps(meta, ensure_ascii=False, default=str).encode("utf-8"),
-                }
-            )
+            key = meta["uid"]
+            self._add(f"{key}.{image_extension(image)}", image)
+            self._add(f"{key}.txt", (meta["text"] or "").encode("utf-8"))
+            self._add(f"{key}.json", json.dumps(meta, ensure_ascii=False, default=str).encode("utf-8"))
+
+    def _add(self, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mode, info.mtime = len(data), 0o444, 0
+        self._tar.addfile(info, io.BytesIO(data))
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self._tar is not None:
@@ -107,6 +109,11 @@ class PartWriter:
                 os.replace(tmp, path)
             elif tmp.exists():
                 tmp.unlink()
+
+
+def _compression(schema: pa.Schema) -> dict[str, str]:
+    """zstd for every column but binary ones: encoded images do not compress, so don't spend CPU on them."""
+    return {f.name: "none" if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type) else "zstd" for f in schema}
 
 
 def write_table_atomic(table: pa.Table, path: Path) -> None:

@@ -29,6 +29,10 @@ class Decode(MapStage):
     writes = {"width": pa.int32(), "height": pa.int32(), "image_format": pa.string()}
     reasons = ("missing_image", "empty_image", "corrupt_image", "truncated_image", "decompression_bomb")
 
+    def setup(self) -> None:
+        # bombs are this stage's to report (with the configured limit), not Pillow's to warn about
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
     def process(self, table: pa.Table) -> Verdict:
         images = table.column("image").to_pylist()
         widths: list[int | None] = []
@@ -55,15 +59,12 @@ class Decode(MapStage):
         if len(data) == 0:
             return None, None, "empty_image", "0 bytes"
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(io.BytesIO(data)) as im:
-                    size, fmt = im.size, (im.format or "").lower() or None
-                    pixels = size[0] * size[1]
-                    if pixels > self.config.max_pixels:
-                        return size, fmt, "decompression_bomb", f"{size[0]}x{size[1]} > {self.config.max_pixels} px"
-                    if self.config.full_decode:
-                        im.load()
+            with Image.open(io.BytesIO(data)) as im:
+                size, fmt = im.size, (im.format or "").lower() or None
+                if size[0] * size[1] > self.config.max_pixels:
+                    return size, fmt, "decompression_bomb", f"{size[0]}x{size[1]} > {self.config.max_pixels} px"
+                if self.config.full_decode:
+                    im.load()
         except Image.DecompressionBombError as exc:
             return None, None, "decompression_bomb", str(exc)[:200]
         except UnidentifiedImageError:

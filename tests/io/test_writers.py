@@ -53,7 +53,11 @@ def test_report_and_stats(run_output):
     for stage in on_disk["stages"]:
         assert stage["in"] - stage["out"] == sum(stage["reasons"].values())
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") >= 4 and "Funnel" in page and "Language" in page
+    # three figures (caption length, image size, language) and the funnel and reasons as bar tables
+    assert page.count("data:image/png;base64,") == 3 and "Language" in page
+    assert "<h2>Funnel</h2>" in page and "<h2>Rejection reasons</h2>" in page
+    for stage in on_disk["stages"]:
+        assert f"after {stage['key']}</td><td class='n'>{stage['out']}</td>" in page
 
 
 def test_failed_write_leaves_nothing(tmp_path, real_jpeg):
