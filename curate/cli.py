@@ -38,20 +38,31 @@ def main() -> None:
 @click.argument("pipeline", type=click.Path(dir_okay=False))
 @click.option("--input", "input_paths", multiple=True, help="Input path(s); overrides the pipeline's input.")
 @click.option("--output", help="Output folder; overrides the pipeline's output.")
-@click.option("--engine", type=click.Choice(["local"]), default="local", show_default=True, help="Where to run.")
-@click.option("--workers", type=click.IntRange(min=1), default=max(1, (os.cpu_count() or 1)), show_default=True,
-              help="Worker processes (local engine).")
+@click.option("--engine", type=click.Choice(["local", "ray", "spark"]), default="local", show_default=True,
+              help="Where to run.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Worker processes or actors [default: this machine's cores; on Ray, the cluster's CPUs].")
+@click.option("--address", help="Ray: join this cluster (host:port or 'auto') instead of starting a local Ray.")
+@click.option("--master", help="Spark: master URL, e.g. spark://head:7077 [default: local[workers]].")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key, e.g. stages[1].min_words=3.")
 @click.option("--overwrite", is_flag=True, help="Replace an output folder that holds another run.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_user_errors
-def run(pipeline, input_paths, output, engine, workers, overrides, overwrite, quiet):
+def run(pipeline, input_paths, output, engine, workers, address, master, overwrite, overrides, quiet):
     """Run PIPELINE (a YAML file): filter, dedup and write shards, ledger, stats and report."""
-    from curate.engines import ENGINES
+    from curate.engines import LocalEngine, RayEngine, SparkEngine
     from curate.runner import run_pipeline
 
+    if address and engine != "ray" or master and engine != "spark":
+        raise UserError("--address goes with --engine ray, --master with --engine spark")
     spec = load_pipeline(pipeline, list(overrides))
-    runner = ENGINES[engine](workers=workers, progress=not quiet)
+    progress = not quiet
+    if engine == "ray":
+        runner = RayEngine(workers, address, progress)
+    elif engine == "spark":
+        runner = SparkEngine(workers, master, progress)
+    else:
+        runner = LocalEngine(workers or os.cpu_count() or 1, progress)
     stats = run_pipeline(spec, runner, list(input_paths) or None, output, overwrite)
     out = Path(output or spec.settings.output)
     if stats.get("resumed_complete"):

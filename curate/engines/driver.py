@@ -127,7 +127,7 @@ class TaskEngine(ABC):
 
     @abstractmethod
     def map_tasks(self, jobs: list[TaskJob]) -> Iterable[dict]:
-        """Run every job with `run_task`; yield their markers in the order of `jobs`."""
+        """Run every job with `run_task`; yield each marker as its task finishes, in any order."""
 
     def run(self, pipeline: Any, tasks: list[InputTask], layout: RunLayout) -> dict:
         """Run `pipeline` over the input tasks into a prepared layout; returns the run's stats."""
@@ -173,9 +173,12 @@ class TaskEngine(ABC):
         desc = f"pass {pass_.index + 1}/{n_passes}" if n_passes > 1 else pipeline.name
         with tqdm(total=total, initial=finished, unit="sample", desc=desc, disable=not self.progress,
                   dynamic_ncols=True) as bar:
-            for job, marker in zip(todo, self.map_tasks(todo) if todo else []):
-                done[(pass_.index, job.task.index)] = marker
-                bar.update(sizes[job.task.index] or marker["rows_in"])
+            for marker in self.map_tasks(todo) if todo else []:
+                done[(pass_.index, marker["task"])] = marker
+                bar.update(sizes[marker["task"]] or marker["rows_in"])
+        missing = [t.index for t in tasks if (pass_.index, t.index) not in done]
+        if missing:
+            raise RuntimeError(f"{self.name} engine returned no result for task(s) {missing} of pass {pass_.index}")
         return done
 
     def _fit(self, stage: GlobalStage, pass_: Pass, tasks: list[InputTask], layout: RunLayout) -> None:

@@ -1,6 +1,5 @@
 """The local engine on a real pool with real faults: accounting, worker-count invariance, resume."""
 
-import json
 import os
 import signal
 import subprocess
@@ -8,13 +7,13 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from curate.engines.local import LocalEngine
 from curate.pipeline import load_pipeline
 from curate.runner import run_pipeline
+from tests.engines.helpers import read_output
 
 RECIPES = Path(__file__).parents[2] / "pipelines"
 FULL = """
@@ -41,15 +40,6 @@ def full_pipeline(tmp_path):
     path = tmp_path / "full.yaml"
     path.write_text(FULL)
     return load_pipeline(path)
-
-
-def read_output(out: Path) -> dict:
-    kept = pa.concat_tables(pq.read_table(p) for p in sorted((out / "parquet").glob("*.parquet")))
-    stats = json.loads((out / "stats.json").read_text())
-    for key in ("elapsed_s", "samples_per_s", "workers"):
-        stats.pop(key)
-    return {"kept": kept.to_pylist(), "ledger": pq.read_table(out / "rejected.parquet").to_pylist(), "stats": stats,
-            "tars": sorted(p.name for p in (out / "shards").glob("*.tar"))}
 
 
 def input_uids(folder: Path) -> list[str]:

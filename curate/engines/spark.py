@@ -1,0 +1,69 @@
+"""The Spark engine: the pass's tasks as a DataFrame, run with `mapInArrow`.
+
+Python workers are reused across tasks, so each builds and sets up the pipeline's stages
+once; tasks run with the shared driver, so the output layout, resume markers and results
+are those of the local engine. The default master is `local[workers]`; pass a
+`spark://host:port` master to run on a standalone cluster. Input and output paths must be
+reachable from every executor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import sys
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import pyarrow as pa
+
+from curate.engines.driver import TaskEngine, TaskJob, run_task
+
+
+def run_jobs(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """mapInArrow function: run each pickled job, emit its marker as JSON."""
+    for batch in batches:
+        for job in batch.column("job").to_pylist():
+            yield pa.RecordBatch.from_pydict({"marker": [json.dumps(run_task(pickle.loads(job)))]})
+
+
+class SparkEngine(TaskEngine):
+    """Runs a pipeline with Spark (`local[N]` or a cluster master URL)."""
+
+    name = "spark"
+
+    def __init__(self, workers: int | None = None, master: str | None = None, progress: bool = True):
+        self.workers = workers or os.cpu_count() or 1
+        self.master = master or f"local[{self.workers}]"
+        self.progress = progress
+        self._spark = None
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        from pyspark.sql import SparkSession
+
+        # executors run this interpreter, so they import the same curate and stage libraries
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+        started = SparkSession.getActiveSession() is None
+        self._spark = (
+            SparkSession.builder.master(self.master).appName("curate")
+            .config("spark.ui.enabled", "false")
+            .config("spark.python.worker.reuse", "true")
+            .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+            .getOrCreate()
+        )
+        self._spark.sparkContext.setLogLevel("ERROR")
+        try:
+            yield
+        finally:
+            if started:
+                self._spark.stop()
+            self._spark = None
+
+    def map_tasks(self, jobs: list[TaskJob]) -> Iterable[dict]:
+        rows = self._spark.sparkContext.parallelize([(pickle.dumps(job),) for job in jobs], len(jobs))
+        frame = self._spark.createDataFrame(rows, "job binary")
+        for row in frame.mapInArrow(run_jobs, "marker string").toLocalIterator():
+            yield json.loads(row["marker"])
