@@ -34,36 +34,53 @@ def main() -> None:
     """curate: curate image-text pretraining data and score every data choice end to end."""
 
 
+def engine_options(fn):
+    """The options that choose and size an engine, shared by `run` and `download`."""
+    options = [
+        click.option("--engine", type=click.Choice(["local", "ray", "spark"]), default="local", show_default=True,
+                     help="Where to run."),
+        click.option("--workers", type=click.IntRange(min=1), default=None,
+                     help="Worker processes or actors [default: this machine's cores; on Ray, the cluster's CPUs]."),
+        click.option("--address", help="Ray: join this cluster (host:port or 'auto') instead of starting a local Ray."),
+        click.option("--master", help="Spark: master URL, e.g. spark://head:7077 [default: local[workers]]."),
+        click.option("--overwrite", is_flag=True, help="Replace an output folder that holds another run."),
+        click.option("--quiet", is_flag=True, help="No progress bar."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
 @main.command()
 @click.argument("pipeline", type=click.Path(dir_okay=False))
 @click.option("--input", "input_paths", multiple=True, help="Input path(s); overrides the pipeline's input.")
 @click.option("--output", help="Output folder; overrides the pipeline's output.")
-@click.option("--engine", type=click.Choice(["local", "ray", "spark"]), default="local", show_default=True,
-              help="Where to run.")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Worker processes or actors [default: this machine's cores; on Ray, the cluster's CPUs].")
-@click.option("--address", help="Ray: join this cluster (host:port or 'auto') instead of starting a local Ray.")
-@click.option("--master", help="Spark: master URL, e.g. spark://head:7077 [default: local[workers]].")
+@engine_options
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key, e.g. stages[1].min_words=3.")
-@click.option("--overwrite", is_flag=True, help="Replace an output folder that holds another run.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
 @_user_errors
 def run(pipeline, input_paths, output, engine, workers, address, master, overwrite, overrides, quiet):
     """Run PIPELINE (a YAML file): filter, dedup and write shards, ledger, stats and report."""
+    spec = load_pipeline(pipeline, list(overrides))
+    _run_and_summarize(spec, _engine(engine, workers, address, master, quiet), list(input_paths) or None, output,
+                       overwrite)
+
+
+def _engine(engine: str, workers: int | None, address: str | None, master: str | None, quiet: bool):
     from curate.engines import LocalEngine, RayEngine, SparkEngine
-    from curate.runner import run_pipeline
 
     if address and engine != "ray" or master and engine != "spark":
         raise UserError("--address goes with --engine ray, --master with --engine spark")
-    spec = load_pipeline(pipeline, list(overrides))
-    progress = not quiet
     if engine == "ray":
-        runner = RayEngine(workers, address, progress)
-    elif engine == "spark":
-        runner = SparkEngine(workers, master, progress)
-    else:
-        runner = LocalEngine(workers or os.cpu_count() or 1, progress)
-    stats = run_pipeline(spec, runner, list(input_paths) or None, output, overwrite)
+        return RayEngine(workers, address, not quiet)
+    if engine == "spark":
+        return SparkEngine(workers, master, not quiet)
+    return LocalEngine(workers or os.cpu_count() or 1, not quiet)
+
+
+def _run_and_summarize(spec, engine, input_paths, output, overwrite) -> None:
+    from curate.runner import run_pipeline
+
+    stats = run_pipeline(spec, engine, input_paths, output, overwrite)
     out = Path(output or spec.settings.output)
     if stats.get("resumed_complete"):
         click.echo(f"{out} already holds this finished run (use --overwrite to redo it)")
@@ -75,6 +92,31 @@ def run(pipeline, input_paths, output, engine, workers, address, master, overwri
             click.echo(f"  {stage['key']:<24} -{stage['rejected']:<7} {reasons}")
     click.echo(f"shards:  {out / 'shards'}\nparquet: {out / 'parquet'}\nledger:  {out / 'rejected.parquet'}\n"
                f"report:  {out / 'report.html'}\nstats:   {out / 'stats.json'}")
+
+
+@main.command()
+@click.argument("urls", nargs=-1, required=True)
+@click.option("--output", required=True, help="Output folder.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True)
+@click.option("--retries", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=32, show_default=True, help="Downloads in flight per worker.")
+@click.option("--max-bytes", type=click.IntRange(min=1), default=20_000_000, show_default=True)
+@click.option("--image-size", type=click.IntRange(min=1), help="Resize with img2dataset's resizer to this size.")
+@click.option("--resize-mode", type=click.Choice(["no", "keep_ratio", "keep_ratio_largest", "center_crop", "border"]),
+              default="border", show_default=True, help="img2dataset resize mode (with --image-size).")
+@engine_options
+@_user_errors
+def download(urls, output, timeout, retries, threads, max_bytes, image_size, resize_mode, engine, workers, address,
+             master, overwrite, quiet):
+    """Download URL lists (CSV/TSV/JSONL/Parquet with url and caption) into shards; failures go to the ledger."""
+    from curate.pipeline import parse_pipeline
+
+    stages = [{"stage": "download", "timeout": timeout, "retries": retries, "threads": threads, "max_bytes": max_bytes}]
+    if image_size:
+        stages.append({"stage": "resize", "image_size": image_size, "resize_mode": resize_mode})
+    stages.append({"stage": "decode"})
+    spec = parse_pipeline({"name": "download", "stages": stages}, "curate download")
+    _run_and_summarize(spec, _engine(engine, workers, address, master, quiet), list(urls), output, overwrite)
 
 
 @main.command()

@@ -17,7 +17,7 @@ CORE_FIELDS = (
     pa.field("height", pa.int32()),
 )
 INPUT_SCHEMA = pa.schema(CORE_FIELDS[:4])  # what every reader yields; width/height come from the decoder
-REQUIRED_INPUT_COLUMNS = ("text", "image")
+INPUT_NEEDS = "'text' (caption) and 'image' (encoded bytes) or 'url' (a URL list, for the download stage)"
 
 LEDGER_SCHEMA = pa.schema(
     [
@@ -58,18 +58,17 @@ def uid_array(uids: list[str]) -> np.ndarray:
 def normalize(table: pa.Table, source: str) -> pa.Table:
     """Bring a table read from `source` to the core schema, keeping any extra columns.
 
-    Adds a uid (md5 of url+text) and url where missing and casts core columns (including
+    Adds a uid (md5 of url+text) where missing, null url or image columns where absent (a
+    URL list has no images until the download stage), and casts core columns (including
     width/height when the input has them) to their types.
     """
-    missing = [c for c in REQUIRED_INPUT_COLUMNS if c not in table.column_names]
-    if missing:
-        raise ValueError(
-            f"{source}: missing column(s) {missing}; an input needs at least 'text' (caption) "
-            f"and 'image' (encoded bytes), found {table.column_names}"
-        )
+    names = set(table.column_names)
+    if "text" not in names or not names & {"image", "url"}:
+        raise ValueError(f"{source}: missing column(s): an input needs {INPUT_NEEDS}, found {table.column_names}")
     n = table.num_rows
-    if "url" not in table.column_names:
-        table = table.append_column("url", pa.nulls(n, pa.string()))
+    for name, type_ in (("url", pa.string()), ("image", pa.binary())):
+        if name not in names:
+            table = table.append_column(name, pa.nulls(n, type_))
     if "uid" not in table.column_names or table.column("uid").null_count == n:
         urls = table.column("url").to_pylist()
         texts = table.column("text").to_pylist()

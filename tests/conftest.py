@@ -74,3 +74,13 @@ def faulty_input(tmp_path, pool_table, fault_images) -> Path:
     pq.write_table(base, folder / "a.parquet", row_group_size=40)
     pq.write_table(extra, folder / "b.parquet")
     return folder
+
+
+@pytest.fixture(scope="session")
+def image_server(pool_table):
+    """A real HTTP server on 127.0.0.1: pool images at /img/N.jpg and a fault on every other path."""
+    from tests.http_faults import serve
+
+    url, httpd = serve(pool_table.column("image").to_pylist()[:5])
+    yield url
+    httpd.shutdown()

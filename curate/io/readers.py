@@ -17,10 +17,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.schema import make_uid, normalize
+from curate.schema import INPUT_NEEDS, make_uid, normalize
 from curate.stage import Verdict
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
+URL_LIST_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
 # img2dataset's parquet output names the image column after its format and the text "caption"
 COLUMN_ALIASES = {"caption": "text", "jpg": "image", "png": "image", "webp": "image"}
 READ_STAGE = "read"
@@ -35,7 +36,7 @@ class InputTask:
     """One unit of input: a Parquet row group, a tar, or a folder of files."""
 
     index: int
-    kind: str  # "parquet" | "tar" | "files"
+    kind: str  # "parquet" | "tar" | "files" | "url_list"
     path: str
     row_group: int = 0
     rows: int | None = None  # known up front for Parquet
@@ -58,11 +59,8 @@ def plan_inputs(paths: str | list[str]) -> list[InputTask]:
                 except (pa.ArrowInvalid, OSError) as exc:
                     raise InputError(f"{path}: not a readable Parquet file (half-written?): {exc}") from exc
                 names = set(meta.schema.names)
-                if not ({"text", "caption"} & names and {"image", "jpg", "png", "webp"} & names):
-                    raise InputError(
-                        f"{path}: missing column(s): an input needs 'text' (caption) and 'image' (encoded "
-                        f"bytes), found {sorted(names)}"
-                    )
+                if not ({"text", "caption"} & names and {"image", "jpg", "png", "webp", "url"} & names):
+                    raise InputError(f"{path}: missing column(s): an input needs {INPUT_NEEDS}, found {sorted(names)}")
                 for rg in range(meta.num_row_groups):
                     tasks.append(InputTask(len(tasks), kind, str(path), rg, meta.row_group(rg).num_rows))
             else:
@@ -80,7 +78,10 @@ def _expand(path: Path) -> list[tuple[str, Path]]:
             return [("parquet", path)]
         if path.suffix == ".tar":
             return [("tar", path)]
-        raise InputError(f"{path}: expected a .parquet file, a .tar WebDataset shard or a folder")
+        if path.suffix in URL_LIST_SUFFIXES:
+            return [("url_list", path)]
+        raise InputError(f"{path}: expected a .parquet file, a .tar WebDataset shard, a URL list "
+                         f"({', '.join(URL_LIST_SUFFIXES)}) or a folder")
     tars = sorted(path.rglob("*.tar"))
     if tars:  # img2dataset's webdataset output also has per-shard .parquet metadata: the tars hold the samples
         return [("tar", p) for p in tars]
@@ -88,15 +89,20 @@ def _expand(path: Path) -> list[tuple[str, Path]]:
     if parquets:
         return [("parquet", p) for p in parquets]
     folders = sorted({p.parent for ext in IMAGE_EXTENSIONS for p in path.rglob(f"*.{ext}")})
-    return [("files", p) for p in folders]
+    if folders:
+        return [("files", p) for p in folders]
+    return [("url_list", p) for p in sorted(path.rglob("*")) if p.suffix in URL_LIST_SUFFIXES]
 
 
 def read_task(task: InputTask, batch_size: int) -> Iterator[Verdict]:
     """Batches of the task's samples in the core schema, with read failures as rejections."""
-    if task.kind == "parquet":
-        table = _parquet_file(task.path).read_row_group(task.row_group)
+    if task.kind in ("parquet", "url_list"):
+        table = _parquet_file(task.path).read_row_group(task.row_group) if task.kind == "parquet" else _url_list(task)
         table = table.rename_columns([_alias(c, table.column_names) for c in table.column_names])
-        table = normalize(table, task.describe())
+        try:
+            table = normalize(table, task.describe())
+        except ValueError as exc:
+            raise InputError(str(exc)) from exc
         for start in range(0, table.num_rows, batch_size):
             yield Verdict(table.slice(start, batch_size))
         return
@@ -109,6 +115,30 @@ def read_task(task: InputTask, batch_size: int) -> Iterator[Verdict]:
             batch = []
     if batch:
         yield _samples_to_verdict(batch, task)
+
+
+def _url_list(task: InputTask) -> pa.Table:
+    """A CSV/TSV or JSON-lines list of URLs and captions (img2dataset's input formats)."""
+    import pyarrow.csv as pcsv
+    import pyarrow.json as pjson
+
+    path = Path(task.path)
+    try:
+        if path.suffix in (".csv", ".tsv"):
+            options = pcsv.ParseOptions(delimiter="\t" if path.suffix == ".tsv" else ",")
+            # every column as text: a caption of digits must stay a caption
+            return pcsv.read_csv(path, parse_options=options,
+                                 convert_options=pcsv.ConvertOptions(column_types=_all_strings(path, options)))
+        return pjson.read_json(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"{path}: not a readable URL list: {exc}") from exc
+
+
+def _all_strings(path: Path, options) -> dict:
+    import pyarrow.csv as pcsv
+
+    header = pcsv.open_csv(path, parse_options=options).schema.names
+    return {name: pa.string() for name in header}
 
 
 @lru_cache(maxsize=8)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 from typing import Literal
 
 import pyarrow as pa
@@ -43,7 +42,6 @@ class Resize(MapStage):
     reasons = ("resize_failed",)
 
     def setup(self) -> None:
-        os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset imports albumentations, which phones home
         from img2dataset.resizer import ResizeMode, Resizer
 
         cfg = self.config

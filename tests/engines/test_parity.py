@@ -1,5 +1,6 @@
 """Parity: the same pipelines on the same input give the same output on local, Ray and Spark."""
 
+import json
 import os
 import sys
 
@@ -22,7 +23,10 @@ PIPELINES = {
         {"stage": "resize", "image_size": 64, "resize_mode": "center_crop"},
         {"stage": "exact_dedup", "key": "url_text"}, {"stage": "exact_dedup", "key": "image_text"},
     ],
+    "download": [{"stage": "download", "timeout": 1.0}, {"stage": "decode"}, {"stage": "caption", "min_words": 1}],
 }
+DOWNLOAD_PATHS = ["/img/0.jpg", "/img/1.jpg", "/img/2.jpg", "/img/3.jpg", "/missing.jpg", "/page.jpg", "/loop.jpg",
+                  "/truncated.jpg", "/huge.jpg"]
 ENGINES = {
     "ray": lambda: RayEngine(workers=2, progress=False),
     "spark": lambda: SparkEngine(workers=2, progress=False),
@@ -51,10 +55,15 @@ def test_parity_pipelines_cover_every_registered_stage():
 @pytest.mark.distributed
 @pytest.mark.parametrize("engine", sorted(ENGINES))
 @pytest.mark.parametrize("name", sorted(PIPELINES))
-def test_engine_matches_local(engine, name, faulty_input, tmp_path, shared_sessions):
+def test_engine_matches_local(engine, name, faulty_input, image_server, tmp_path, shared_sessions):
     pipeline = parse_pipeline({"name": name, "batch_size": 16, "stages": PIPELINES[name]}, f"<{name}>")
-    run_pipeline(pipeline, LocalEngine(workers=1, progress=False), [str(faulty_input)], tmp_path / "local")
-    stats = run_pipeline(pipeline, ENGINES[engine](), [str(faulty_input)], tmp_path / engine)
+    source = faulty_input
+    if name == "download":
+        source = tmp_path / "urls.jsonl"
+        source.write_text("".join(json.dumps({"url": image_server + p, "caption": f"drawing {i}"}) + "\n"
+                                  for i, p in enumerate(DOWNLOAD_PATHS)))
+    run_pipeline(pipeline, LocalEngine(workers=1, progress=False), [str(source)], tmp_path / "local")
+    stats = run_pipeline(pipeline, ENGINES[engine](), [str(source)], tmp_path / engine)
     assert stats["engine"] == engine
     local, other = read_output(tmp_path / "local"), read_output(tmp_path / engine)
     assert other["kept"] and other["ledger"]
