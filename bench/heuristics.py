@@ -27,12 +27,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, copy_pool
 DJ_PYTHON = ROOT / "bench" / ".venv-dj" / "bin" / "python"
 
 DJ_SCRIPT = """
@@ -104,18 +103,6 @@ def bench_decode_limit(pool: Path, cores: int) -> tuple[float, int]:
         start = time.perf_counter()
         n = sum(workers.map(_decode_row_groups, [row_groups[i::cores] for i in range(cores)], chunksize=1))
         return time.perf_counter() - start, n
-
-
-def copy_pool(pool: Path, copies: int, out: Path) -> Path:
-    """`copies` copies of the pool's Parquet files, each row with a new uid."""
-    out.mkdir()
-    for copy in range(copies):
-        for path in sorted(pool.glob("*.parquet")):
-            table = pq.read_table(path)
-            uids = [f"{copy:02x}{u[2:]}" for u in table.column("uid").to_pylist()]
-            table = table.set_column(table.schema.get_field_index("uid"), "uid", pa.array(uids, pa.string()))
-            pq.write_table(table, out / f"{copy:02d}-{path.name}", row_group_size=250)
-    return out
 
 
 def export_for_dj(pool: Path, scratch: Path) -> Path:

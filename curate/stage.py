@@ -77,7 +77,8 @@ class Stage(ABC):
 
     Subclasses set `name`, `Config` (a StageConfig subclass), the columns they `reads`
     and `writes` (name -> Arrow type) and the rejection `reasons` they can give.
-    Models are loaded in `setup`, which an engine calls once per worker.
+    Models are loaded in `setup`, which an engine calls once per worker; a stage that
+    does so sets `uses_model`, so engines can run it in long-lived workers (Ray actors).
     """
 
     name: ClassVar[str]
@@ -85,6 +86,7 @@ class Stage(ABC):
     reads: ClassVar[tuple[str, ...]] = ()
     writes: ClassVar[dict[str, pa.DataType]] = {}
     reasons: ClassVar[tuple[str, ...]] = ()
+    uses_model: ClassVar[bool] = False
 
     def __init__(self, config: StageConfig):
         self.config = config

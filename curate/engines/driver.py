@@ -45,8 +45,8 @@ _WORKER_STAGES: dict[int, list[Stage]] = {}
 _WORKER_STATES: dict[str, Any] = {}
 
 
-def _stages_for(pipeline: Any) -> list[Stage]:
-    """Build and set up the pipeline's stages once per worker process."""
+def stages_for(pipeline: Any) -> list[Stage]:
+    """The pipeline's stages, built and set up once per worker process."""
     key = hash(pipeline.source) ^ hash(repr(pipeline.stages))
     if key not in _WORKER_STAGES:
         stages = pipeline.build_stages()
@@ -86,7 +86,7 @@ def _batches(job: TaskJob, layout: RunLayout):
 def run_task(job: TaskJob) -> dict:
     """Run one task of one pass to its completion marker; returns the marker's content."""
     layout = RunLayout(job.layout_root)
-    stages = _stages_for(job.pipeline)
+    stages = stages_for(job.pipeline)
     state = _state_for(job.state_path)
     pass_, task = job.pass_, job.task
     out_parquet = layout.kept_parquet(task.index) if pass_.is_last else layout.intermediate(pass_.index, task.index)

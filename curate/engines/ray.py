@@ -1,8 +1,10 @@
 """The Ray engine: Ray Data maps the pass's tasks over an actor pool.
 
-Each actor builds and sets up the pipeline's stages once (models load once per worker)
-and runs whole tasks with the shared driver, so the output layout, resume markers and
-results are those of the local engine. Without an address it starts a local Ray; with one
+Tasks run whole, with the shared driver, so the output layout, resume markers and results
+are those of the local engine. When a stage loads a model (`Stage.uses_model`), the tasks
+run in an actor pool: each actor builds and sets up the stages once, so the model loads
+once per worker. Otherwise they run as plain Ray tasks, which skip the actor start-up
+(Ray reuses task workers, and each keeps its set-up stages between tasks). Without an address it starts a local Ray; with one
 (`auto` or host:port) it joins that cluster. Input and output paths must be reachable from
 every node (a shared file system or object store mount).
 """
@@ -14,14 +16,25 @@ import pickle
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-from curate.engines.driver import TaskEngine, TaskJob, run_task
+from curate.engines.driver import TaskEngine, TaskJob, run_task, stages_for
+
+
+BLOCKS_PER_WORKER = 3
+
+
+def run_jobs(batch: dict) -> dict:
+    """Run a block of pickled task jobs; return their markers as JSON."""
+    return {"marker": [json.dumps(run_task(pickle.loads(job))) for job in batch["job"]]}
 
 
 class TaskRunner:
-    """A Ray Data actor: runs pickled task jobs and returns their markers as JSON."""
+    """A Ray Data actor for pipelines with model stages: the stages load once, in the constructor."""
+
+    def __init__(self, pipeline) -> None:
+        stages_for(pipeline)
 
     def __call__(self, batch: dict) -> dict:
-        return {"marker": [json.dumps(run_task(pickle.loads(job))) for job in batch["job"]]}
+        return run_jobs(batch)
 
 
 class RayEngine(TaskEngine):
@@ -56,8 +69,13 @@ class RayEngine(TaskEngine):
         import ray
 
         items = [{"job": pickle.dumps(job)} for job in jobs]
-        dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            TaskRunner, batch_size=1, concurrency=min(self.workers, len(items)), num_cpus=1
+        # a few blocks per actor, each holding several tasks: per-block scheduling has a cost of its own
+        blocks = min(len(items), BLOCKS_PER_WORKER * self.workers)
+        pipeline = jobs[0].pipeline
+        uses_model = any(stage.uses_model for stage in pipeline.build_stages())
+        dataset = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
+            TaskRunner if uses_model else run_jobs, batch_size=None, concurrency=min(self.workers, blocks), num_cpus=1,
+            **({"fn_constructor_args": (pipeline,)} if uses_model else {}),
         )
         for row in dataset.iter_rows():
             yield json.loads(row["marker"])

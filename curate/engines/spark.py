@@ -21,6 +21,9 @@ import pyarrow as pa
 from curate.engines.driver import TaskEngine, TaskJob, run_task
 
 
+PARTITIONS_PER_CORE = 3
+
+
 def run_jobs(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """mapInArrow function: run each pickled job, emit its marker as JSON."""
     for batch in batches:
@@ -63,7 +66,11 @@ class SparkEngine(TaskEngine):
             self._spark = None
 
     def map_tasks(self, jobs: list[TaskJob]) -> Iterable[dict]:
-        rows = self._spark.sparkContext.parallelize([(pickle.dumps(job),) for job in jobs], len(jobs))
+        # a few partitions per core, each running several tasks: a Spark task costs ~0.1 s of its own
+        context = self._spark.sparkContext
+        partitions = min(len(jobs), PARTITIONS_PER_CORE * context.defaultParallelism)
+        rows = context.parallelize([(pickle.dumps(job),) for job in jobs], partitions)
         frame = self._spark.createDataFrame(rows, "job binary")
-        for row in frame.mapInArrow(run_jobs, "marker string").toLocalIterator():
+        # collect, not toLocalIterator: the latter runs one partition (task) at a time
+        for row in frame.mapInArrow(run_jobs, "marker string").collect():
             yield json.loads(row["marker"])

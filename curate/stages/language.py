@@ -37,6 +37,7 @@ class Language(MapStage):
     reads = ("text",)
     writes = {"lang": pa.string(), "lang_score": pa.float32()}
     reasons = ("language", "language_score")
+    uses_model = True
 
     def setup(self) -> None:
         import fasttext

@@ -36,6 +36,7 @@ def url_list(tmp_path, server) -> tuple:
 
 def test_every_url_is_kept_or_in_the_ledger_with_its_error(tmp_path, image_server):
     csv_path, urls = url_list(tmp_path, image_server)
+    FaultyHandler.attempts.clear()  # the server is shared by the session; count this test's requests only
     out = tmp_path / "out"
     result = subprocess.run(
         [sys.executable, "-m", "curate.cli", "download", str(csv_path), "--output", str(out),
