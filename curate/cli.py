@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 
 from curate.io.readers import InputError
-from curate.pipeline import ConfigError, load_pipeline
+from curate.config import ConfigError
+from curate.pipeline import load_pipeline
 
 
 class UserError(click.ClickException):
@@ -144,6 +145,41 @@ def stages():
             click.echo(f"    {field}: {annotation} = {info.default!r}{doc}")
         if cls.reasons:
             click.echo(f"    rejects: {', '.join(cls.reasons)}")
+
+
+@main.group()
+def train():
+    """Train models on curated shards."""
+
+
+@train.command("clip")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="Training config (YAML).")
+@click.option("--data", help="Curated output folder (or shard files); overrides the config's data.")
+@click.option("--output", help="Run folder [default: runs/<config name>].")
+@click.option("--samples-seen", type=click.IntRange(min=1), help="Override the samples-seen budget.")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True, help="DDP processes (torchrun).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. lr=0.001.")
+@_user_errors
+def train_clip_command(config_path, data, output, samples_seen, nproc, overrides):
+    """Train a CLIP (InfoNCE or SigLIP) on curated shards at a fixed samples-seen budget; resumes a run folder."""
+    import subprocess
+
+    from train.clip.config import load_clip_config
+
+    output = output or f"runs/{Path(config_path).stem}"
+    args = [config_path, "--output", output] + (["--data", data] if data else []) + \
+        (["--samples-seen", str(samples_seen)] if samples_seen else []) + [a for o in overrides for a in ("--set", o)]
+    config = load_clip_config(config_path, list(overrides) + ([f"data={data}"] if data else []))  # fail fast
+    if nproc == 1:
+        from train.clip.train import main as train_main
+
+        train_main(args)
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                   "-m", "train.clip.train", *args]
+        if subprocess.run(command).returncode != 0:
+            raise click.ClickException(f"training failed ({nproc} processes); see the messages above")
+    click.echo(f"{config.model} trained: {output}/last.pt (log: {output}/log.jsonl)")
 
 
 @main.group()

@@ -6,21 +6,16 @@ Everything is validated before any work starts; errors name the file, the key pa
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from curate.config import ConfigError, load_yaml, validate
 from curate.schema import INPUT_SCHEMA
 from curate.stage import Stage, StageConfig
 from curate.stages import REGISTRY
-
-
-class ConfigError(ValueError):
-    """A pipeline file (or override) is not valid; the message says where and why."""
 
 
 class PipelineSettings(BaseModel):
@@ -81,16 +76,7 @@ class Pipeline:
 
 def load_pipeline(path: str | Path, overrides: list[str] = ()) -> Pipeline:
     """Read, override (`key=value`) and validate a pipeline file."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such pipeline file")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    for override in overrides:
-        raw = apply_override(raw, override, str(path))
-    return parse_pipeline(raw, str(path))
+    return parse_pipeline(load_yaml(path, overrides), str(path))
 
 
 def parse_pipeline(raw: Any, source: str) -> Pipeline:
@@ -99,10 +85,7 @@ def parse_pipeline(raw: Any, source: str) -> Pipeline:
         raise ConfigError(f"{source}: expected a mapping with name, input, output and stages, got {type(raw).__name__}")
     raw = dict(raw)
     stage_entries = raw.pop("stages", None)
-    try:
-        settings = PipelineSettings.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(_format_errors(source, exc, prefix="")) from exc
+    settings = validate(PipelineSettings, raw, source)
     if not isinstance(stage_entries, list) or not stage_entries:
         raise ConfigError(f"{source}: stages: expected a non-empty list of stages, got {stage_entries!r}")
     specs = [_parse_stage(entry, i, source) for i, entry in enumerate(stage_entries)]
@@ -117,47 +100,6 @@ def _parse_stage(entry: Any, index: int, source: str) -> StageSpec:
     name = params.pop("stage")
     if name not in REGISTRY:
         raise ConfigError(f"{where}.stage: unknown stage {name!r}; known stages: {', '.join(sorted(REGISTRY))}")
-    try:
-        config = REGISTRY[name].Config.model_validate(params)
-    except ValidationError as exc:
-        raise ConfigError(_format_errors(source, exc, prefix=f"stages[{index}]", stage=name)) from exc
-    return StageSpec(name, config)
+    return StageSpec(name, validate(REGISTRY[name].Config, params, source, f"stages[{index}]", f"stage {name}"))
 
 
-def _format_errors(source: str, exc: ValidationError, prefix: str, stage: str | None = None) -> str:
-    lines = []
-    for error in exc.errors():
-        key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"])
-        key = (prefix + key) if prefix else key.lstrip(".")
-        got = "" if error["type"] == "missing" else f" (got {error['input']!r})"
-        lines.append(f"{source}: {key or prefix}: {error['msg']}{got}" + (f" [stage {stage}]" if stage else ""))
-    return "\n".join(lines)
-
-
-_KEY_PART = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
-
-
-def apply_override(raw: Any, override: str, source: str) -> Any:
-    """Set `key=value` in the raw mapping; keys are paths like `output` or `stages[2].min_words`.
-
-    The value is parsed as YAML, so `3` is an int, `[en, de]` a list and `null` None.
-    """
-    if "=" not in override:
-        raise ConfigError(f"--set {override!r}: expected key=value, e.g. stages[1].min_words=3")
-    key, text = override.split("=", 1)
-    parts = [name if name else int(idx) for name, idx in _KEY_PART.findall(key.strip())]
-    if not parts:
-        raise ConfigError(f"--set {override!r}: empty key")
-    value = yaml.safe_load(text)
-    node = raw
-    for depth, part in enumerate(parts[:-1]):
-        try:
-            node = node[part]
-        except (KeyError, IndexError, TypeError):
-            walked = key.split("=")[0]
-            raise ConfigError(f"--set {override!r}: {source} has no key {walked!r} (failed at {parts[: depth + 1]})") from None
-    last = parts[-1]
-    if isinstance(last, int) and not (isinstance(node, list) and last < len(node)):
-        raise ConfigError(f"--set {override!r}: index {last} is out of range in {source}")
-    node[last] = value
-    return raw

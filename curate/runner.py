@@ -7,7 +7,8 @@ from pathlib import Path
 
 from curate.engines.base import RunLayout, fingerprint
 from curate.io.readers import plan_inputs, read_task
-from curate.pipeline import ConfigError, Pipeline
+from curate.config import ConfigError
+from curate.pipeline import Pipeline
 from curate.report import write_report
 
 
