@@ -3,6 +3,7 @@
 from curate.stage import Stage
 from curate.stages.caption import Caption
 from curate.stages.decode import Decode
+from curate.stages.decontaminate import Decontaminate
 from curate.stages.download import Download
 from curate.stages.exact_dedup import ExactDedup
 from curate.stages.file_size import FileSize
@@ -14,5 +15,5 @@ from curate.stages.text_filter import TextFilter
 
 REGISTRY: dict[str, type[Stage]] = {
     cls.name: cls
-    for cls in (Download, Decode, ImageSize, FileSize, Caption, Language, TextFilter, Resize, ExactDedup, NearDedup)
+    for cls in (Download, Decode, ImageSize, FileSize, Caption, Language, TextFilter, Resize, ExactDedup, NearDedup, Decontaminate)
 }

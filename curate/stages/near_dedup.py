@@ -24,23 +24,33 @@ def phash(data: bytes) -> int:
     return int(np.packbits(bits).view(">u8")[0])
 
 
+def as_codes(hashes: np.ndarray) -> np.ndarray:
+    """64-bit hashes as FAISS binary codes (8 bytes per row)."""
+    return np.ascontiguousarray(hashes.astype(np.uint64).astype(">u8").view(np.uint8).reshape(-1, 8))
+
+
+def hamming_index(codes: np.ndarray, radius: int):
+    """A FAISS multi-hash binary index over `codes`, exact for searches within `radius` bits:
+    the 64 bits are cut into radius+1 chunks, so by pigeonhole any pair within `radius`
+    shares a chunk and none is missed."""
+    import faiss
+
+    nhash = radius + 1
+    index = faiss.IndexBinaryMultiHash(HASH_BITS, nhash, HASH_BITS // nhash)
+    index.add(codes)
+    return index
+
+
 def find_near_duplicates(uids: list[str], hashes: np.ndarray, radius: int) -> dict[str, str]:
     """Map each dropped uid to the uid kept in its place.
 
     Samples are visited in uid order; a sample not yet dropped is kept and drops every
     not-yet-visited sample within `radius` bits of it (greedy, like non-maximum
     suppression, so a chain a~b~c does not merge a and c unless they are close too).
-    The search is a FAISS multi-hash binary index: the 64 bits are cut into radius+1
-    chunks, so by pigeonhole any pair within `radius` shares a chunk and none is missed.
     """
-    import faiss
-
     order = np.argsort(np.array(uids, dtype=object), kind="stable")
-    codes = hashes[order].astype(">u8").view(np.uint8).reshape(-1, 8)
-    nhash = radius + 1
-    index = faiss.IndexBinaryMultiHash(HASH_BITS, nhash, HASH_BITS // nhash)
-    index.add(codes)
-    lims, _, neighbours = index.range_search(codes, radius + 1)  # FAISS keeps distances < radius
+    codes = as_codes(hashes[order])
+    lims, _, neighbours = hamming_index(codes, radius).range_search(codes, radius + 1)  # FAISS keeps distances < radius
     dropped: dict[int, int] = {}
     for i in range(len(order)):
         if i in dropped:

@@ -24,6 +24,7 @@ PIPELINES = {
         {"stage": "exact_dedup", "key": "url_text"}, {"stage": "exact_dedup", "key": "image_text"},
     ],
     "download": [{"stage": "download", "timeout": 1.0}, {"stage": "decode"}, {"stage": "caption", "min_words": 1}],
+    "decontaminate": [{"stage": "decode"}, {"stage": "decontaminate", "eval_data": ["EVAL_SPLIT"], "radius": 4}],
 }
 DOWNLOAD_PATHS = ["/img/0.jpg", "/img/1.jpg", "/img/2.jpg", "/img/3.jpg", "/missing.jpg", "/page.jpg", "/loop.jpg",
                   "/truncated.jpg", "/huge.jpg"]
@@ -55,8 +56,9 @@ def test_parity_pipelines_cover_every_registered_stage():
 @pytest.mark.distributed
 @pytest.mark.parametrize("engine", sorted(ENGINES))
 @pytest.mark.parametrize("name", sorted(PIPELINES))
-def test_engine_matches_local(engine, name, faulty_input, image_server, tmp_path, shared_sessions):
-    pipeline = parse_pipeline({"name": name, "batch_size": 16, "stages": PIPELINES[name]}, f"<{name}>")
+def test_engine_matches_local(engine, name, faulty_input, image_server, pool_root, tmp_path, shared_sessions):
+    stages = json.loads(json.dumps(PIPELINES[name]).replace("EVAL_SPLIT", str(pool_root / "eval")))
+    pipeline = parse_pipeline({"name": name, "batch_size": 16, "stages": stages}, f"<{name}>")
     source = faulty_input
     if name == "download":
         source = tmp_path / "urls.jsonl"
