@@ -11,6 +11,7 @@ import click
 from curate.io.readers import InputError
 from curate.config import ConfigError
 from curate.pipeline import load_pipeline
+from train.eval.cli import eval_command
 
 
 class UserError(click.ClickException):
@@ -182,6 +183,24 @@ def train_clip_command(config_path, data, output, samples_seen, nproc, overrides
     click.echo(f"{config.model} trained: {output}/last.pt (log: {output}/log.jsonl)")
 
 
+@main.command()
+@click.argument("ablation", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key, e.g. samples_seen=2000.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@_user_errors
+def ablate(ablation, overrides, quiet):
+    """Curate -> train -> evaluate every recipe and seed of ABLATION; write the leaderboard."""
+    from curate.ablate import ContaminationError, load_ablation, run_ablation
+
+    config = load_ablation(ablation, list(overrides))
+    try:
+        rows = run_ablation(config, progress=not quiet)
+    except ContaminationError as exc:
+        raise UserError(str(exc)) from exc
+    click.echo(Path(config.output, "leaderboard.md").read_text())
+    click.echo(f"leaderboard: {config.output}/leaderboard.md, .csv and .png ({len(rows)} recipes)")
+
+
 @main.group()
 def sample():
     """Build sample data sets."""
@@ -205,6 +224,8 @@ def openclipart(out, source, limit, workers, eval_percent, max_side):
     click.echo(f"{summary['rendered']} of {summary['svgs']} drawings rendered ({summary['failed']} failed, listed in "
                f"{out}/summary.json): {summary['pool']} in {out}/pool, {summary['eval']} in {out}/eval")
 
+
+main.add_command(eval_command)
 
 if __name__ == "__main__":
     sys.exit(main())

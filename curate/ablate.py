@@ -1,0 +1,185 @@
+"""`curate ablate`: score recipes end to end. Each recipe curates the same pool, a CLIP is
+trained on the result with the same config and samples-seen budget (DataComp's rule: the
+data changes, never the compute), evaluated on the same suite, for each seed; the
+leaderboard ranks recipes by the suite's aggregate score.
+
+Finished steps are reused: a curated set by its run fingerprint, a trained and evaluated
+model by a key over the recipe, the pool, the training config, the seed and the suite.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import shutil
+import statistics
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from curate.config import ConfigError, load_yaml, validate
+from curate.pipeline import Pipeline, StageSpec, load_pipeline
+from curate.stages.decontaminate import Decontaminate, DecontaminateConfig
+
+
+class AblationConfig(BaseModel):
+    """An ablation file: recipes to compare, and what stays fixed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    pool: str = Field(..., description="the pool every recipe curates")
+    output: str = Field(..., description="folder for curated sets, runs and the leaderboard")
+    recipes: dict[str, str] = Field(..., min_length=1, description="recipe name -> pipeline file")
+    train: str = Field(..., description="CLIP training config (YAML)")
+    samples_seen: int = Field(..., gt=0, description="the fixed training budget for every recipe")
+    seeds: list[int] = Field([0], min_length=1)
+    suite: str = Field(..., description="evaluation suite (YAML)")
+    eval_data: list[str] = Field(..., min_length=1, description="evaluation images to keep out of every curated set")
+    decontaminate: Literal["refuse", "filter"] = Field(
+        "refuse", description="refuse: stop when a curated set holds eval images; filter: drop them")
+    radius: int = Field(4, ge=0, le=31, description="pHash radius for near-copies of eval images")
+    workers: int = Field(1, gt=0, description="curation worker processes")
+
+
+class ContaminationError(RuntimeError):
+    """A curated set contains evaluation images and the ablation was told to refuse."""
+
+
+def load_ablation(path: str | Path, overrides: list[str] = ()) -> AblationConfig:
+    """Read, override and validate an ablation file."""
+    return validate(AblationConfig, load_yaml(path, overrides), str(path))
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def with_decontamination(pipeline: Pipeline, config: AblationConfig) -> Pipeline:
+    """The recipe with the decontaminate stage after its last stage."""
+    stage = StageSpec(Decontaminate.name, DecontaminateConfig(eval_data=config.eval_data, radius=config.radius))
+    raw = {**pipeline.raw, "stages": pipeline.raw["stages"] + [{"stage": stage.name, **stage.config.model_dump()}]}
+    return Pipeline(pipeline.settings, pipeline.stages + [stage], pipeline.source, raw)
+
+
+def curate_recipe(name: str, pipeline_file: str, config: AblationConfig, progress: bool) -> tuple[Path, dict]:
+    """Run one recipe over the pool (reused when already done); enforce decontamination."""
+    from curate.engines import LocalEngine
+    from curate.runner import run_pipeline
+
+    pipeline = with_decontamination(load_pipeline(pipeline_file), config)
+    out = Path(config.output) / "curated" / name
+    engine = LocalEngine(config.workers, progress)
+    try:  # the same run finished is reused, interrupted is resumed
+        stats = run_pipeline(pipeline, engine, config.pool, out)
+    except FileExistsError:  # the recipe or the pool changed since: curate again
+        stats = run_pipeline(pipeline, engine, config.pool, out, overwrite=True)
+    found = {r: n for s in stats["stages"] if s["name"] == Decontaminate.name for r, n in s["reasons"].items()}
+    if found and config.decontaminate == "refuse":
+        raise ContaminationError(
+            f"recipe {name!r}: its curated set holds evaluation images ({found}); they are listed in "
+            f"{out / 'rejected.parquet'}. Set `decontaminate: filter` to train without them.")
+    return out, stats
+
+
+def train_and_evaluate(recipe: str, curated: Path, seed: int, config: AblationConfig, progress: bool) -> dict:
+    """Train a CLIP on a curated set with one seed and evaluate it (reused when already done)."""
+    from train.clip.config import load_clip_config
+    from train.clip.model import load_checkpoint
+    from train.clip.train import train_clip
+    from train.eval.evaluate import evaluate
+    from train.eval.suite import load_suite
+
+    train_config = load_clip_config(config.train, [f"samples_seen={config.samples_seen}", f"seed={seed}",
+                                                   f"data={curated}"])
+    suite_text = Path(config.suite).read_text()
+    key = _key(json.loads((curated / "_work" / "run.json").read_text())["fingerprint"],
+               train_config.model_dump(exclude={"data"}), suite_text)
+    run_dir = Path(config.output) / "runs" / recipe / f"seed{seed}"
+    results_path, key_path = run_dir / "results.json", run_dir / "key.txt"
+    if key_path.exists() and key_path.read_text() != key:
+        shutil.rmtree(run_dir)  # trained for other data, config or suite: start over
+    if results_path.exists():
+        return json.loads(results_path.read_text())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    key_path.write_text(key)
+    train_clip(train_config, run_dir, progress=progress)  # resumes an interrupted run from last.pt
+    clip, _ = load_checkpoint(run_dir / "last.pt")
+    results = evaluate(clip, load_suite(config.suite), progress=progress)
+    record = {"key": key, "recipe": recipe, "seed": seed, "samples_seen": config.samples_seen, **results}
+    results_path.write_text(json.dumps(record, indent=2))
+    return record
+
+
+def run_ablation(config: AblationConfig, progress: bool = True) -> list[dict]:
+    """Curate, train and evaluate every recipe and seed; write the leaderboard. Returns its rows."""
+    records = []
+    for recipe, pipeline_file in config.recipes.items():
+        if not Path(pipeline_file).is_file():
+            raise ConfigError(f"recipe {recipe!r}: pipeline file {pipeline_file} not found")
+        curated, stats = curate_recipe(recipe, pipeline_file, config, progress)
+        for seed in config.seeds:
+            record = train_and_evaluate(recipe, curated, seed, config, progress)
+            records.append({**record, "curated_size": stats["kept"], "pool_size": stats["input"]})
+    rows = leaderboard_rows(records)
+    write_leaderboard(rows, records, config, Path(config.output))
+    return rows
+
+
+def leaderboard_rows(records: list[dict]) -> list[dict]:
+    """One row per recipe: mean and spread of the aggregate over seeds, and each task's mean."""
+    rows = []
+    for recipe in dict.fromkeys(r["recipe"] for r in records):
+        runs = [r for r in records if r["recipe"] == recipe]
+        scores = [r["aggregate"] for r in runs]
+        row = {"recipe": recipe, "curated_size": runs[0]["curated_size"], "pool_size": runs[0]["pool_size"],
+               "seeds": len(runs), "aggregate": statistics.fmean(scores),
+               "aggregate_std": statistics.stdev(scores) if len(scores) > 1 else 0.0}
+        for task in runs[0]["tasks"]:
+            row[task] = statistics.fmean(r["tasks"][task]["main"] for r in runs)
+        rows.append(row)
+    return sorted(rows, key=lambda r: -r["aggregate"])
+
+
+def write_leaderboard(rows: list[dict], records: list[dict], config: AblationConfig, out: Path) -> None:
+    """leaderboard.md, leaderboard.csv and plots (score per recipe with seed spread; score vs size)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    tasks = [k for k in rows[0] if k not in ("recipe", "curated_size", "pool_size", "seeds", "aggregate", "aggregate_std")]
+    with open(out / "leaderboard.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    header = "| rank | recipe | curated / pool | aggregate (mean ± std over seeds) | " + " | ".join(tasks) + " |"
+    lines = [f"# {config.name}", "",
+             f"CLIP `{Path(config.train).name}`, {config.samples_seen:,} samples seen for every recipe, "
+             f"seeds {config.seeds}, suite `{Path(config.suite).name}`, decontamination: {config.decontaminate}.", "",
+             header, "|" + "---|" * (4 + len(tasks))]
+    for rank, row in enumerate(rows, 1):
+        lines.append(f"| {rank} | {row['recipe']} | {row['curated_size']:,} / {row['pool_size']:,} | "
+                     f"{row['aggregate']:.4f} ± {row['aggregate_std']:.4f} | "
+                     + " | ".join(f"{row[t]:.4f}" for t in tasks) + " |")
+    (out / "leaderboard.md").write_text("\n".join(lines) + "\n")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
+    names = [r["recipe"] for r in rows]
+    left.bar(names, [r["aggregate"] for r in rows], yerr=[r["aggregate_std"] for r in rows], capsize=4,
+             color="#4c72b0")
+    for i, row in enumerate(rows):
+        seeds = [r["aggregate"] for r in records if r["recipe"] == row["recipe"]]
+        left.scatter([i] * len(seeds), seeds, color="black", s=12, zorder=3)
+    left.set_ylabel("aggregate score")
+    left.set_title("Score per recipe (bars: mean; dots: seeds)")
+    right.scatter([r["curated_size"] for r in rows], [r["aggregate"] for r in rows])
+    for row in rows:
+        right.annotate(row["recipe"], (row["curated_size"], row["aggregate"]), fontsize=8)
+    right.set_xlabel("curated set size")
+    right.set_ylabel("aggregate score")
+    right.set_title("Score vs curated-set size")
+    fig.savefig(out / "leaderboard.png", dpi=90)
+    plt.close(fig)

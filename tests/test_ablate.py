@@ -1,0 +1,85 @@
+"""`curate ablate`: recipes -> curate -> train -> evaluate -> leaderboard, with reuse and decontamination."""
+
+import csv
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.fixture()
+def ablation(tmp_path, pool_root):
+    (tmp_path / "no_filter.yaml").write_text("name: no_filter\nstages:\n  - stage: decode\n")
+    (tmp_path / "captioned.yaml").write_text(
+        "name: captioned\nstages:\n  - stage: decode\n  - stage: caption\n    min_words: 2\n")
+    (tmp_path / "train.yaml").write_text("model: clip-tiny\nbatch_size: 16\nwarmup_steps: 1\n")
+    (tmp_path / "suite.yaml").write_text(f"""
+tasks:
+  - name: category
+    kind: zeroshot
+    data: {pool_root / 'eval'}
+    label_column: category
+  - name: captions
+    kind: retrieval
+    data: {pool_root / 'eval'}
+    caption_column: text
+""")
+    path = tmp_path / "ablation.yaml"
+    path.write_text(f"""
+name: test_ablation
+pool: {pool_root / 'pool'}
+output: {tmp_path / 'runs'}
+recipes:
+  no_filter: {tmp_path / 'no_filter.yaml'}
+  captioned: {tmp_path / 'captioned.yaml'}
+train: {tmp_path / 'train.yaml'}
+samples_seen: 48
+seeds: [0, 1]
+suite: {tmp_path / 'suite.yaml'}
+eval_data: [{pool_root / 'eval'}]
+decontaminate: filter
+""")
+    return path
+
+
+def ablate(path, *extra):
+    return subprocess.run([sys.executable, "-m", "curate.cli", "ablate", str(path), "--quiet", *extra],
+                          capture_output=True, text=True, timeout=900, cwd=ROOT)
+
+
+def test_ablation_runs_end_to_end_and_reuses_finished_steps(ablation, tmp_path):
+    result = ablate(ablation)
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = tmp_path / "runs"
+    rows = list(csv.DictReader(open(runs / "leaderboard.csv")))
+    assert {r["recipe"] for r in rows} == {"no_filter", "captioned"}
+    for row in rows:
+        assert row["seeds"] == "2" and 0 <= float(row["aggregate"]) <= 1
+        assert float(row["aggregate"]) == pytest.approx((float(row["category"]) + float(row["captions"])) / 2)
+        assert int(row["curated_size"]) <= int(row["pool_size"])
+    sizes = {r["recipe"]: int(r["curated_size"]) for r in rows}
+    assert sizes["captioned"] < sizes["no_filter"]
+    assert (runs / "leaderboard.png").stat().st_size > 0 and "± " in (runs / "leaderboard.md").read_text()
+    # every run trained for the same budget: 48 samples = 3 steps of 16
+    for log in runs.glob("runs/*/seed*/log.jsonl"):
+        assert len(log.read_text().splitlines()) == 3
+    stamps = {p: p.stat().st_mtime_ns for p in runs.glob("runs/*/seed*/last.pt")}
+    again = ablate(ablation)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing retrained
+
+
+def test_contaminated_pool_is_refused(ablation, tmp_path, pool_root):
+    pool = tmp_path / "contaminated"
+    shutil.copytree(pool_root / "pool", pool)
+    pq.write_table(pq.read_table(pool_root / "eval").slice(0, 3), pool / "zz-leak.parquet")
+    text = ablation.read_text().replace("decontaminate: filter", "decontaminate: refuse")
+    ablation.write_text(text.replace(f"pool: {pool_root / 'pool'}", f"pool: {pool}"))
+    result = ablate(ablation)
+    assert result.returncode == 2
+    assert "holds evaluation images" in result.stderr and "eval_exact" in result.stderr
