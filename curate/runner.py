@@ -29,7 +29,7 @@ def run_pipeline(pipeline: Pipeline, engine, input_paths: str | list[str] | None
     first = next(read_task(tasks[0], 1), None)
     pipeline.check_columns(first.table.column_names if first else [])
     layout = RunLayout(output)
-    if layout.prepare(fingerprint(pipeline.raw, tasks, {}), overwrite):
+    if layout.prepare(fingerprint(pipeline.raw, tasks), overwrite):
         stats = json.loads(layout.stats.read_text())
         stats["resumed_complete"] = True
         return stats

@@ -70,9 +70,13 @@ def normalize(table: pa.Table, source: str) -> pa.Table:
         if name not in names:
             table = table.append_column(name, pa.nulls(n, type_))
     if "uid" not in table.column_names or table.column("uid").null_count == n:
-        urls = table.column("url").to_pylist()
-        texts = table.column("text").to_pylist()
-        uids = pa.array([make_uid(u, t) for u, t in zip(urls, texts)], pa.string())
+        seen: dict[tuple, int] = {}
+        uids = []
+        for pair in zip(table.column("url").to_pylist(), table.column("text").to_pylist()):
+            # a repeated (url, text) row is another sample: its uid says which occurrence it is
+            seen[pair] = seen.get(pair, 0) + 1
+            uids.append(make_uid(*pair) if seen[pair] == 1 else make_uid(pair[0], f"{pair[1]}\x00{seen[pair]}"))
+        uids = pa.array(uids, pa.string())
         table = set_column(table, "uid", uids)
     for field in CORE_FIELDS:
         if field.name not in table.column_names:

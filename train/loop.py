@@ -50,7 +50,6 @@ class LoopSettings:
     warmup_steps: int
     checkpoint_every: int
     precision: str  # "fp32" | "bf16"
-    seed: int
     samples_per_step: int
 
 
@@ -147,6 +146,9 @@ def train_loop(
         start_step = resume_state["step"]
         _set_rng_state(resume_state["rng"])
     log_path = run_dir / "log.jsonl"
+    if dist_info.is_main and log_path.exists():  # steps logged after the checkpoint will be run again
+        kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= start_step]
+        log_path.write_text("".join(line + "\n" for line in kept))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.precision == "bf16")
     batches = batches_from(start_step)
     bar = tqdm(total=settings.total_steps, initial=start_step, unit="step", dynamic_ncols=True,
@@ -179,8 +181,9 @@ def train_loop(
             bar.update(1)
         done = step + 1 == settings.total_steps
         if dist_info.is_main and (done or (step + 1) % settings.checkpoint_every == 0):
-            save(run_dir / f"step-{step + 1:06d}.pt",
-                 {"optimizer": optimizer.state_dict(), "step": step + 1, "rng": _rng_state()})
-            shutil.copyfile(run_dir / f"step-{step + 1:06d}.pt", run_dir / "last.pt")
+            checkpoint = run_dir / f"step-{step + 1:06d}.pt"
+            save(checkpoint, {"optimizer": optimizer.state_dict(), "step": step + 1, "rng": _rng_state()})
+            shutil.copyfile(checkpoint, run_dir / "last.pt.tmp")
+            os.replace(run_dir / "last.pt.tmp", run_dir / "last.pt")
     bar.close()
     return last

@@ -199,6 +199,11 @@ class RunLayout:
         kept_uids: list[str] = []
         for t in tasks:
             kept_uids += pq.read_table(self.kept_parquet(t), columns=["uid"]).column("uid").to_pylist()
+        everyone = kept_uids + ledger.column("uid").to_pylist()
+        if len(set(everyone)) != len(everyone):
+            repeated = sorted(u for u, n in Counter(everyone).items() if n > 1)
+            raise ValueError(f"{len(repeated)} uid(s) occur more than once in the input (e.g. {repeated[:3]}): "
+                             "uids must be unique; drop the uid column to have curate make them")
         write_uids(kept_uids, self.uids)
         if len(kept_uids) + ledger.num_rows != input_rows:
             raise RuntimeError(
@@ -227,11 +232,11 @@ class RunLayout:
         write_json_atomic({**run, "complete": True}, self.run_file)
 
 
-def fingerprint(pipeline_raw: dict, tasks: list, engine_independent: dict) -> dict:
+def fingerprint(pipeline_raw: dict, tasks: list) -> dict:
     """A hash of everything that determines a run's output, to detect reuse of a folder."""
     inputs = []
     for task in tasks:
         stat = Path(task.path).stat()
         inputs.append([task.path, task.row_group, stat.st_size, int(stat.st_mtime)])
-    blob = json.dumps({"pipeline": pipeline_raw, "inputs": inputs, **engine_independent}, sort_keys=True, default=str)
+    blob = json.dumps({"pipeline": pipeline_raw, "inputs": inputs}, sort_keys=True, default=str)
     return {"fingerprint": hashlib.sha256(blob.encode()).hexdigest(), "pipeline": pipeline_raw.get("name")}

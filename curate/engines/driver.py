@@ -41,28 +41,33 @@ class TaskJob:
     state_path: str | None
 
 
-_WORKER_STAGES: dict[int, list[Stage]] = {}
-_WORKER_STATES: dict[str, Any] = {}
+_WORKER_STAGES: dict[str, list[Stage]] = {}
+_WORKER_STATE: dict[tuple, Any] = {}
 
 
 def stages_for(pipeline: Any) -> list[Stage]:
-    """The pipeline's stages, built and set up once per worker process."""
-    key = hash(pipeline.source) ^ hash(repr(pipeline.stages))
+    """The pipeline's stages, built and set up once per worker process (per stage configuration)."""
+    key = repr(pipeline.stages)
     if key not in _WORKER_STAGES:
         stages = pipeline.build_stages()
         for stage in stages:
             stage.setup()
+        _WORKER_STAGES.clear()
         _WORKER_STAGES[key] = stages
     return _WORKER_STAGES[key]
 
 
 def _state_for(path: str | None) -> Any:
+    """A global stage's fitted state, loaded once per worker; a rewritten file is loaded again."""
     if path is None:
         return None
-    if path not in _WORKER_STATES:
+    stat = Path(path).stat()
+    key = (path, stat.st_mtime_ns, stat.st_size)
+    if key not in _WORKER_STATE:
+        _WORKER_STATE.clear()  # one state at a time: a dedup state can be large
         with open(path, "rb") as handle:
-            _WORKER_STATES[path] = pickle.load(handle)
-    return _WORKER_STATES[path]
+            _WORKER_STATE[key] = pickle.load(handle)
+    return _WORKER_STATE[key]
 
 
 def _batches(job: TaskJob, layout: RunLayout):

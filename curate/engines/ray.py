@@ -38,7 +38,7 @@ class TaskRunner:
 
 
 class RayEngine(TaskEngine):
-    """Runs a pipeline on a Ray cluster (or a local Ray) with `workers` actors."""
+    """Runs a pipeline on a Ray cluster (or a local Ray) with `workers` concurrent actors or tasks."""
 
     name = "ray"
 

@@ -103,7 +103,7 @@ def read_task(task: InputTask, batch_size: int) -> Iterator[Verdict]:
             table = normalize(table, task.describe())
         except ValueError as exc:
             raise InputError(str(exc)) from exc
-        for start in range(0, table.num_rows, batch_size):
+        for start in range(0, max(table.num_rows, 1), batch_size):  # an empty task still yields its schema
             yield Verdict(table.slice(start, batch_size))
         return
     samples = _tar_samples(task.path) if task.kind == "tar" else _folder_samples(Path(task.path))
@@ -197,8 +197,9 @@ def _tar_samples(path: str) -> Iterator[dict]:
                 key = stem
                 files[ext.lower()] = tar.extractfile(member).read()
     except (tarfile.ReadError, EOFError, OSError) as exc:
-        if key is not None:
-            yield _sample(key, files, "truncated_shard", f"{path}: {exc}")
+        if key is None:
+            raise InputError(f"{path}: not a readable tar (compressed or corrupt?): {exc}") from exc
+        yield _sample(key, files, "truncated_shard", f"{path}: {exc}")
         return
     if key is not None:
         yield _sample(key, files)

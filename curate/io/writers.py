@@ -6,9 +6,11 @@ crashed run never leaves a half-written output behind.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
+import re
 import tarfile
 from pathlib import Path
 
@@ -16,9 +18,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.schema import LEDGER_SCHEMA, uid_array
+from curate.schema import uid_array
 
 TMP_SUFFIX = ".tmp"
+_SAFE_KEY = re.compile(r"[0-9A-Za-z_-]+")
 _MAGIC = ((b"\xff\xd8\xff", "jpg"), (b"\x89PNG", "png"), (b"GIF8", "gif"), (b"BM", "bmp"))
 
 
@@ -85,8 +88,11 @@ class PartWriter:
         meta_columns = [f.name for f in table.schema if not pa.types.is_binary(f.type) and not pa.types.is_large_binary(f.type)]
         metas = table.select(meta_columns).to_pylist()
         for image, meta in zip(table.column("image").to_pylist(), metas):
-            key = meta["uid"]
-            self._add(f"{key}.{image_extension(image)}", image)
+            uid = meta["uid"]
+            # a WebDataset key ends at the first dot; other uids are named by their md5 (the json keeps the uid)
+            key = uid if _SAFE_KEY.fullmatch(uid) else hashlib.md5(uid.encode()).hexdigest()
+            if image is not None:
+                self._add(f"{key}.{image_extension(image)}", image)
             self._add(f"{key}.txt", (meta["text"] or "").encode("utf-8"))
             self._add(f"{key}.json", json.dumps(meta, ensure_ascii=False, default=str).encode("utf-8"))
 
@@ -128,11 +134,6 @@ def write_json_atomic(data: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temp_path(path).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
     os.replace(temp_path(path), path)
-
-
-def empty_ledger() -> pa.Table:
-    """A rejection ledger with no rows."""
-    return LEDGER_SCHEMA.empty_table()
 
 
 def write_uids(uids: list[str], path: Path) -> None:

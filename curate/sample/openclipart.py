@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import multiprocessing
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -159,10 +158,3 @@ def build_pool(out: Path, source: Path = DEFAULT_SOURCE, workers: int | None = N
     write_json_atomic(summary, out / "summary.json")
     return summary
 
-
-def pool_ready(out: Path) -> bool:
-    """True when a finished pool build is in `out`."""
-    try:
-        return json.loads((out / "summary.json").read_text())["pool"] > 0
-    except (OSError, ValueError, KeyError):
-        return False

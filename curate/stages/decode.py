@@ -32,6 +32,8 @@ class Decode(MapStage):
     def setup(self) -> None:
         # bombs are this stage's to report (with the configured limit), not Pillow's to warn about
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        if Image.MAX_IMAGE_PIXELS is not None:  # Pillow refuses above 2x its limit, before our check
+            Image.MAX_IMAGE_PIXELS = max(Image.MAX_IMAGE_PIXELS, self.config.max_pixels)
 
     def process(self, table: pa.Table) -> Verdict:
         images = table.column("image").to_pylist()
@@ -58,6 +60,7 @@ class Decode(MapStage):
             return None, None, "missing_image", None
         if len(data) == 0:
             return None, None, "empty_image", "0 bytes"
+        size = fmt = None
         try:
             with Image.open(io.BytesIO(data)) as im:
                 size, fmt = im.size, (im.format or "").lower() or None

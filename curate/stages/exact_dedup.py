@@ -39,10 +39,16 @@ class ExactDedup(GlobalStage):
         # length-prefix the first part so ("ab", "c") and ("a", "bc") differ
         return [hashlib.blake2b(len(a).to_bytes(8, "little") + a + b, digest_size=16).digest() for a, b in parts]
 
+    def _comparable(self, table: pa.Table) -> list[bool]:
+        """Rows without an image (decode rejects them) are nobody's duplicate by image."""
+        if self.config.key == "url_text":
+            return [True] * table.num_rows
+        return [bool(i) for i in table.column("image").to_pylist()]
+
     def partial(self, table: pa.Table) -> dict[bytes, str]:
         winners: dict[bytes, str] = {}
-        for key, uid in zip(self._keys(table), table.column("uid").to_pylist()):
-            if key not in winners or uid < winners[key]:
+        for key, uid, ok in zip(self._keys(table), table.column("uid").to_pylist(), self._comparable(table)):
+            if ok and (key not in winners or uid < winners[key]):
                 winners[key] = uid
         return winners
 
@@ -56,7 +62,8 @@ class ExactDedup(GlobalStage):
 
     def apply(self, table: pa.Table, state: dict[bytes, str]) -> Verdict:
         verdict = Verdict(table)
-        for i, (key, uid) in enumerate(zip(self._keys(table), table.column("uid").to_pylist())):
-            if state[key] != uid:
+        rows = zip(self._keys(table), table.column("uid").to_pylist(), self._comparable(table))
+        for i, (key, uid, ok) in enumerate(rows):
+            if ok and state[key] != uid:
                 verdict.reject(i, "duplicate", state[key])
         return verdict

@@ -83,3 +83,18 @@ def test_missing_columns_and_half_written_parquet_are_named(tmp_path):
         plan_inputs([str(tmp_path / "half.parquet")])
     with pytest.raises(InputError, match="no such file"):
         plan_inputs([str(tmp_path / "nowhere")])
+
+
+def test_unreadable_tar_is_an_error_not_an_empty_task(tmp_path):
+    import gzip
+
+    (tmp_path / "x.tar").write_bytes(gzip.compress(b"not a tar at all" * 100))
+    with pytest.raises(InputError, match=r"x\.tar: not a readable tar"):
+        read_all(tmp_path / "x.tar")
+
+
+def test_repeated_rows_without_uids_get_distinct_uids(tmp_path, real_jpeg):
+    rows = {"url": ["http://a/x.jpg"] * 3, "text": ["cat"] * 3, "image": [real_jpeg] * 3}
+    pq.write_table(pa.table(rows), tmp_path / "dups.parquet")
+    table, _ = read_all(tmp_path / "dups.parquet")
+    assert len(set(table.column("uid").to_pylist())) == 3

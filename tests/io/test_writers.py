@@ -76,3 +76,15 @@ def test_image_extension_sniffs_formats(real_jpeg):
     Image.open(io.BytesIO(real_jpeg)).save(png, format="PNG")
     Image.open(io.BytesIO(real_jpeg)).save(webp, format="WEBP")
     assert [image_extension(b) for b in (real_jpeg, png.getvalue(), webp.getvalue())] == ["jpg", "png", "webp"]
+
+
+def test_rows_without_image_and_unsafe_uids_stay_readable(tmp_path, real_jpeg):
+    import pyarrow as pa
+
+    table = pa.table({"uid": ["img.001/a", "b" * 32], "text": ["x", "y"],
+                      "image": pa.array([None, real_jpeg], pa.binary())})
+    with PartWriter(tmp_path / "p.parquet", tmp_path / "p.tar") as writer:
+        writer.write(table)
+    samples = list(wds.WebDataset(str(tmp_path / "p.tar"), shardshuffle=False))
+    assert [json.loads(s["json"])["uid"] for s in samples] == ["img.001/a", "b" * 32]
+    assert "jpg" not in samples[0] and "jpg" in samples[1]

@@ -41,3 +41,10 @@ def test_pixel_limit_is_a_parameter(real_jpeg):
     verdict = Decode(DecodeConfig(max_pixels=w * h - 1)).process(_table([real_jpeg]))
     assert verdict.reasons == ["decompression_bomb"]
     assert Decode(DecodeConfig(max_pixels=w * h)).process(_table([real_jpeg])).reasons == [None]
+
+
+def test_headers_cut_short_are_truncated_not_a_crash(real_jpeg):
+    png = io.BytesIO()
+    Image.open(io.BytesIO(real_jpeg)).save(png, format="PNG")
+    verdict = Decode(DecodeConfig()).process(_table([png.getvalue()[:20], real_jpeg[:300]]))
+    assert verdict.reasons[0] in ("truncated_image", "corrupt_image") and verdict.reasons[1] is not None

@@ -23,9 +23,13 @@ def load_samples(path: str | Path) -> pa.Table:
         if (path / sub).is_dir():
             path = path / sub
             break
-    tables = [v.table.select(["uid", "text", "image"]) for task in plan_inputs([str(path)]) for v in read_task(task, 4096)]
+    tables = []
+    for task in plan_inputs([str(path)]):
+        for verdict in read_task(task, 4096):
+            kept, _ = verdict.split("read")  # a sample cut off in a tar is not trained on
+            tables.append(kept.select(["uid", "text", "image"]))
     table = pa.concat_tables(tables)
-    usable = pa.array([i is not None and t is not None for i, t in zip(table["image"].to_pylist(), table["text"].to_pylist())])
+    usable = pa.array([bool(i) and t is not None for i, t in zip(table["image"].to_pylist(), table["text"].to_pylist())])
     table = table.filter(usable)
     if table.num_rows == 0:
         raise ValueError(f"{path}: no samples with an image and a caption to train on")
@@ -67,11 +71,34 @@ class ClipBatches:
             torch.manual_seed(self.seed * 1_000_003 + g)
             return self.preprocess(im.convert("RGB")), self.texts[row]
 
-    def from_step(self, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Micro-batches from optimizer step `step` on, forever."""
+    def micro_batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's micro-batch number `index` (grad_accum of them per optimizer step)."""
+        step, micro = divmod(index, self.grad_accum)
+        first = step * self.batch_size + (micro * self.world_size + self.rank) * self.micro
+        pairs = [self._sample(g) for g in range(first, first + self.micro)]
+        return torch.stack([p[0] for p in pairs]), self.tokenizer([p[1] for p in pairs])
+
+    def from_step(self, step: int, workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Micro-batches from optimizer step `step` on, forever; `workers` loader processes
+        decode ahead of the training step, in the same order."""
+        stream = _MicroBatchStream(self, step * self.grad_accum)
+        if workers == 0:
+            return iter(stream)
+        return iter(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=4,
+                                                persistent_workers=True))
+
+
+class _MicroBatchStream(torch.utils.data.IterableDataset):
+    """Micro-batches from a start index on; loader worker w makes every n-th one, and the
+    loader's round-robin over workers restores the order."""
+
+    def __init__(self, batches: ClipBatches, start: int):
+        self.batches, self.start = batches, start
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        index = self.start + worker
         while True:
-            for micro in range(self.grad_accum):
-                first = step * self.batch_size + (micro * self.world_size + self.rank) * self.micro
-                pairs = [self._sample(g) for g in range(first, first + self.micro)]
-                yield torch.stack([p[0] for p in pairs]), self.tokenizer([p[1] for p in pairs])
-            step += 1
+            yield self.batches.micro_batch(index)
+            index += workers

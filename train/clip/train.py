@@ -40,7 +40,7 @@ def train_clip(config: ClipTrainConfig, run_dir: str | Path, progress: bool = Tr
     settings = LoopSettings(
         total_steps=config.total_steps, grad_accum=config.grad_accum, lr=config.lr,
         weight_decay=config.weight_decay, warmup_steps=config.warmup_steps,
-        checkpoint_every=config.checkpoint_every, precision=config.precision, seed=config.seed,
+        checkpoint_every=config.checkpoint_every, precision=config.precision,
         samples_per_step=config.batch_size,
     )
     objective = ClipObjective(clip, config.loss, dist_info.rank, dist_info.world_size)
@@ -49,7 +49,7 @@ def train_clip(config: ClipTrainConfig, run_dir: str | Path, progress: bool = Tr
         save_checkpoint(path, clip, config=config.model_dump(), **loop_state)
 
     def batches_from(step: int):
-        for images, texts in batches.from_step(step):
+        for images, texts in batches.from_step(step, config.workers):
             yield images.to(device), texts.to(device)
 
     last = train_loop(objective, batches_from, settings, run_dir, dist_info, device, save, state, progress)
