@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -24,12 +25,13 @@ from pathlib import Path
 from common import ROOT
 
 MODEL_DIR = ROOT / "train" / "configs" / "models"
+# open_clip's arguments travel in an environment variable: torchrun would take `--logs` for its own
 OPEN_CLIP_LAUNCHER = f"""
-import sys
+import json, os
 import open_clip
 open_clip.add_model_config({str(MODEL_DIR)!r})  # the project's tiny configs, as this trainer sees them
 from open_clip_train.main import main
-main(sys.argv[1:])
+main(json.loads(os.environ["OPEN_CLIP_ARGS"]))
 """
 
 
@@ -57,19 +59,19 @@ def open_clip(data: Path, steps: int, batch: int, workers: int, skip: int, nproc
     launcher = scratch / "open_clip_launcher.py"
     launcher.write_text(OPEN_CLIP_LAUNCHER)
     shards = "::".join(str(p) for p in sorted((data / "shards").glob("*.tar")))
-    command = launch(nproc, [str(launcher), "--train-data", shards, "--dataset-type", "webdataset",
-                             "--train-num-samples", str(steps * batch), "--batch-size", str(batch // nproc),
-                             "--model", "clip-tiny", "--precision", "fp32", "--workers", str(workers),
-                             "--epochs", "1", "--lr", "5e-4", "--wd", "0.1", "--warmup", "5",
-                             "--log-every-n-steps", "1", "--logs", str(scratch / "open_clip_logs"),
-                             "--name", f"n{nproc}", "--save-frequency", "0", "--report-to", "", "--seed", "0",
-                             "--device", "cpu"])
-    result = subprocess.run(command, capture_output=True, text=True, cwd=scratch)
+    args = ["--train-data", shards, "--dataset-type", "webdataset", "--train-num-samples", str(steps * batch),
+            "--batch-size", str(batch // nproc), "--model", "clip-tiny", "--precision", "fp32",
+            "--workers", str(workers), "--epochs", "1", "--lr", "5e-4", "--wd", "0.1", "--warmup", "5",
+            "--log-every-n-steps", "1", "--logs", str(scratch / "open_clip_logs"), "--name", f"n{nproc}",
+            "--save-frequency", "0", "--report-to", "", "--seed", "0", "--device", "cpu"]
+    result = subprocess.run(launch(nproc, [str(launcher)]), capture_output=True, text=True, cwd=scratch,
+                            env={**os.environ, "OPEN_CLIP_ARGS": json.dumps(args)})
     rates = [float(m) for m in re.findall(r"([\d.]+)/s, [\d.]+/s/gpu", result.stdout + result.stderr)]
     if result.returncode != 0 or len(rates) <= skip:
-        tail = (result.stderr or result.stdout).strip().splitlines()
-        return "failed: " + (tail[-1][:200] if tail else f"exit code {result.returncode}")
-    return statistics.fmean(rates[skip:])
+        errors = [l for l in (result.stderr + result.stdout).splitlines() if "Error" in l or "error" in l]
+        return "failed: " + (errors[-1][:200] if errors else f"exit code {result.returncode}")
+    # per-step rates at equal batch sizes: their harmonic mean is samples / time over those steps
+    return statistics.harmonic_mean(rates[skip:])
 
 
 def main() -> None:

@@ -35,8 +35,10 @@ def train_clip(config: ClipTrainConfig, run_dir: str | Path, progress: bool = Tr
         if dist_info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.json").write_text(json.dumps(config.model_dump(), indent=2))
+    image_size = clip.model.visual.image_size
     batches = ClipBatches(load_samples(config.data), clip.preprocess_train, clip.tokenizer, config.batch_size,
-                          config.grad_accum, dist_info.rank, dist_info.world_size, config.seed)
+                          config.grad_accum, dist_info.rank, dist_info.world_size, config.seed,
+                          max(image_size) if isinstance(image_size, (tuple, list)) else image_size)
     settings = LoopSettings(
         total_steps=config.total_steps, grad_accum=config.grad_accum, lr=config.lr,
         weight_decay=config.weight_decay, warmup_steps=config.warmup_steps,
