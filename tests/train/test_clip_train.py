@@ -67,6 +67,7 @@ def test_two_ddp_processes_see_global_negatives(curated, tmp_path):
     # gathered across both ranks, the 2-process loss is the 1-process loss
     assert two[0]["loss"] == pytest.approx(one[0]["loss"], rel=1e-5)
     assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], rel=1e-3)
+    assert two[-1]["loss"] < two[0]["loss"]  # and it learns
 
 
 def test_siglip_trains(curated, tmp_path):
