@@ -228,15 +228,37 @@ class RunLayout:
         """Record the run as finished and drop intermediates (markers stay, for reruns)."""
         for sub in ("partials",) + tuple(p.name for p in self.work.glob("pass*") if p.is_dir()):
             shutil.rmtree(self.work / sub, ignore_errors=True)
+        for state in self.work.glob("state-pass*.pkl"):  # a dedup state can be as large as its keys
+            state.unlink()
         run = json.loads(self.run_file.read_text())
         write_json_atomic({**run, "complete": True}, self.run_file)
 
 
+def _file_stamps(path: Path) -> list:
+    """(path, size, mtime_ns) of a file, or of every file under a folder."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
+def _named_paths(value) -> list[Path]:
+    """Existing files or folders named by strings in a config value (a blocklist, eval data...)."""
+    if isinstance(value, str):
+        try:
+            return [Path(value)] if Path(value).exists() else []
+        except (OSError, ValueError):  # a regular expression or caption text, not a path
+            return []
+    if isinstance(value, dict):
+        return [p for v in value.values() for p in _named_paths(v)]
+    if isinstance(value, list):
+        return [p for v in value for p in _named_paths(v)]
+    return []
+
+
 def fingerprint(pipeline_raw: dict, tasks: list) -> dict:
-    """A hash of everything that determines a run's output, to detect reuse of a folder."""
-    inputs = []
-    for task in tasks:
-        stat = Path(task.path).stat()
-        inputs.append([task.path, task.row_group, stat.st_size, int(stat.st_mtime)])
-    blob = json.dumps({"pipeline": pipeline_raw, "inputs": inputs}, sort_keys=True, default=str)
+    """A hash of everything that determines a run's output, to detect reuse of a folder: the
+    pipeline, every input file, and the files its stages read (named in their configs)."""
+    inputs = [[task.path, task.row_group] for task in tasks]
+    paths = {Path(task.path) for task in tasks} | set(_named_paths(pipeline_raw.get("stages", [])))
+    stamps = [stamp for path in sorted(paths) for stamp in _file_stamps(path)]
+    blob = json.dumps({"pipeline": pipeline_raw, "inputs": inputs, "files": stamps}, sort_keys=True, default=str)
     return {"fingerprint": hashlib.sha256(blob.encode()).hexdigest(), "pipeline": pipeline_raw.get("name")}

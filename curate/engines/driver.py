@@ -89,7 +89,15 @@ def _batches(job: TaskJob, layout: RunLayout):
 
 
 def run_task(job: TaskJob) -> dict:
-    """Run one task of one pass to its completion marker; returns the marker's content."""
+    """Run one task of one pass to its completion marker; returns the marker's content.
+    A failure is re-raised naming the pass and the input it came from."""
+    try:
+        return _run_task(job)
+    except Exception as exc:
+        raise RuntimeError(f"pass {job.pass_.index + 1}, {job.task.describe()}: {type(exc).__name__}: {exc}") from exc
+
+
+def _run_task(job: TaskJob) -> dict:
     layout = RunLayout(job.layout_root)
     stages = stages_for(job.pipeline)
     state = _state_for(job.state_path)
