@@ -100,7 +100,7 @@ def _render_one(job: RenderJob) -> dict:
         return {"path": job.path, "error": f"{type(exc).__name__}: {exc}"[:300]}
     description = meta["description"] if meta["description"] != meta["title"] else ""
     caption = " ".join(p for p in (meta["title"], description) if p)
-    url = path.resolve().as_uri()
+    url = path.absolute().as_uri()  # as found: a symlinked copy is its own sample (a real duplicate)
     return {
         "uid": make_uid(url, caption),
         "url": url,

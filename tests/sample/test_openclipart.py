@@ -24,9 +24,12 @@ def test_build_counts_failures_keeps_categories_and_splits_by_hash(tmp_path):
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copy(svg, folder / f"{i:02d}_{svg.name}")
     (source / "food" / "broken.svg").write_text("<svg><unclosed")
+    (source / "animals" / "linked.svg").symlink_to(next((source / "food").glob("00_*.svg")))  # as in the package
     summary = build_pool(tmp_path / "out", source, workers=2, eval_percent=30, progress=False)
     assert summary["failed"] == 1 and summary["failures"][0]["path"].endswith("broken.svg")
     assert summary["rendered"] == summary["pool"] + summary["eval"]
+    uids = [r["uid"] for split in ("pool", "eval") for r in pq.read_table(tmp_path / "out" / split).to_pylist()]
+    assert len(set(uids)) == len(uids) == summary["rendered"]  # the symlinked copy is a sample of its own
     rows = {split: pq.read_table(tmp_path / "out" / split).to_pylist() for split in ("pool", "eval")}
     for split, split_rows in rows.items():
         for row in split_rows:
