@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pyarrow.dataset as ds  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from curate.io.writers import temp_path  # noqa: E402
+from curate.io.writers import atomic  # noqa: E402
 
 
 def _png(fig) -> str:
@@ -109,5 +109,5 @@ table{{border-collapse:collapse}}.bars td{{border:none}}.bars .n{{text-align:rig
 {stats.get('elapsed_s')} s, {stats.get('samples_per_s')} samples/s.</p>
 <table><tr><th>stage</th><th>in</th><th>out</th><th>rejected</th><th>reasons</th></tr>{rows}</table>
 {figures}</body></html>"""
-    temp_path(layout.report).write_text(page, encoding="utf-8")
-    temp_path(layout.report).replace(layout.report)
+    with atomic(layout.report) as tmp:
+        tmp.write_text(page, encoding="utf-8")

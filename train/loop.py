@@ -25,6 +25,8 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from curate.io.writers import atomic
+
 
 class Objective(Protocol):
     """What the loop trains: `module` holds the parameters, `loss` scores a batch through
@@ -183,7 +185,7 @@ def train_loop(
         if dist_info.is_main and (done or (step + 1) % settings.checkpoint_every == 0):
             checkpoint = run_dir / f"step-{step + 1:06d}.pt"
             save(checkpoint, {"optimizer": optimizer.state_dict(), "step": step + 1, "rng": _rng_state()})
-            shutil.copyfile(checkpoint, run_dir / "last.pt.tmp")
-            os.replace(run_dir / "last.pt.tmp", run_dir / "last.pt")
+            with atomic(run_dir / "last.pt") as tmp:
+                shutil.copyfile(checkpoint, tmp)
     bar.close()
     return last

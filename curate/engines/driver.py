@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from curate.engines.base import Pass, RunLayout, StageStats, merge_stats, plan_passes, run_pass_on_batch
 from curate.io.readers import InputTask, read_task
-from curate.io.writers import PartWriter, remove_temp_files, temp_path, write_json_atomic, write_table_atomic
+from curate.io.writers import PartWriter, atomic, remove_temp_files, write_json_atomic, write_table_atomic
 from curate.schema import INPUT_SCHEMA, LEDGER_SCHEMA
 from curate.stage import GlobalStage, Stage, Verdict
 
@@ -211,6 +211,5 @@ def _load_json(path: Path) -> dict:
 
 
 def _write_pickle_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp_path(path).write_bytes(pickle.dumps(obj))
-    temp_path(path).replace(path)
+    with atomic(path) as tmp:
+        tmp.write_bytes(pickle.dumps(obj))

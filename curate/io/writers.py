@@ -12,6 +12,8 @@ import json
 import os
 import re
 import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -122,23 +124,31 @@ def _compression(schema: pa.Schema) -> dict[str, str]:
     return {f.name: "none" if pa.types.is_binary(f.type) or pa.types.is_large_binary(f.type) else "zstd" for f in schema}
 
 
-def write_table_atomic(table: pa.Table, path: Path) -> None:
-    """Write a whole table to Parquet under a temporary name, then rename it into place."""
+@contextmanager
+def atomic(path: Path) -> Iterator[Path]:
+    """A temporary path to write; renamed to `path` when the block succeeds, removed if it fails."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, temp_path(path), compression="zstd")
-    os.replace(temp_path(path), path)
+    tmp = temp_path(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_table_atomic(table: pa.Table, path: Path) -> None:
+    """Write a whole table to Parquet, atomically."""
+    with atomic(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
 
 
 def write_json_atomic(data: dict, path: Path) -> None:
-    """Write JSON under a temporary name, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp_path(path).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(temp_path(path), path)
+    """Write JSON, atomically."""
+    with atomic(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def write_uids(uids: list[str], path: Path) -> None:
     """DataComp subset file: sorted uids as 128-bit pairs of uint64 (dtype u8,u8)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(temp_path(path), "wb") as handle:
+    with atomic(path) as tmp, open(tmp, "wb") as handle:
         np.save(handle, uid_array(uids))
-    os.replace(temp_path(path), path)

@@ -15,6 +15,8 @@ from typing import Any
 import open_clip
 import torch
 
+from curate.io.writers import atomic
+
 MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "models"
 open_clip.add_model_config(MODEL_CONFIGS)
 
@@ -47,12 +49,9 @@ def create_clip(name: str, pretrained: str | None = None, device: str | torch.de
 
 def save_checkpoint(path: str | Path, clip: Clip, **extra: Any) -> None:
     """Write model weights and name (plus training state in `extra`) atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     model = clip.model.module if hasattr(clip.model, "module") else clip.model
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"model_name": clip.name, "state_dict": model.state_dict(), **extra}, tmp)
-    tmp.replace(path)
+    with atomic(Path(path)) as tmp:
+        torch.save({"model_name": clip.name, "state_dict": model.state_dict(), **extra}, tmp)
 
 
 def load_checkpoint(path: str | Path, model_name: str | None = None, device: str = "cpu") -> tuple[Clip, dict]:
