@@ -84,3 +84,16 @@ def image_server(pool_table):
     url, httpd = serve(pool_table.column("image").to_pylist()[:5])
     yield url
     httpd.shutdown()
+
+
+@pytest.fixture(scope="session")
+def clip_checkpoint(tmp_path_factory):
+    """A clip-tiny checkpoint in the trainer's format (random weights, fixed seed)."""
+    import torch
+
+    from train.clip.model import create_clip, save_checkpoint
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("scorer") / "last.pt"
+    save_checkpoint(path, create_clip("clip-tiny"))
+    return path

@@ -86,7 +86,7 @@ def test_column_check_names_stage_and_fix(tmp_path):
     assert "stages[0] (image_size)" in str(err.value) and "decode" in str(err.value)
 
 
-@pytest.mark.parametrize("recipe", ["quickstart", "datacomp_basic", "laion_filter"])
+@pytest.mark.parametrize("recipe", ["quickstart", "datacomp_basic", "laion_filter", "clip_score", "no_filter"])
 def test_shipped_recipes_validate(recipe):
     pipeline = load_pipeline(RECIPES / f"{recipe}.yaml")
     pipeline.check_columns(["uid", "text", "image"])

@@ -2,6 +2,7 @@
 
 from curate.stage import Stage
 from curate.stages.caption import Caption
+from curate.stages.clip_score import ClipScore
 from curate.stages.decode import Decode
 from curate.stages.decontaminate import Decontaminate
 from curate.stages.download import Download
@@ -15,5 +16,5 @@ from curate.stages.text_filter import TextFilter
 
 REGISTRY: dict[str, type[Stage]] = {
     cls.name: cls
-    for cls in (Download, Decode, ImageSize, FileSize, Caption, Language, TextFilter, Resize, ExactDedup, NearDedup, Decontaminate)
+    for cls in (Download, Decode, ImageSize, FileSize, Caption, Language, TextFilter, Resize, ExactDedup, NearDedup, Decontaminate, ClipScore)
 }

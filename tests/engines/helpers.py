@@ -15,3 +15,19 @@ def read_output(out: Path) -> dict:
         stats.pop(key)
     return {"kept": kept.to_pylist(), "ledger": pq.read_table(out / "rejected.parquet").to_pylist(), "stats": stats,
             "tars": sorted(p.name for p in (out / "shards").glob("*.tar"))}
+
+
+FLOAT_TOLERANCE = 1e-5  # model scores: thread counts differ between engines' workers, so sums round differently
+
+
+def assert_same_output(got: dict, expected: dict) -> None:
+    """Equal outputs: everything exact except float columns, which agree within FLOAT_TOLERANCE."""
+    assert {k: v for k, v in got.items() if k != "kept"} == {k: v for k, v in expected.items() if k != "kept"}
+    assert [r["uid"] for r in got["kept"]] == [r["uid"] for r in expected["kept"]]
+    for mine, theirs in zip(got["kept"], expected["kept"]):
+        assert mine.keys() == theirs.keys()
+        for key, value in mine.items():
+            if isinstance(value, float):
+                assert abs(value - theirs[key]) <= FLOAT_TOLERANCE, (mine["uid"], key, value, theirs[key])
+            else:
+                assert value == theirs[key], (mine["uid"], key)

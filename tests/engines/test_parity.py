@@ -10,7 +10,7 @@ from curate.engines import LocalEngine, RayEngine, SparkEngine
 from curate.pipeline import parse_pipeline
 from curate.runner import run_pipeline
 from curate.stages import REGISTRY
-from tests.engines.helpers import read_output
+from tests.engines.helpers import assert_same_output, read_output
 
 PIPELINES = {
     "filters_and_dedup": [
@@ -25,6 +25,9 @@ PIPELINES = {
     ],
     "download": [{"stage": "download", "timeout": 1.0}, {"stage": "decode"}, {"stage": "caption", "min_words": 1}],
     "decontaminate": [{"stage": "decode"}, {"stage": "decontaminate", "eval_data": ["EVAL_SPLIT"], "radius": 4}],
+    "clip_score": [{"stage": "decode"}, {"stage": "language", "languages": None},
+                   {"stage": "clip_score", "checkpoint": "CHECKPOINT", "top_fraction": 0.5},
+                   {"stage": "clip_score", "checkpoint": "CHECKPOINT", "thresholds": {"en": -0.05, "default": 0.0}}],
 }
 DOWNLOAD_PATHS = ["/img/0.jpg", "/img/1.jpg", "/img/2.jpg", "/img/3.jpg", "/missing.jpg", "/page.jpg", "/loop.jpg",
                   "/truncated.jpg", "/huge.jpg"]
@@ -56,8 +59,10 @@ def test_parity_pipelines_cover_every_registered_stage():
 @pytest.mark.distributed
 @pytest.mark.parametrize("engine", sorted(ENGINES))
 @pytest.mark.parametrize("name", sorted(PIPELINES))
-def test_engine_matches_local(engine, name, faulty_input, image_server, pool_root, tmp_path, shared_sessions):
-    stages = json.loads(json.dumps(PIPELINES[name]).replace("EVAL_SPLIT", str(pool_root / "eval")))
+def test_engine_matches_local(engine, name, faulty_input, image_server, pool_root, clip_checkpoint, tmp_path,
+                              shared_sessions):
+    text = json.dumps(PIPELINES[name]).replace("EVAL_SPLIT", str(pool_root / "eval"))
+    stages = json.loads(text.replace("CHECKPOINT", str(clip_checkpoint)))
     pipeline = parse_pipeline({"name": name, "batch_size": 16, "stages": stages}, f"<{name}>")
     source = faulty_input
     if name == "download":
@@ -69,4 +74,4 @@ def test_engine_matches_local(engine, name, faulty_input, image_server, pool_roo
     assert stats["engine"] == engine
     local, other = read_output(tmp_path / "local"), read_output(tmp_path / engine)
     assert other["kept"] and other["ledger"]
-    assert other == local  # same kept rows and column values (floats included), ledger, stats and parts
+    assert_same_output(other, local)  # same kept rows and values (floats within 1e-5), ledger, stats, parts
