@@ -68,7 +68,7 @@ class ClipBatches:
 
     def _sample(self, g: int) -> tuple[torch.Tensor, str]:
         row = self.row(g)
-        with Image.open(io.BytesIO(self.images[row])) as im, torch.random.fork_rng():
+        with Image.open(io.BytesIO(self.images[row])) as im, torch.random.fork_rng(devices=[]):  # CPU only
             # JPEG: decode at the smallest DCT scale still twice the model's input (much less work)
             im.draft("RGB", (2 * self.image_size, 2 * self.image_size))
             torch.manual_seed(self.seed * 1_000_003 + g)
