@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from curate.engines.base import Pass, RunLayout, StageStats, merge_stats, plan_passes, run_pass_on_batch
-from curate.io.readers import InputTask, read_task
+from curate.io.readers import InputError, InputTask, read_task
 from curate.io.writers import PartWriter, atomic, remove_temp_files, write_json_atomic, write_table_atomic
 from curate.schema import INPUT_SCHEMA, LEDGER_SCHEMA
 from curate.stage import GlobalStage, Stage, Verdict
@@ -93,6 +93,8 @@ def run_task(job: TaskJob) -> dict:
     A failure is re-raised naming the pass and the input it came from."""
     try:
         return _run_task(job)
+    except InputError:  # already names its file: the CLI prints it as a user error
+        raise
     except Exception as exc:
         raise RuntimeError(f"pass {job.pass_.index + 1}, {job.task.describe()}: {type(exc).__name__}: {exc}") from exc
 
