@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -70,6 +71,19 @@ class Verdict:
     def reason_counts(self) -> Counter:
         """How many rows were rejected for each reason."""
         return Counter(r for r in self.reasons if r is not None)
+
+
+def map_rows(values: list, fn: Callable[[Any], Any]) -> tuple[list, dict[int, str]]:
+    """`fn` of each value; where it raises (an undecodable image, say) the result is None and
+    the row's failure message, for the ledger, is kept: a bad row is a rejection, not a crash."""
+    results, failures = [], {}
+    for i, value in enumerate(values):
+        try:
+            results.append(fn(value))
+        except Exception as exc:  # noqa: BLE001 - any failure of one row is that row's rejection
+            results.append(None)
+            failures[i] = f"{type(exc).__name__}: {exc}"[:200]
+    return results, failures
 
 
 class Stage(ABC):

@@ -11,7 +11,7 @@ import pyarrow as pa
 from pydantic import Field, model_validator
 
 from curate.schema import set_column
-from curate.stage import GlobalStage, StageConfig, Verdict
+from curate.stage import GlobalStage, StageConfig, Verdict, map_rows
 
 
 class ClipScoreConfig(StageConfig):
@@ -50,25 +50,24 @@ class ClipScore(GlobalStage):
 
         from train.clip.model import load_checkpoint
 
-        self._torch = torch
         self._device = "cuda" if torch.cuda.is_available() else "cpu"
         self._clip, _ = load_checkpoint(self.config.checkpoint, self.config.model, device=self._device)
         self._clip.model.eval()
 
-    def process(self, table: pa.Table) -> Verdict:
+    def _preprocess(self, data: bytes):
         from PIL import Image
 
-        torch = self._torch
-        images, failures = [], {}
-        for i, data in enumerate(table.column("image").to_pylist()):
-            try:
-                with Image.open(io.BytesIO(data)) as im:
-                    images.append(self._clip.preprocess(im.convert("RGB")))
-            except Exception as exc:  # noqa: BLE001 - an undecodable image is a rejection, not a crash
-                failures[i] = f"{type(exc).__name__}: {exc}"[:200]
+        with Image.open(io.BytesIO(data)) as im:
+            return self._clip.preprocess(im.convert("RGB"))
+
+    def process(self, table: pa.Table) -> Verdict:
+        import torch
+
+        tensors, failures = map_rows(table.column("image").to_pylist(), self._preprocess)
+        scored = [i for i in range(table.num_rows) if i not in failures]
+        images = [tensors[i] for i in scored]
         texts = [t or "" for i, t in enumerate(table.column("text").to_pylist()) if i not in failures]
         scores: list[float | None] = [None] * table.num_rows
-        scored = [i for i in range(table.num_rows) if i not in failures]
         with torch.no_grad():
             for start in range(0, len(scored), self.config.batch_size):
                 rows = scored[start : start + self.config.batch_size]

@@ -10,7 +10,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from curate.io.readers import plan_inputs, read_task
-from curate.stage import MapStage, StageConfig, Verdict
+from curate.stage import MapStage, StageConfig, Verdict, map_rows
 from curate.stages.near_dedup import as_codes, hamming_index, phash
 
 
@@ -34,33 +34,33 @@ class Decontaminate(MapStage):
         self._exact: dict[bytes, str] = {}
         for task in plan_inputs(self.config.eval_data):
             for verdict in read_task(task, 1024):
-                for uid, data in zip(verdict.table["uid"].to_pylist(), verdict.table["image"].to_pylist()):
+                images = verdict.table["image"].to_pylist()
+                # an undecodable eval image (no pHash) can still match exactly
+                batch_hashes, _ = map_rows(images, phash)
+                for uid, data, hashed in zip(verdict.table["uid"].to_pylist(), images, batch_hashes):
                     if data:
                         self._exact.setdefault(hashlib.sha256(data).digest(), uid)
-                        try:
-                            hashes.append(phash(data))
-                            uids.append(uid)
-                        except Exception:  # noqa: BLE001 - an undecodable eval image can still match exactly
-                            pass
+                    if hashed is not None:
+                        hashes.append(hashed)
+                        uids.append(uid)
         self._eval_uids = uids
         self._index = hamming_index(as_codes(np.array(hashes, dtype=np.uint64)), self.config.radius) if hashes else None
 
     def process(self, table: pa.Table) -> Verdict:
         verdict = Verdict(table)
-        for i, data in enumerate(table["image"].to_pylist()):
-            if not data:
-                continue
-            if (uid := self._exact.get(hashlib.sha256(data).digest())) is not None:
+        images = table["image"].to_pylist()
+        for i, data in enumerate(images):
+            if data and (uid := self._exact.get(hashlib.sha256(data).digest())) is not None:
                 verdict.reject(i, "eval_exact", uid)
-                continue
-            if self._index is None:
-                continue
-            try:
-                code = as_codes(np.array([phash(data)], dtype=np.uint64))
-            except Exception:  # noqa: BLE001 - decode rejects undecodable images with their reason
-                continue
-            lims, distances, labels = self._index.range_search(code, self.config.radius + 1)
-            if lims[1] > lims[0]:
-                nearest = labels[lims[0] + int(np.argmin(distances[lims[0]:lims[1]]))]
+        # the rest are searched at once; undecodable ones are decode's to reject, with their reason
+        hashes, _ = map_rows(images, phash)
+        rows = [i for i, h in enumerate(hashes) if h is not None and verdict.reasons[i] is None]
+        if self._index is None or not rows:
+            return verdict
+        codes = as_codes(np.array([hashes[i] for i in rows], dtype=np.uint64))
+        lims, distances, labels = self._index.range_search(codes, self.config.radius + 1)
+        for k, i in enumerate(rows):
+            if lims[k + 1] > lims[k]:
+                nearest = labels[lims[k] + int(np.argmin(distances[lims[k]:lims[k + 1]]))]
                 verdict.reject(i, "eval_near", self._eval_uids[nearest])
         return verdict

@@ -9,7 +9,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from curate.schema import set_column
-from curate.stage import GlobalStage, StageConfig, Verdict
+from curate.stage import GlobalStage, StageConfig, Verdict, map_rows
 
 HASH_BITS = 64
 
@@ -77,17 +77,10 @@ class NearDedup(GlobalStage):
     reasons = ("phash_failed", "near_duplicate")
 
     def process(self, table: pa.Table) -> Verdict:
-        hashes: list[int | None] = []
-        failures: list[tuple[int, str]] = []
-        for i, data in enumerate(table.column("image").to_pylist()):
-            try:
-                hashes.append(phash(data))
-            except Exception as exc:  # noqa: BLE001 - any undecodable image is a rejection, not a crash
-                hashes.append(None)
-                failures.append((i, f"{type(exc).__name__}: {exc}"[:200]))
+        hashes, failures = map_rows(table.column("image").to_pylist(), phash)
         signed = [None if h is None else int(np.uint64(h).view(np.int64)) for h in hashes]
         verdict = Verdict(set_column(table, "phash", signed, pa.int64()))
-        for i, message in failures:
+        for i, message in failures.items():
             verdict.reject(i, "phash_failed", message)
         return verdict
 
