@@ -20,19 +20,18 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from curate.config import ConfigError, load_yaml, validate
-from curate.pipeline import Pipeline, StageSpec, load_pipeline
-from curate.stages.decontaminate import Decontaminate, DecontaminateConfig
+from curate.pipeline import Pipeline, load_pipeline, parse_pipeline
+from curate.stages.decontaminate import Decontaminate
 
 
-class AblationConfig(BaseModel):
-    """An ablation file: recipes to compare, and what stays fixed."""
+class ExperimentConfig(BaseModel):
+    """What every experiment over a pool keeps fixed: the pool, the training budget, the suite."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str
     pool: str = Field(..., description="the pool every recipe curates")
     output: str = Field(..., description="folder for curated sets, runs and the leaderboard")
-    recipes: dict[str, str] = Field(..., min_length=1, description="recipe name -> pipeline file")
     train: str = Field(..., description="CLIP training config (YAML)")
     samples_seen: int = Field(..., gt=0, description="the fixed training budget for every recipe")
     seeds: list[int] = Field([0], min_length=1)
@@ -42,6 +41,12 @@ class AblationConfig(BaseModel):
         "refuse", description="refuse: stop when a curated set holds eval images; filter: drop them")
     radius: int = Field(4, ge=0, le=31, description="pHash radius for near-copies of eval images")
     workers: int = Field(1, gt=0, description="curation worker processes")
+
+
+class AblationConfig(ExperimentConfig):
+    """An ablation file: recipes to compare, and what stays fixed."""
+
+    recipes: dict[str, str] = Field(..., min_length=1, description="recipe name -> pipeline file")
 
 
 class ContaminationError(RuntimeError):
@@ -57,19 +62,20 @@ def _key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def with_decontamination(pipeline: Pipeline, config: AblationConfig) -> Pipeline:
-    """The recipe with the decontaminate stage after its last stage."""
-    stage = StageSpec(Decontaminate.name, DecontaminateConfig(eval_data=config.eval_data, radius=config.radius))
-    raw = {**pipeline.raw, "stages": pipeline.raw["stages"] + [{"stage": stage.name, **stage.config.model_dump()}]}
-    return Pipeline(pipeline.settings, pipeline.stages + [stage], pipeline.source, raw)
+def with_stage(pipeline: Pipeline, stage: str, **params) -> Pipeline:
+    """The pipeline with one more stage after its last one."""
+    return parse_pipeline({**pipeline.raw, "stages": pipeline.raw["stages"] + [{"stage": stage, **params}]},
+                          pipeline.source)
 
 
-def curate_recipe(name: str, pipeline_file: str, config: AblationConfig, progress: bool) -> tuple[Path, dict]:
-    """Run one recipe over the pool (reused when already done); enforce decontamination."""
+def curate_recipe(name: str, recipe: str | Pipeline, config: ExperimentConfig, progress: bool) -> tuple[Path, dict]:
+    """Run one recipe (a pipeline file or a pipeline) over the pool, reused when already done,
+    with the decontaminate stage last; refuse or filter contamination as configured."""
     from curate.engines import LocalEngine
     from curate.runner import run_pipeline
 
-    pipeline = with_decontamination(load_pipeline(pipeline_file), config)
+    pipeline = load_pipeline(recipe) if isinstance(recipe, str) else recipe
+    pipeline = with_stage(pipeline, Decontaminate.name, eval_data=config.eval_data, radius=config.radius)
     out = Path(config.output) / "curated" / name
     engine = LocalEngine(config.workers, progress)
     try:  # the same run finished is reused, interrupted is resumed
@@ -84,7 +90,7 @@ def curate_recipe(name: str, pipeline_file: str, config: AblationConfig, progres
     return out, stats
 
 
-def train_and_evaluate(recipe: str, curated: Path, seed: int, config: AblationConfig, progress: bool) -> dict:
+def train_and_evaluate(recipe: str, curated: Path, seed: int, config: ExperimentConfig, progress: bool) -> dict:
     """Train a CLIP on a curated set with one seed and evaluate it (reused when already done)."""
     from train.clip.config import load_clip_config
     from train.clip.model import load_checkpoint
@@ -143,8 +149,10 @@ def leaderboard_rows(records: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda r: -r["aggregate"])
 
 
-def write_leaderboard(rows: list[dict], records: list[dict], config: AblationConfig, out: Path) -> None:
-    """leaderboard.md, leaderboard.csv and plots (score per recipe with seed spread; score vs size)."""
+def write_leaderboard(rows: list[dict], records: list[dict], config: ExperimentConfig, out: Path,
+                      notes: list[str] = ()) -> None:
+    """leaderboard.md (with `notes` under the table), leaderboard.csv and plots (score per recipe with
+    seed spread; score vs size)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -165,6 +173,7 @@ def write_leaderboard(rows: list[dict], records: list[dict], config: AblationCon
         lines.append(f"| {rank} | {row['recipe']} | {row['curated_size']:,} / {row['pool_size']:,} | "
                      f"{row['aggregate']:.4f} ± {row['aggregate_std']:.4f} | "
                      + " | ".join(f"{row[t]:.4f}" for t in tasks) + " |")
+    lines += ["", *notes] if notes else []
     (out / "leaderboard.md").write_text("\n".join(lines) + "\n")
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), layout="constrained")
     names = [r["recipe"] for r in rows]
