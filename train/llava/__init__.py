@@ -1,0 +1,1 @@
+"""LLaVA trainer: a frozen open_clip vision tower, an MLP projector and a Hugging Face causal LM."""

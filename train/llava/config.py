@@ -1,0 +1,84 @@
+"""The LLaVA trainer's typed config (a YAML file, validated like pipelines)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from curate.config import load_yaml, validate
+
+CAPTION_PROMPT = "Describe the image briefly."
+
+
+class LlavaModelConfig(BaseModel):
+    """The model: vision tower, projector, language model and the input format's sizes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vision: str = Field(..., description="a `curate train clip` checkpoint, or an open_clip model name "
+                                         "(with vision_pretrained, or random weights)")
+    vision_pretrained: str | None = Field(None, description="open_clip weights file for a model name in `vision`")
+    vision_layer: int = Field(-2, description="resblock whose patch tokens feed the projector (LLaVA: -2, "
+                                              "the penultimate)")
+    pixel_shuffle: int = Field(1, ge=1, description="merge s x s neighbouring patches into one token (nanoVLM); "
+                                                    "1 = off")
+    lm: str | None = Field(None, description="a Hugging Face causal LM folder (config, weights, tokenizer)")
+    lm_config: str | None = Field(None, description="instead of `lm`: a model config JSON (train/configs/models) "
+                                                    "built with random weights, with a tokenizer trained on the "
+                                                    "training captions")
+    vocab_size: int = Field(2048, gt=300, description="the trained tokenizer's vocabulary (with lm_config)")
+    max_grid: int = Field(4, ge=1, le=4, description="images split into up to max_grid x max_grid regions")
+    region_size: int | None = Field(None, gt=0, description="source pixels per region side before the grid is "
+                                                            "capped [default: the tower's input size]")
+    pad_token: str | None = Field(None, description="padding token [default: <im_end>]")
+    prefix_lm: bool = Field(False, description="PaliGemma: full attention over image and prompt, causal "
+                                               "over the answer")
+
+    @model_validator(mode="after")
+    def _one_lm(self):
+        if (self.lm is None) == (self.lm_config is None):
+            raise ValueError("give exactly one of lm (a Hugging Face model folder) and lm_config (a config JSON)")
+        return self
+
+
+class LlavaTrainConfig(BaseModel):
+    """What to train, on what, for how long (DataComp's rule: recipes change the data, never these)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: LlavaModelConfig
+    stage: Literal[1, 2] = Field(1, description="1: projector on caption pairs; 2: projector and LM on "
+                                                "conversations")
+    init: str | None = Field(None, description="a LLaVA checkpoint to start from (stage 2 starts from stage 1's)")
+    data: str | None = Field(None, description="stage 1: a curated output folder or shard files; stage 2: a "
+                                               "LLaVA-Instruct JSON/JSONL file or a folder holding train.json")
+    caption_prompt: str = Field(CAPTION_PROMPT, description="the fixed question stage 1's captions answer")
+    samples_seen: int = Field(2_000, gt=0, description="the compute budget: samples seen in training")
+    batch_size: int = Field(16, gt=0, description="global batch per optimizer step, across ranks and accumulation")
+    grad_accum: int = Field(1, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(10, ge=0)
+    checkpoint_every: int = Field(100, gt=0, description="optimizer steps between checkpoints")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast (GPU); fp32 on CPU")
+    seed: int = 0
+    workers: int = Field(0, ge=0, description="data loader processes per rank")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"batch_size {self.batch_size} must be a multiple of grad_accum {self.grad_accum}")
+        if self.samples_seen < self.batch_size:
+            raise ValueError(f"samples_seen {self.samples_seen} is less than one batch ({self.batch_size})")
+        return self
+
+    @property
+    def total_steps(self) -> int:
+        return self.samples_seen // self.batch_size
+
+
+def load_llava_config(path: str | Path, overrides: list[str] = ()) -> LlavaTrainConfig:
+    """Read, override (`key=value`, e.g. `model.prefix_lm=true`) and validate a LLaVA config."""
+    return validate(LlavaTrainConfig, load_yaml(path, overrides), str(path))
