@@ -82,6 +82,48 @@ def _distributions(kept) -> list[tuple[str, str]]:
     return plots
 
 
+GALLERY_SIZE = 8
+
+
+def _thumbnail(data: bytes) -> str:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        image = image.convert("RGB")
+        image.thumbnail((160, 160))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=80)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _capfilt(parts: list) -> str:
+    """The recaptioning section: captions replaced, score histograms before and after, a gallery."""
+    columns = ["image", "web_text", "web_score", "synthetic_captions", "synthetic_scores", "caption_source",
+               "caption_score", "parent_uid", "text"]
+    kept = ds.dataset(parts, format="parquet").to_table(columns=columns).to_pylist()
+    originals = [r for r in kept if r["parent_uid"] is None]
+    replaced = [r for r in originals if r["caption_source"] == "synthetic"]
+    fig, ax = _figure()
+    bins = 30
+    ax.hist([r["web_score"] for r in originals], bins=bins, alpha=0.6, label="web caption (before)")
+    ax.hist([r["caption_score"] for r in kept], bins=bins, alpha=0.6, label="caption in `text` (after)")
+    ax.set_xlabel("CLIP score (image-caption cosine)")
+    ax.set_ylabel("kept samples")
+    ax.legend()
+    cells = []
+    for row in (replaced or originals)[:GALLERY_SIZE]:
+        synthetic = "".join(f"<li>{html.escape(c)} <i>({s:.3f})</i></li>"
+                            for c, s in zip(row["synthetic_captions"] or [], row["synthetic_scores"] or []))
+        cells.append(f"<tr><td><img src='data:image/jpeg;base64,{_thumbnail(row['image'])}'/></td>"
+                     f"<td>{html.escape(row['web_text'] or '')} <i>({row['web_score']:.3f})</i></td><td><ul>{synthetic}</ul>"
+                     f"</td><td>{html.escape(row['text'] or '')} ({row['caption_source']})</td></tr>")
+    return (f"<h2>Recaptioning (CapFilt)</h2><p>{len(replaced)} of {len(originals)} kept samples had their web caption "
+            f"replaced by a synthetic one; {len(kept) - len(originals)} extra samples carry further surviving "
+            f"captions.</p><img src='data:image/png;base64,{_png(fig)}'/>"
+            f"<table><tr><th>image</th><th>web caption (score)</th><th>synthetic captions (scores)</th>"
+            f"<th>caption kept</th></tr>{''.join(cells)}</table>")
+
+
 def write_report(layout, stats: dict) -> None:
     """Write OUTPUT/report.html from stats.json's content and the kept Parquet parts."""
     parts = sorted(layout.parquet.glob("*.parquet"))
@@ -100,6 +142,8 @@ def write_report(layout, stats: dict) -> None:
     figures = _funnel(stats) + _reasons(stats) + "".join(
         f"<h2>{t}</h2><img src='data:image/png;base64,{b}'/>" for t, b in images
     )
+    if parts and "caption_source" in names:
+        figures += _capfilt(parts)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>curate run: {html.escape(str(stats.get('pipeline')))}</title>
 <style>body{{font-family:sans-serif;max-width:980px;margin:2em auto}}td,th{{border:1px solid #ccc;padding:3px 8px}}
 table{{border-collapse:collapse}}.bars td{{border:none}}.bars .n{{text-align:right}}.bars .bar{{width:60%}}</style></head><body>
