@@ -98,9 +98,10 @@ def _thumbnail(data: bytes) -> str:
 
 def _capfilt(parts: list) -> str:
     """The recaptioning section: captions replaced, score histograms before and after, a gallery."""
-    columns = ["image", "web_text", "web_score", "synthetic_captions", "synthetic_scores", "caption_source",
+    columns = ["uid", "web_text", "web_score", "synthetic_captions", "synthetic_scores", "caption_source",
                "caption_score", "parent_uid", "text"]
-    kept = ds.dataset(parts, format="parquet").to_table(columns=columns).to_pylist()
+    dataset = ds.dataset(parts, format="parquet")
+    kept = dataset.to_table(columns=columns).to_pylist()
     originals = [r for r in kept if r["parent_uid"] is None]
     replaced = [r for r in originals if r["caption_source"] == "synthetic"]
     fig, ax = _figure()
@@ -110,11 +111,14 @@ def _capfilt(parts: list) -> str:
     ax.set_xlabel("CLIP score (image-caption cosine)")
     ax.set_ylabel("kept samples")
     ax.legend()
+    gallery = (replaced or originals)[:GALLERY_SIZE]
+    shown = dataset.to_table(columns=["uid", "image"], filter=ds.field("uid").isin([r["uid"] for r in gallery]))
+    images = dict(zip(shown.column("uid").to_pylist(), shown.column("image").to_pylist()))
     cells = []
-    for row in (replaced or originals)[:GALLERY_SIZE]:
+    for row in gallery:
         synthetic = "".join(f"<li>{html.escape(c)} <i>({s:.3f})</i></li>"
                             for c, s in zip(row["synthetic_captions"] or [], row["synthetic_scores"] or []))
-        cells.append(f"<tr><td><img src='data:image/jpeg;base64,{_thumbnail(row['image'])}'/></td>"
+        cells.append(f"<tr><td><img src='data:image/jpeg;base64,{_thumbnail(images[row['uid']])}'/></td>"
                      f"<td>{html.escape(row['web_text'] or '')} <i>({row['web_score']:.3f})</i></td><td><ul>{synthetic}</ul>"
                      f"</td><td>{html.escape(row['text'] or '')} ({row['caption_source']})</td></tr>")
     return (f"<h2>Recaptioning (CapFilt)</h2><p>{len(replaced)} of {len(originals)} kept samples had their web caption "
