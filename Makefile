@@ -7,6 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.curate-installed
 SVG_DIR := /usr/share/openclipart/svg
+JAVA := /usr/bin/java
 POOL := data/openclipart/summary.json
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -28,6 +29,11 @@ $(SVG_DIR):
 	$(SUDO) apt-get update -q
 	$(SUDO) apt-get install -y -q openclipart-svg
 
+# Java: pycocoevalcap's PTB tokenizer and METEOR (captioning metrics), and Spark
+$(JAVA):
+	$(SUDO) apt-get update -q
+	$(SUDO) apt-get install -y -q default-jre-headless
+
 $(POOL): | $(STAMP) $(SVG_DIR)
 	$(BIN)/curate sample openclipart --out data/openclipart
 
@@ -38,7 +44,7 @@ demo: $(STAMP) $(POOL)
 	@echo
 	@echo "demo finished: shards in out/quickstart/shards, report in out/quickstart/report.html"
 
-test: $(STAMP) | $(SVG_DIR)
+test: $(STAMP) | $(SVG_DIR) $(JAVA)
 	$(BIN)/python -m pytest -q
 
 # Data-Juicer, the peer the heuristics benchmark compares against, in its own venv

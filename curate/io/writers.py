@@ -37,6 +37,12 @@ def image_extension(data: bytes) -> str:
     return "img"
 
 
+def file_key(uid: str) -> str:
+    """A file name stem for a sample: its uid when that is a plain name (letters, digits, _ and -), else
+    the uid's md5 (a WebDataset key ends at the first dot, and a path must not escape its folder)."""
+    return uid if _SAFE_KEY.fullmatch(uid) else hashlib.md5(uid.encode()).hexdigest()
+
+
 def temp_path(path: Path) -> Path:
     """Where `path` is written before it is committed."""
     return path.with_name(path.name + TMP_SUFFIX)
@@ -90,9 +96,7 @@ class PartWriter:
         meta_columns = [f.name for f in table.schema if not pa.types.is_binary(f.type) and not pa.types.is_large_binary(f.type)]
         metas = table.select(meta_columns).to_pylist()
         for image, meta in zip(table.column("image").to_pylist(), metas):
-            uid = meta["uid"]
-            # a WebDataset key ends at the first dot; other uids are named by their md5 (the json keeps the uid)
-            key = uid if _SAFE_KEY.fullmatch(uid) else hashlib.md5(uid.encode()).hexdigest()
+            key = file_key(meta["uid"])  # the json keeps the uid
             if image is not None:
                 self._add(f"{key}.{image_extension(image)}", image)
             self._add(f"{key}.txt", (meta["text"] or "").encode("utf-8"))

@@ -87,7 +87,7 @@ def test_shipped_default_suite_is_valid():
 
 
 @pytest.mark.parametrize("change, key, expected", [
-    (lambda t: t[1].update(kind="classify"), "tasks[1].kind", "'zeroshot' or 'retrieval'"),
+    (lambda t: t[1].update(kind="classify"), "tasks[1].kind", "'zeroshot', 'retrieval', 'captioning' or 'vqa'"),
     (lambda t: t[0].update(bogus=1), "tasks[0].bogus", "Extra inputs are not permitted"),
     (lambda t: t[0].update(label_column="species"), "tasks[0].label_column", "column 'species' not in"),
     (lambda t: t[1].update(caption_column="alt"), "tasks[1].caption_column", "column 'alt' not in"),

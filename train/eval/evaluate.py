@@ -12,18 +12,17 @@ with pessimistic ties a duplicate would otherwise always count as a miss.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from tqdm import tqdm
 
 from train.clip.model import Clip
 from train.eval.metrics import mean_per_class_recall, retrieval_recalls, zero_shot_top1
-from train.eval.suite import Suite, SuiteError, TaskData, TaskSpec, load_suite, load_task_data
+from train.eval.suite import (CLIP_KINDS, Suite, TaskData, TaskSpec, load_suite, load_task_data, open_image,
+                              require_kinds)
 
 
 def evaluate(clip: Clip, suite: Suite | str | Path, batch_size: int = 64, device: str | torch.device = "cpu",
@@ -36,6 +35,7 @@ def evaluate(clip: Clip, suite: Suite | str | Path, batch_size: int = 64, device
     """
     if not isinstance(suite, Suite):
         suite = load_suite(suite)
+    require_kinds(suite, CLIP_KINDS, "CLIP")
     model = clip.model.to(device)
     was_training = model.training
     model.eval()
@@ -80,12 +80,7 @@ class _Encoder:
         return torch.cat(out)
 
     def _pixels(self, task: TaskSpec, row: int, data: bytes) -> torch.Tensor:
-        try:
-            with Image.open(io.BytesIO(data)) as image:
-                return self.clip.preprocess(image.convert("RGB"))
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise SuiteError(f"task {task.name!r}: usable row {row} of {task.data}: image cannot be decoded "
-                             f"({type(exc).__name__}: {exc})") from exc
+        return self.clip.preprocess(open_image(task, row, data))
 
     def _normalised(self, features: torch.Tensor) -> torch.Tensor:
         self.bar.update(len(features))

@@ -1,4 +1,5 @@
-"""Evaluation suites: a YAML list of typed zero-shot and retrieval tasks over Parquet data.
+"""Evaluation suites: a YAML list of typed tasks over Parquet data: zero-shot and retrieval (CLIP),
+captioning and VQA (LLaVA).
 
 ```yaml
 max_samples: 500                 # optional: at most this many rows per task, evenly spread (a task may set its own)
@@ -12,6 +13,15 @@ tasks:
     kind: retrieval
     data: data/openclipart/eval
     caption_column: text
+  - name: openclipart_captioning   # LLaVA: BLEU-4, METEOR, CIDEr against the captions
+    kind: captioning
+    data: data/openclipart/eval
+    caption_column: text
+  - name: openclipart_vqa          # LLaVA: questions about the label, exact match against it
+    kind: vqa
+    data: data/openclipart/eval
+    label_column: category
+    questions: ["What category does this drawing belong to?"]
 ```
 
 Relative `data` paths resolve against the suite file's folder, then the current directory.
@@ -23,28 +33,35 @@ the file, the key path (e.g. `tasks[1].kind`) and what was expected.
 Zero-shot: the class names are `classnames` (default: the sorted distinct labels); labels
 are read as strings and every label must be one of the class names. A class's prompts are
 the templates with `{c}` replaced by its name, underscores shown as spaces
-(`signs_and_symbols` -> "a drawing of signs and symbols."). Rows without an image, or
-without a label (zeroshot) or a non-blank caption (retrieval), are skipped and counted.
+(`signs_and_symbols` -> "a drawing of signs and symbols."). A VQA task reads its labels the
+same way and asks every image each of its `questions` (default: the category questions of
+the stage-2 conversation set); the answer is the label. Rows without an image, or without a
+label (zeroshot, vqa) or a non-blank caption (retrieval, captioning), are skipped and counted.
 """
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from curate.config import ConfigError, load_yaml, validate
 from train.eval.datasets import BUILTINS
+from train.llava.conversations import QUESTIONS
 
 DEFAULT_TEMPLATES = ("a drawing of a {c}.", "a photo of a {c}.", "an illustration of {c}.")
 Template = Annotated[str, StringConstraints(pattern=r"\{c\}")]
-_KIND_OF_FIELD = {"label_column": "zeroshot", "classnames": "zeroshot", "templates": "zeroshot",
-                  "caption_column": "retrieval"}
+LABEL_KINDS, CAPTION_KINDS = ("zeroshot", "vqa"), ("retrieval", "captioning")
+CLIP_KINDS, LLAVA_KINDS = ("zeroshot", "retrieval"), ("captioning", "vqa")
+_KINDS_OF_FIELD = {"label_column": LABEL_KINDS, "classnames": LABEL_KINDS, "templates": ("zeroshot",),
+                   "caption_column": CAPTION_KINDS, "questions": ("vqa",)}
 _REQUIRED_FIELDS = {"label_column", "caption_column"}
 
 
@@ -58,29 +75,35 @@ class TaskSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1)
-    kind: Literal["zeroshot", "retrieval"]
+    kind: Literal["zeroshot", "retrieval", "captioning", "vqa"]
     data: str = Field(min_length=1, description="a Parquet file or a folder of Parquet files")
     builtin: Literal["digits"] | None = Field(None, description="bundled data set written to `data` when missing")
     image_column: str = "image"
-    label_column: str | None = Field(None, validate_default=True, description="zeroshot: the class label")
-    caption_column: str | None = Field(None, validate_default=True, description="retrieval: the caption")
-    classnames: list[str] | None = Field(None, min_length=1, description="zeroshot: the classes (default: the labels)")
+    label_column: str | None = Field(None, validate_default=True, description="zeroshot, vqa: the class label")
+    caption_column: str | None = Field(None, validate_default=True,
+                                       description="retrieval, captioning: the caption (captioning: the reference)")
+    classnames: list[str] | None = Field(None, min_length=1,
+                                         description="zeroshot, vqa: the classes (default: the labels)")
     templates: list[Template] | None = Field(None, min_length=1, description="zeroshot: prompts with {c}")
+    questions: list[Annotated[str, StringConstraints(min_length=1)]] | None = Field(
+        None, min_length=1, description="vqa: questions whose answer is the label [default: the category questions]")
     max_samples: int | None = Field(None, gt=0, description="use at most this many (usable) rows")
 
-    @field_validator("label_column", "caption_column", "classnames", "templates")
+    @field_validator("label_column", "caption_column", "classnames", "templates", "questions")
     @classmethod
     def _fits_kind(cls, value, info: ValidationInfo):
-        kind, wanted = info.data.get("kind"), _KIND_OF_FIELD[info.field_name]
-        if kind is not None and kind != wanted and value is not None:
-            raise PydanticCustomError("kind", "only used by {wanted} tasks, not {kind}", {"wanted": wanted, "kind": kind})
-        if kind == wanted and value is None and info.field_name in _REQUIRED_FIELDS:
+        kind, kinds = info.data.get("kind"), _KINDS_OF_FIELD[info.field_name]
+        if kind is not None and kind not in kinds and value is not None:
+            raise PydanticCustomError("kind", "only used by {wanted} tasks, not {kind}",
+                                      {"wanted": " and ".join(kinds), "kind": kind})
+        if kind in kinds and value is None and info.field_name in _REQUIRED_FIELDS:
             raise PydanticCustomError("missing", "required for {kind} tasks", {"kind": kind})
         return value
 
     def columns(self) -> dict[str, str]:
-        """The columns this task reads, by key: the image and the label (zeroshot) or caption (retrieval)."""
-        if self.kind == "zeroshot":
+        """The columns this task reads, by key: the image and the label (zeroshot, vqa) or caption (retrieval,
+        captioning)."""
+        if self.kind in LABEL_KINDS:
             return {"image_column": self.image_column, "label_column": self.label_column}
         return {"image_column": self.image_column, "caption_column": self.caption_column}
 
@@ -88,6 +111,11 @@ class TaskSpec(BaseModel):
     def prompt_templates(self) -> list[str]:
         """The zero-shot templates: the task's own, else DEFAULT_TEMPLATES."""
         return list(self.templates or DEFAULT_TEMPLATES)
+
+    @property
+    def vqa_questions(self) -> list[str]:
+        """The VQA questions: the task's own, else the category questions of the conversation set."""
+        return list(self.questions or QUESTIONS["category"])
 
     def prompts(self, classname: str) -> list[str]:
         """The texts for one class: every template with {c} replaced by the name, underscores as spaces."""
@@ -113,13 +141,32 @@ class Suite:
 
 @dataclass(frozen=True)
 class TaskData:
-    """A task's usable rows: encoded images with class indices (zeroshot) or captions (retrieval)."""
+    """A task's usable rows: encoded images with class indices (zeroshot, vqa) or captions (retrieval,
+    captioning)."""
 
     images: list[bytes]
     targets: list[int]
     captions: list[str]
     classnames: list[str]
     skipped: int
+
+
+def require_kinds(suite: Suite, kinds: tuple[str, ...], model: str) -> None:
+    """Fail unless every task of the suite is one of `kinds` (what a `model` can be scored on)."""
+    wrong = [f"{task.name} ({task.kind})" for task in suite.tasks if task.kind not in kinds]
+    if wrong:
+        raise SuiteError(f"{suite.source}: a {model} model is scored on {' and '.join(kinds)} tasks; "
+                         f"this suite also has {', '.join(wrong)}")
+
+
+def open_image(task: TaskSpec, row: int, data: bytes) -> "Image.Image":
+    """Decode row `row`'s encoded image as RGB; a SuiteError names the task, row and file when it cannot be."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise SuiteError(f"task {task.name!r}: usable row {row} of {task.data}: image cannot be decoded "
+                         f"({type(exc).__name__}: {exc})") from exc
 
 
 def load_suite(path: str | Path) -> Suite:
@@ -187,10 +234,10 @@ def _check_data(task: TaskSpec, where: str) -> None:
         if not (pa.types.is_binary(image_type) or pa.types.is_large_binary(image_type)):
             raise SuiteError(f"{where}.image_column: column {task.image_column!r} in {file} holds {image_type}, "
                              f"expected encoded image bytes (binary)")
-        if task.kind == "retrieval" and not _is_string(schema.field(task.caption_column).type):
+        if task.kind in CAPTION_KINDS and not _is_string(schema.field(task.caption_column).type):
             raise SuiteError(f"{where}.caption_column: column {task.caption_column!r} in {file} holds "
                              f"{schema.field(task.caption_column).type}, expected strings")
-    if task.kind == "zeroshot" and task.classnames is not None:
+    if task.kind in LABEL_KINDS and task.classnames is not None:
         labels = [_as_label(v) for file in files
                   for v in pq.read_table(file, columns=[task.label_column]).column(task.label_column).to_pylist()]
         _check_labels(task, labels, f"{where}.classnames: column {task.label_column!r} of {path}")
@@ -222,20 +269,20 @@ def load_task_data(task: TaskSpec) -> TaskData:
     path = Path(task.data)
     if not path.exists():
         BUILTINS[task.builtin].write(path)
-    column = task.label_column if task.kind == "zeroshot" else task.caption_column
+    column = task.label_column if task.kind in LABEL_KINDS else task.caption_column
     images, values = [], []
     for file in parquet_files(path):
         table = pq.read_table(file, columns=list(task.columns().values()))
         images += table.column(task.image_column).to_pylist()
         values += table.column(column).to_pylist()
-    if task.kind == "zeroshot":
+    if task.kind in LABEL_KINDS:
         values = [_as_label(v) for v in values]
         _check_labels(task, values, f"task {task.name!r}: column {column!r} of {path}")
     usable = [(image, value) for image, value in zip(images, values) if image and value and value.strip()]
     skipped = len(images) - len(usable)
     if not usable:
         raise SuiteError(f"task {task.name!r}: no usable rows in {path} ({skipped} skipped)")
-    if task.kind == "retrieval":
+    if task.kind in CAPTION_KINDS:
         usable = _spread(usable, task.max_samples)
         return TaskData([image for image, _ in usable], [], [caption for _, caption in usable], [], skipped)
     classnames = task.classnames or sorted({label for _, label in usable})
