@@ -12,6 +12,7 @@ from curate.io.readers import InputError
 from curate.config import ConfigError
 from curate.pipeline import load_pipeline
 from train.eval.cli import eval_command
+from train.llava.cli import caption_command, train_llava_command
 
 
 class UserError(click.ClickException):
@@ -244,6 +245,8 @@ def openclipart(out, source, limit, workers, eval_percent, max_side):
 
 
 main.add_command(eval_command)
+main.add_command(caption_command)
+train.add_command(train_llava_command)
 
 if __name__ == "__main__":
     sys.exit(main())

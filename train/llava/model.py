@@ -83,7 +83,7 @@ def prefix_lm_mask(attention_mask: torch.Tensor, prefix_len: torch.Tensor) -> to
     length = attention_mask.shape[1]
     idx = torch.arange(length, device=attention_mask.device)
     starts = length - attention_mask.sum(1)  # left padding
-    in_prefix = idx[None, :] < (starts + prefix_len)[:, None]
+    in_prefix = (idx[None, :] >= starts[:, None]) & (idx[None, :] < (starts + prefix_len)[:, None])
     mask = (idx[None, :, None] >= idx[None, None, :]) | (in_prefix[:, :, None] & in_prefix[:, None, :])
     mask &= attention_mask.bool()[:, None, :]
     mask |= torch.eye(length, dtype=torch.bool, device=attention_mask.device)
@@ -134,10 +134,12 @@ class Llava(torch.nn.Module):
         return mask
 
     def forward(self, batch: dict[str, torch.Tensor]):
-        """The LM's output for a collated batch (its `loss` is the mean over labelled tokens)."""
+        """The LM's output for a collated batch; its `loss` is the mean over labelled tokens, or
+        their sum over `num_items_in_batch` when the batch holds that."""
         embeds = self.embed(batch["input_ids"], batch["pixel_values"])
+        extra = {"num_items_in_batch": batch["num_items_in_batch"]} if "num_items_in_batch" in batch else {}
         return self.lm(inputs_embeds=embeds, attention_mask=self.lm_mask(batch["attention_mask"], batch["prefix_len"]),
-                       position_ids=batch["position_ids"], labels=batch.get("labels"), use_cache=False)
+                       position_ids=batch["position_ids"], labels=batch.get("labels"), use_cache=False, **extra)
 
 
 def _load_vision(config: LlavaModelConfig, device) -> tuple[torch.nn.Module, str]:

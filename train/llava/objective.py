@@ -4,13 +4,19 @@ vision tower always frozen; stage 1 trains the projector, stage 2 the projector 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
 from train.llava.format import IGNORE
 from train.llava.model import Llava
 
 
 class LlavaObjective:
-    """Freezes what `stage` does not train and scores collated batches."""
+    """Freezes what `stage` does not train and scores collated batches.
+
+    The loss is a mean over the answer tokens of every rank's micro-batch (each rank divides
+    its sum by the mean token count per rank, so DDP's gradient average is the global
+    token mean): N processes train as one does on the same global batch.
+    """
 
     def __init__(self, model: Llava, stage: int):
         self.module = model
@@ -20,8 +26,16 @@ class LlavaObjective:
             model.lm.requires_grad_(True)
 
     def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        out = model(batch)
-        return out.loss, {"answer_tokens": float((batch["labels"] != IGNORE).sum())}
+        tokens = (batch["labels"][:, 1:] != IGNORE).sum().float()  # the LM shifts labels by one
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        total = tokens.clone()
+        if world > 1:
+            dist.all_reduce(total)
+        out = model({**batch, "num_items_in_batch": total / world})
+        mean = out.loss.detach().clone()
+        if world > 1:
+            dist.all_reduce(mean)
+        return out.loss, {"token_loss": float(mean) / world, "answer_tokens": float(total)}
 
     def after_step(self) -> None:
         """Nothing to clamp."""
