@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from train.eval.captioning import caption_metrics, normalize_answer, vqa_accuracy
 from train.eval.suite import SuiteError, load_suite
+from tests.train.llava_fixtures import llava, llava_checkpoint, llava_model_config, tiny_lm  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +88,41 @@ def test_clip_evaluation_refuses_llava_tasks(tmp_path, pool_root):
         {"name": "caps", "kind": "captioning", "data": str(pool_root / "eval"), "caption_column": "text"}]}))
     with pytest.raises(SuiteError, match=r"a CLIP model is scored on zeroshot and retrieval tasks; .*caps \(captioning\)"):
         evaluate(create_clip("clip-tiny"), path, progress=False)
+
+
+def test_curate_eval_scores_a_llava_checkpoint_on_captioning_and_vqa(tmp_path, pool_root, llava_checkpoint,
+                                                                    clip_checkpoint):
+    from click.testing import CliRunner
+
+    from train.eval.cli import eval_command
+    from train.eval.suite import load_task_data, open_image
+    from train.llava.generate import Captioner
+
+    question = "What category does this drawing belong to?"
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(yaml.safe_dump({"tasks": [
+        {"name": "caps", "kind": "captioning", "data": str(pool_root / "eval"), "caption_column": "text"},
+        {"name": "vqa", "kind": "vqa", "data": str(pool_root / "eval"), "label_column": "category",
+         "questions": [question]}]}))
+    output = tmp_path / "results.json"
+    result = CliRunner().invoke(eval_command, ["--checkpoint", str(llava_checkpoint), "--suite", str(suite),
+                                               "--output", str(output), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert all(metric in result.output for metric in ("CIDEr", "BLEU-4", "METEOR", "accuracy"))
+    results = json.loads(output.read_text())
+    caps, vqa = results["tasks"]["caps"], results["tasks"]["vqa"]
+    eval_rows = pq.read_table(pool_root / "eval", columns=["image", "text"]).to_pylist()
+    assert caps["n"] == len({r["image"] for r in eval_rows if r["text"].strip()})  # one caption per distinct image
+    assert set(caps["metrics"]) == {"BLEU-4", "METEOR", "CIDEr"} and caps["main"] == caps["metrics"]["CIDEr"]
+    assert results["aggregate"] == pytest.approx((caps["main"] + vqa["main"]) / 2)
+    # the VQA score is the exact-match rate of the model's own greedy answers
+    captioner = Captioner.load(llava_checkpoint, "cpu")
+    task = load_suite(suite).tasks[1]
+    data = load_task_data(task)
+    answers = captioner.generate([open_image(task, i, b) for i, b in enumerate(data.images)], question)
+    expected = vqa_accuracy([a[0] for a in answers], [data.classnames[t] for t in data.targets])
+    assert vqa["main"] == pytest.approx(expected) and vqa["n"] == len(data.images)
+    assert results["model"] == captioner.fingerprint
+    # each kind of model is scored only on its own kinds of task
+    wrong = CliRunner().invoke(eval_command, ["--checkpoint", str(clip_checkpoint), "--suite", str(suite)])
+    assert wrong.exit_code == 2 and "a CLIP model is scored on zeroshot and retrieval tasks" in wrong.output

@@ -1,7 +1,7 @@
 """Evaluate a CLIP model on a suite: zero-shot classification and image/text retrieval.
 
-Every task reports its metrics, a `main` score (zeroshot: top-1 accuracy; retrieval: the
-mean of image->text and text->image R@1), its sample count `n` and the rows it `skipped`;
+Every task reports its metrics, a `main` score named by `main_metric` (zeroshot: top-1
+accuracy; retrieval: the mean of image->text and text->image R@1), its sample count `n` and the rows it `skipped`;
 `aggregate` is the unweighted mean of the tasks' main scores, as in DataComp.
 
 Retrieval counts a row as a correct match for another when the two share their caption
@@ -94,7 +94,7 @@ def _zeroshot(task: TaskSpec, data: TaskData, encoder: _Encoder) -> dict:
     logits = encoder.images(task, data.images) @ classes.T
     labels = torch.tensor(data.targets)
     top1 = zero_shot_top1(logits, labels)
-    return {"main": top1, "classes": len(data.classnames),
+    return {"main": top1, "main_metric": "top1", "classes": len(data.classnames),
             "metrics": {"top1": top1, "mean_per_class_recall": mean_per_class_recall(logits, labels)}}
 
 
@@ -102,7 +102,8 @@ def _retrieval(task: TaskSpec, data: TaskData, encoder: _Encoder) -> dict:
     """Image->text and text->image recall@1/5/10 over the task's image-caption pairs."""
     similarity = encoder.images(task, data.images) @ encoder.texts(data.captions).T
     recalls = retrieval_recalls(similarity, positives=same_content(data.captions, data.images))
-    return {"main": (recalls["image_to_text_R@1"] + recalls["text_to_image_R@1"]) / 2, "metrics": recalls}
+    return {"main": (recalls["image_to_text_R@1"] + recalls["text_to_image_R@1"]) / 2, "main_metric": "mean R@1",
+            "metrics": recalls}
 
 
 def same_content(captions: list[str], images: list[bytes]) -> np.ndarray:
