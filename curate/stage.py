@@ -149,6 +149,11 @@ class GlobalStage(Stage):
         """Turn the fully merged state into what `apply` needs (default: unchanged)."""
         return state
 
+    def fit_stats(self, state: Any) -> dict:
+        """A small JSON-able summary of the finalized state, for stats.json (`fits`) and the
+        report; made once, by the driver, so it is the same on every engine (default: none)."""
+        return {}
+
     @abstractmethod
     def apply(self, table: pa.Table, state: Any) -> Verdict:
         """Decide each row of a batch given the finalized state."""

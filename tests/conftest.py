@@ -97,3 +97,36 @@ def clip_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("scorer") / "last.pt"
     save_checkpoint(path, create_clip("clip-tiny"))
     return path
+
+
+@pytest.fixture(scope="session")
+def concept_metadata(tmp_path_factory, pool_table) -> Path:
+    """A concept metadata file (MetaCLIP style) from the pool captions' frequent uni- and bigrams."""
+    from curate.metadata import build_metadata, corpus_ngrams, write_metadata
+
+    unigrams, bigrams = corpus_ngrams(pool_table.column("text").to_pylist(), 2, 2, 4.0)
+    path = tmp_path_factory.mktemp("metadata") / "metadata.parquet"
+    write_metadata(build_metadata({"corpus_unigram": unigrams, "corpus_bigram": bigrams}), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def embedding_checkpoint(tmp_path_factory):
+    """A clip-tiny checkpoint whose image embeddings tell drawings apart, with random weights.
+
+    A randomly initialised ViT's output is dominated by its input-independent class and
+    position embeddings, so every image comes out at cosine ~1 to every other. With those
+    two zeroed, the embedding is a random function of the bag of image patches: distinct
+    drawings separate, re-encoded or resized copies stay close (measured in the tests)."""
+    import torch
+
+    from train.clip.model import create_clip, save_checkpoint
+
+    torch.manual_seed(0)
+    clip = create_clip("clip-tiny")
+    with torch.no_grad():
+        clip.model.visual.class_embedding.zero_()
+        clip.model.visual.positional_embedding.zero_()
+    path = tmp_path_factory.mktemp("embedder") / "last.pt"
+    save_checkpoint(path, clip)
+    return path

@@ -164,6 +164,9 @@ class RunLayout:
     def state(self, pass_index: int) -> Path:
         return self.work / f"state-pass{pass_index}.pkl"
 
+    def fit_stats(self, pass_index: int) -> Path:
+        return self.work / f"fit-pass{pass_index}.json"
+
     def marker(self, pass_index: int, task: int) -> Path:
         return self.work / "done" / f"pass{pass_index}-{self.part_name(task)}.json"
 
@@ -218,9 +221,11 @@ class RunLayout:
             entry = totals[key].to_dict()
             entry["key"] = key
             stage_rows.append(entry)
+        fit_files = {stage_key(p.fit, stages[p.fit]): self.fit_stats(p.index) for p in passes if p.fit is not None}
+        fits = {key: fit for key, path in fit_files.items() if path.exists() and (fit := json.loads(path.read_text()))}
         stats = {"input": input_rows, "kept": len(kept_uids), "rejected": ledger.num_rows,
                  "kept_fraction": round(len(kept_uids) / input_rows, 6) if input_rows else 0.0,
-                 "stages": stage_rows, **extra}
+                 "stages": stage_rows, **({"fits": fits} if fits else {}), **extra}
         write_json_atomic(stats, self.stats)
         return stats
 

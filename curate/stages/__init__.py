@@ -3,6 +3,8 @@
 from curate.stage import Stage
 from curate.stages.caption import Caption
 from curate.stages.clip_score import ClipScore
+from curate.stages.concept_balance import ConceptBalance
+from curate.stages.concept_match import ConceptMatch
 from curate.stages.decode import Decode
 from curate.stages.decontaminate import Decontaminate
 from curate.stages.download import Download
@@ -16,5 +18,6 @@ from curate.stages.text_filter import TextFilter
 
 REGISTRY: dict[str, type[Stage]] = {
     cls.name: cls
-    for cls in (Download, Decode, ImageSize, FileSize, Caption, Language, TextFilter, Resize, ExactDedup, NearDedup, Decontaminate, ClipScore)
+    for cls in (Download, Decode, ImageSize, FileSize, Caption, Language, TextFilter, Resize, ExactDedup, NearDedup, Decontaminate, ClipScore,
+                ConceptMatch, ConceptBalance)
 }

@@ -202,7 +202,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
-    data = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises pickle, zip and runtime errors alike on foreign files
+        raise ValueError(f"{path} is not a LLaVA checkpoint (not a torch file: {exc})") from exc
     if not isinstance(data, dict) or data.get("kind") != KIND:
         raise ValueError(f"{path} is not a LLaVA checkpoint (kind {data.get('kind') if isinstance(data, dict) else None!r})")
     spec = data["spec"]
