@@ -8,7 +8,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.curate-installed
 SVG_DIR := /usr/share/openclipart/svg
 JAVA := /usr/bin/java
+WORDNET := /usr/share/wordnet/data.noun
 POOL := data/openclipart/summary.json
+METADATA := data/openclipart/metadata.parquet
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 DJ_VENV := bench/.venv-dj
@@ -34,17 +36,26 @@ $(JAVA):
 	$(SUDO) apt-get update -q
 	$(SUDO) apt-get install -y -q default-jre-headless
 
+# WordNet's synsets: concept metadata (curate metadata build)
+$(WORDNET):
+	$(SUDO) apt-get update -q
+	$(SUDO) apt-get install -y -q wordnet-base
+
 $(POOL): | $(STAMP) $(SVG_DIR)
 	$(BIN)/curate sample openclipart --out data/openclipart
 
-pool: $(POOL)
+# the concept metadata pipelines/metaclip_balance.yaml and the ablation's balanced recipe use
+$(METADATA): $(POOL) | $(WORDNET)
+	$(BIN)/curate metadata build --out $@ --corpus data/openclipart/pool
 
-demo: $(STAMP) $(POOL)
+pool: $(POOL) $(METADATA)
+
+demo: $(STAMP) $(POOL) $(METADATA)
 	$(BIN)/curate run pipelines/quickstart.yaml
 	@echo
 	@echo "demo finished: shards in out/quickstart/shards, report in out/quickstart/report.html"
 
-test: $(STAMP) | $(SVG_DIR) $(JAVA)
+test: $(STAMP) | $(SVG_DIR) $(JAVA) $(WORDNET)
 	$(BIN)/python -m pytest -q
 
 # Data-Juicer, the peer the heuristics benchmark compares against, in its own venv

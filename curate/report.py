@@ -128,6 +128,42 @@ def _capfilt(parts: list) -> str:
             f"<th>caption kept</th></tr>{''.join(cells)}</table>")
 
 
+def _concepts(fit: dict, parts: list) -> str:
+    """The concept-balancing section: samples per entry before and after (log-log rank-count
+    curves), the head entries and how much they were cut, the share that matched nothing."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    from curate.metadata import rank_profile
+
+    after: dict[int, int] = {}
+    if parts and "concepts" in pq.read_schema(parts[0]).names:
+        ids = pc.list_flatten(ds.dataset(parts, format="parquet").to_table(columns=["concepts"]).column("concepts"))
+        counted = pc.value_counts(ids)
+        after = dict(zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist()))
+    fig, ax = _figure()
+    for label, curve in (("before balancing", fit["rank_counts"]), ("kept", rank_profile(list(after.values())))):
+        if curve:
+            ax.loglog(*np.array(curve).T, marker=".", label=label)
+    ax.axhline(fit["t"], color="grey", linestyle="--", label=f"t = {fit['t']:,}")
+    ax.set_xlabel("entry rank (each curve sorted by its own counts)")
+    ax.set_ylabel("samples matching the entry")
+    ax.legend()
+    rows = "".join(
+        f"<tr><td>{html.escape(h['entry'])}</td><td>{h['count']:,}</td><td>{h['p']:.4f}</td>"
+        f"<td>{after.get(h['id'], 0):,}</td><td>{100 * (1 - after.get(h['id'], 0) / h['count']):.1f}%</td></tr>"
+        for h in fit["head"])
+    unmatched = fit["unmatched"] / fit["samples"] if fit["samples"] else 0.0
+    derived = f" (derived from target_size {fit['target_size']:,}: expected {fit['expected_kept']:,.0f} kept)" \
+        if fit["target_size"] else ""
+    return (f"<h2>Concepts (MetaCLIP balancing)</h2><p>{fit['samples']:,} samples matched against {fit['entries']:,} "
+            f"entries of {html.escape(fit['metadata'])}; {fit['matched_entries']:,} entries matched at least once; "
+            f"t = {fit['t']:,}{derived}. {fit['unmatched']:,} samples ({100 * unmatched:.1f}%) matched nothing "
+            f"and were {'dropped' if fit['unmatched_policy'] == 'drop' else 'kept'}.</p>"
+            f"<img src='data:image/png;base64,{_png(fig)}'/><table><tr><th>head entry</th><th>samples before</th>"
+            f"<th>p = min(1, t/count)</th><th>kept</th><th>cut</th></tr>{rows}</table>")
+
+
 def write_report(layout, stats: dict) -> None:
     """Write OUTPUT/report.html from stats.json's content and the kept Parquet parts."""
     parts = sorted(layout.parquet.glob("*.parquet"))
@@ -148,6 +184,7 @@ def write_report(layout, stats: dict) -> None:
     )
     if parts and "caption_source" in names:
         figures += _capfilt(parts)
+    figures += "".join(_concepts(fit, parts) for fit in stats.get("fits", {}).values() if fit.get("kind") == "concepts")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>curate run: {html.escape(str(stats.get('pipeline')))}</title>
 <style>body{{font-family:sans-serif;max-width:980px;margin:2em auto}}td,th{{border:1px solid #ccc;padding:3px 8px}}
 table{{border-collapse:collapse}}.bars td{{border:none}}.bars .n{{text-align:right}}.bars .bar{{width:60%}}</style></head><body>

@@ -205,7 +205,9 @@ class TaskEngine(ABC):
         for task in tasks:
             with open(layout.partial(pass_.index, task.index), "rb") as handle:
                 partials.append(pickle.load(handle))
-        _write_pickle_atomic(stage.finalize(stage.merge(partials)), path)
+        state = stage.finalize(stage.merge(partials))
+        write_json_atomic(stage.fit_stats(state), layout.fit_stats(pass_.index))  # before the state, which marks the fit done
+        _write_pickle_atomic(state, path)
 
 
 def _load_json(path: Path) -> dict:

@@ -28,6 +28,9 @@ PIPELINES = {
     "clip_score": [{"stage": "decode"}, {"stage": "language", "languages": None},
                    {"stage": "clip_score", "checkpoint": "CHECKPOINT", "top_fraction": 0.5},
                    {"stage": "clip_score", "checkpoint": "CHECKPOINT", "thresholds": {"en": -0.05, "default": 0.0}}],
+    "concepts": [{"stage": "concept_match", "metadata": "METADATA"},
+                 {"stage": "concept_balance", "metadata": "METADATA", "t": 2},
+                 {"stage": "concept_balance", "metadata": "METADATA", "target_size": 40, "unmatched": "keep", "seed": 3}],
 }
 DOWNLOAD_PATHS = ["/img/0.jpg", "/img/1.jpg", "/img/2.jpg", "/img/3.jpg", "/missing.jpg", "/page.jpg", "/loop.jpg",
                   "/truncated.jpg", "/huge.jpg"]
@@ -59,10 +62,10 @@ def test_parity_pipelines_cover_every_registered_stage():
 @pytest.mark.distributed
 @pytest.mark.parametrize("engine", sorted(ENGINES))
 @pytest.mark.parametrize("name", sorted(PIPELINES))
-def test_engine_matches_local(engine, name, faulty_input, image_server, pool_root, clip_checkpoint, tmp_path,
-                              shared_sessions):
+def test_engine_matches_local(engine, name, faulty_input, image_server, pool_root, clip_checkpoint, concept_metadata,
+                              tmp_path, shared_sessions):
     text = json.dumps(PIPELINES[name]).replace("EVAL_SPLIT", str(pool_root / "eval"))
-    stages = json.loads(text.replace("CHECKPOINT", str(clip_checkpoint)))
+    stages = json.loads(text.replace("CHECKPOINT", str(clip_checkpoint)).replace("METADATA", str(concept_metadata)))
     pipeline = parse_pipeline({"name": name, "batch_size": 16, "stages": stages}, f"<{name}>")
     source = faulty_input
     if name == "download":
