@@ -25,9 +25,10 @@ class ConceptMatch(MapStage):
     Config = ConceptMatchConfig
     reads = ("text",)
     writes = {"concepts": CONCEPTS_TYPE}
-    # Not a model stage: the automaton builds in about 1.5 s for 150k entries (5 s for 500k)
-    # and Ray's task workers keep their set-up stages between tasks, so it is built once per
-    # worker process anyway; an actor pool would only add its start-up to every pass.
+    # Not a model stage: the automaton builds in about 3 s for the ~150k WordNet entries (12 s
+    # for 500k, bench/balance.py, on a busy 2-core machine), and Ray's task workers keep their
+    # set-up stages between tasks, so it is built once per worker process either way; an actor
+    # pool would only add its start-up to every pass of the pipeline.
     uses_model = False
 
     def setup(self) -> None:
