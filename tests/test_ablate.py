@@ -74,17 +74,25 @@ def test_ablation_runs_end_to_end_and_reuses_finished_steps(ablation, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # nothing retrained
 
 
-def test_shipped_ablation_runs_with_a_small_budget(tmp_path, pool_root):
-    """pipelines/ablation_small.yaml as CI runs it: the test pool, a small budget through --set."""
+def test_shipped_ablation_runs_with_a_small_budget(tmp_path, pool_root, concept_metadata):
+    """pipelines/ablation_small.yaml as CI runs it: the test pool, a small budget through --set, and the
+    balanced recipe on the test pool's concept metadata (`make pool` builds the real pool's)."""
+    balanced = tmp_path / "metaclip_balance.yaml"
+    shipped = (ROOT / "pipelines" / "metaclip_balance.yaml").read_text()
+    balanced.write_text(shipped.replace("data/openclipart/metadata.parquet", str(concept_metadata)).replace(
+        "t: 50", "t: 5"))
     suite = tmp_path / "suite.yaml"
     suite.write_text(f"tasks:\n  - name: category\n    kind: zeroshot\n    data: {pool_root / 'eval'}\n"
                      f"    label_column: category\n")
     overrides = [f"pool={pool_root / 'pool'}", f"eval_data=[{pool_root / 'eval'}]", f"suite={suite}",
-                 f"output={tmp_path / 'runs'}", "samples_seen=128", "seeds=[0]", "workers=1"]
+                 f"output={tmp_path / 'runs'}", "samples_seen=128", "seeds=[0]", "workers=1",
+                 f"recipes.balanced={balanced}"]
     result = ablate(ROOT / "pipelines" / "ablation_small.yaml", *[a for o in overrides for a in ("--set", o)])
     assert result.returncode == 0, result.stderr[-3000:]
     rows = list(csv.DictReader(open(tmp_path / "runs" / "leaderboard.csv")))
-    assert {r["recipe"] for r in rows} == {"no_filter", "datacomp_basic", "quickstart"}
+    assert {r["recipe"] for r in rows} == {"no_filter", "datacomp_basic", "quickstart", "balanced"}
+    sizes = {r["recipe"]: int(r["curated_size"]) for r in rows}
+    assert 0 < sizes["balanced"] < sizes["no_filter"]  # balancing cut the head
 
 
 def test_contaminated_pool_is_refused(ablation, tmp_path, pool_root):
