@@ -1,7 +1,15 @@
-"""`curate ablate`: score recipes end to end. Each recipe curates the same pool, a CLIP is
+"""`curate ablate`: score recipes end to end. Each recipe curates the same pool, a model is
 trained on the result with the same config and samples-seen budget (DataComp's rule: the
 data changes, never the compute), evaluated on the same suite, for each seed; the
 leaderboard ranks recipes by the suite's aggregate score.
+
+The model is a CLIP (zero-shot and retrieval tasks) or, with `model: llava`, a LLaVA: stage 1
+trains its projector on the recipe's curated captions, which is where LLaVA meets pretraining
+data. Stage 2 (projector and LM on conversations) is optional: with `stage2_data` every recipe's
+stage-1 model is tuned on the same conversation set at the same budget before captioning and
+VQA are scored. A pretrained LM answers after stage 1 alone; the tiny random LM a CPU run
+builds cannot, so there stage 2 is what makes the scores measure anything, and the recipe's
+effect is what stage 1 leaves in the projector (and in the tokenizer, trained on its captions).
 
 Finished steps are reused: a curated set by its run fingerprint, a trained and evaluated
 model by a key over the recipe, the pool, the training config, the seed and the suite.
@@ -17,7 +25,7 @@ import statistics
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from curate.config import ConfigError, load_yaml, validate
 from curate.pipeline import Pipeline, load_pipeline, parse_pipeline
@@ -32,8 +40,15 @@ class ExperimentConfig(BaseModel):
     name: str
     pool: str = Field(..., description="the pool every recipe curates")
     output: str = Field(..., description="folder for curated sets, runs and the leaderboard")
-    train: str = Field(..., description="CLIP training config (YAML)")
-    samples_seen: int = Field(..., gt=0, description="the fixed training budget for every recipe")
+    model: Literal["clip", "llava"] = Field(
+        "clip", description="what every recipe trains and is scored by: clip (zero-shot and retrieval tasks) or "
+                            "llava (captioning and VQA tasks)")
+    train: str = Field(..., description="training config (YAML): a CLIP config, or a LLaVA one for model: llava")
+    samples_seen: int = Field(..., gt=0, description="the fixed training budget for every recipe (LLaVA: stage 1)")
+    stage2_data: str | None = Field(
+        None, description="llava: a LLaVA-Instruct set (JSON/JSONL, or a folder with train.json) every recipe's "
+                          "stage-1 model is tuned on before evaluation, the same for all; none: stage 1 only")
+    stage2_samples_seen: int | None = Field(None, gt=0, description="llava: stage 2's budget [default: samples_seen]")
     seeds: list[int] = Field([0], min_length=1)
     suite: str = Field(..., description="evaluation suite (YAML)")
     eval_data: list[str] = Field(..., min_length=1, description="evaluation images to keep out of every curated set")
@@ -41,6 +56,12 @@ class ExperimentConfig(BaseModel):
         "refuse", description="refuse: stop when a curated set holds eval images; filter: drop them")
     radius: int = Field(4, ge=0, le=31, description="pHash radius for near-copies of eval images")
     workers: int = Field(1, gt=0, description="curation worker processes")
+
+    @model_validator(mode="after")
+    def _stage2_is_llava(self):
+        if self.model != "llava" and (self.stage2_data is not None or self.stage2_samples_seen is not None):
+            raise ValueError("stage2_data and stage2_samples_seen are for model: llava")
+        return self
 
 
 class AblationConfig(ExperimentConfig):
@@ -90,20 +111,55 @@ def curate_recipe(name: str, recipe: str | Pipeline, config: ExperimentConfig, p
     return out, stats
 
 
+def check_experiment(config: ExperimentConfig) -> None:
+    """Fail before any work when the suite does not fit the model or a training config is invalid."""
+    from train.eval.suite import CLIP_KINDS, LLAVA_KINDS, load_suite, require_kinds
+
+    suite = load_suite(config.suite)
+    llava = config.model == "llava"
+    require_kinds(suite, LLAVA_KINDS if llava else CLIP_KINDS, "LLaVA" if llava else "CLIP")
+    if config.stage2_data is not None and not Path(config.stage2_data).exists():
+        raise ConfigError(f"stage2_data: {config.stage2_data} not found (the pool's conversation set is built by "
+                          f"`python -m train.llava.conversations --pool POOL --out DIR`)")
+    training_runs(config, Path(config.pool), config.seeds[0], Path(config.output))
+
+
+def training_runs(config: ExperimentConfig, curated: Path, seed: int, run_dir: Path) -> list[tuple[Path, BaseModel]]:
+    """The training runs of one recipe and seed, in order: (run folder, validated training config).
+    CLIP: one run. LLaVA: stage 1 on the curated captions, then stage 2 from its checkpoint when set."""
+    common = [f"samples_seen={config.samples_seen}", f"seed={seed}", f"data={curated}"]
+    if config.model == "clip":
+        from train.clip.config import load_clip_config
+
+        return [(run_dir, load_clip_config(config.train, common))]
+    from train.llava.config import load_llava_config
+
+    runs = [(run_dir, load_llava_config(config.train, [*common, "stage=1", "init=null"]))]
+    if config.stage2_data is not None:
+        budget = config.stage2_samples_seen or config.samples_seen
+        runs.append((run_dir / "stage2", load_llava_config(config.train, [
+            f"samples_seen={budget}", f"seed={seed}", f"data={config.stage2_data}", "stage=2",
+            f"init={run_dir / 'last.pt'}"])))
+    return runs
+
+
+def _content_hash(path: str) -> str:
+    """sha256 of a data file (a folder: its train.json), so a rebuilt conversation set retrains stage 2."""
+    file = Path(path) / "train.json" if Path(path).is_dir() else Path(path)
+    with open(file, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
 def train_and_evaluate(recipe: str, curated: Path, seed: int, config: ExperimentConfig, progress: bool) -> dict:
-    """Train a CLIP on a curated set with one seed and evaluate it (reused when already done)."""
-    from train.clip.config import load_clip_config
-    from train.clip.model import load_checkpoint
-    from train.clip.train import train_clip
-    from train.eval.evaluate import evaluate
+    """Train the experiment's model on a curated set with one seed and evaluate it (reused when already done)."""
     from train.eval.suite import load_suite
 
-    train_config = load_clip_config(config.train, [f"samples_seen={config.samples_seen}", f"seed={seed}",
-                                                   f"data={curated}"])
+    run_dir = Path(config.output) / "runs" / recipe / f"seed{seed}"
+    runs = training_runs(config, curated, seed, run_dir)
+    stage2 = [] if config.stage2_data is None else [_content_hash(config.stage2_data)]
     suite_text = Path(config.suite).read_text()
     key = _key(json.loads((curated / "_work" / "run.json").read_text())["fingerprint"],
-               train_config.model_dump(exclude={"data"}), suite_text)
-    run_dir = Path(config.output) / "runs" / recipe / f"seed{seed}"
+               *(c.model_dump(exclude={"data", "init"}) for _, c in runs), *stage2, suite_text)
     results_path, key_path = run_dir / "results.json", run_dir / "key.txt"
     if key_path.exists() and key_path.read_text() != key:
         shutil.rmtree(run_dir)  # trained for other data, config or suite: start over
@@ -111,16 +167,41 @@ def train_and_evaluate(recipe: str, curated: Path, seed: int, config: Experiment
         return json.loads(results_path.read_text())
     run_dir.mkdir(parents=True, exist_ok=True)
     key_path.write_text(key)
-    train_clip(train_config, run_dir, progress=progress)  # resumes an interrupted run from last.pt
-    clip, _ = load_checkpoint(run_dir / "last.pt")
-    results = evaluate(clip, load_suite(config.suite), progress=progress)
+    for out, train_config in runs:  # each resumes an interrupted run from its last.pt
+        _train(config.model, train_config, out, progress)
+    results = _evaluate(config.model, runs[-1][0] / "last.pt", load_suite(config.suite), progress)
     record = {"key": key, "recipe": recipe, "seed": seed, "samples_seen": config.samples_seen, **results}
     results_path.write_text(json.dumps(record, indent=2))
     return record
 
 
+def _train(model: str, train_config: BaseModel, run_dir: Path, progress: bool) -> None:
+    if model == "clip":
+        from train.clip.train import train_clip
+
+        train_clip(train_config, run_dir, progress=progress)
+    else:
+        from train.llava.train import train_llava
+
+        train_llava(train_config, run_dir, progress=progress)
+
+
+def _evaluate(model: str, checkpoint: Path, suite, progress: bool) -> dict:
+    if model == "clip":
+        from train.clip.model import load_checkpoint
+        from train.eval.evaluate import evaluate
+
+        clip, _ = load_checkpoint(checkpoint)
+        return evaluate(clip, suite, progress=progress)
+    from train.eval.captioning import evaluate_captioner
+    from train.llava.generate import Captioner
+
+    return evaluate_captioner(Captioner.load(checkpoint), suite, progress=progress)
+
+
 def run_ablation(config: AblationConfig, progress: bool = True) -> list[dict]:
     """Curate, train and evaluate every recipe and seed; write the leaderboard. Returns its rows."""
+    check_experiment(config)
     records = []
     for recipe, pipeline_file in config.recipes.items():
         if not Path(pipeline_file).is_file():
@@ -135,7 +216,8 @@ def run_ablation(config: AblationConfig, progress: bool = True) -> list[dict]:
 
 
 def leaderboard_rows(records: list[dict]) -> list[dict]:
-    """One row per recipe: mean and spread of the aggregate over seeds, and each task's mean."""
+    """One row per recipe: mean and spread of the aggregate over seeds, each task's mean main score, and
+    for captioning tasks each of their metrics (`{task} {metric}`)."""
     rows = []
     for recipe in dict.fromkeys(r["recipe"] for r in records):
         runs = [r for r in records if r["recipe"] == recipe]
@@ -143,8 +225,12 @@ def leaderboard_rows(records: list[dict]) -> list[dict]:
         row = {"recipe": recipe, "curated_size": runs[0]["curated_size"], "pool_size": runs[0]["pool_size"],
                "seeds": len(runs), "aggregate": statistics.fmean(scores),
                "aggregate_std": statistics.stdev(scores) if len(scores) > 1 else 0.0}
-        for task in runs[0]["tasks"]:
+        for task, result in runs[0]["tasks"].items():
             row[task] = statistics.fmean(r["tasks"][task]["main"] for r in runs)
+            if result["kind"] == "captioning":  # BLEU-4 and METEOR next to the main CIDEr
+                for metric in result["metrics"]:
+                    if metric != result["main_metric"]:
+                        row[f"{task} {metric}"] = statistics.fmean(r["tasks"][task]["metrics"][metric] for r in runs)
         rows.append(row)
     return sorted(rows, key=lambda r: -r["aggregate"])
 
@@ -164,10 +250,18 @@ def write_leaderboard(rows: list[dict], records: list[dict], config: ExperimentC
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    header = "| rank | recipe | curated / pool | aggregate (mean ± std over seeds) | " + " | ".join(tasks) + " |"
+    main_metrics = {task: result.get("main_metric") for task, result in records[0]["tasks"].items()}
+    labels = [f"{t} ({main_metrics[t]})" if main_metrics.get(t) else t for t in tasks]
+    header = "| rank | recipe | curated / pool | aggregate (mean ± std over seeds) | " + " | ".join(labels) + " |"
+    trained = f"CLIP `{Path(config.train).name}`, {config.samples_seen:,} samples seen"
+    if config.model == "llava":
+        trained = f"LLaVA `{Path(config.train).name}`, stage 1 on the recipe's captions, {config.samples_seen:,} samples seen"
+        if config.stage2_data is not None:
+            trained += (f", then stage 2 on `{config.stage2_data}` (the same for every recipe), "
+                        f"{config.stage2_samples_seen or config.samples_seen:,} samples seen")
     lines = [f"# {config.name}", "",
-             f"CLIP `{Path(config.train).name}`, {config.samples_seen:,} samples seen for every recipe, "
-             f"seeds {config.seeds}, suite `{Path(config.suite).name}`, decontamination: {config.decontaminate}.", "",
+             f"{trained}, for every recipe; seeds {config.seeds}, suite `{Path(config.suite).name}`, "
+             f"decontamination: {config.decontaminate}.", "",
              header, "|" + "---|" * (4 + len(tasks))]
     for rank, row in enumerate(rows, 1):
         lines.append(f"| {rank} | {row['recipe']} | {row['curated_size']:,} / {row['pool_size']:,} | "

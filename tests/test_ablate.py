@@ -1,6 +1,7 @@
 """`curate ablate`: recipes -> curate -> train -> evaluate -> leaderboard, with reuse and decontamination."""
 
 import csv
+import json
 import shutil
 import subprocess
 import sys
@@ -104,3 +105,49 @@ def test_contaminated_pool_is_refused(ablation, tmp_path, pool_root):
     result = ablate(ablation)
     assert result.returncode == 2
     assert "holds evaluation images" in result.stderr and "eval_exact" in result.stderr
+
+
+def test_shipped_llava_ablation_scores_recipes_by_captioning_and_vqa(tmp_path, pool_root):
+    """pipelines/ablation_llava.yaml with a tiny budget: stage 1 on each recipe's captions, stage 2 on the
+    test pool's conversation set, captioning and VQA on its eval split."""
+    from train.llava.conversations import build_conversations
+
+    conversations = build_conversations(pool_root / "pool", tmp_path / "conversations", progress=False)
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(f"tasks:\n  - name: captions\n    kind: captioning\n    data: {pool_root / 'eval'}\n"
+                     f"    caption_column: text\n  - name: vqa\n    kind: vqa\n    data: {pool_root / 'eval'}\n"
+                     f"    label_column: category\n    questions: ['What category does this drawing belong to?']\n")
+    overrides = [f"pool={pool_root / 'pool'}", f"eval_data=[{pool_root / 'eval'}]", f"suite={suite}",
+                 f"output={tmp_path / 'runs'}", "samples_seen=32", f"stage2_data={conversations}",
+                 "stage2_samples_seen=48", "seeds=[0]", "workers=1"]
+    result = ablate(ROOT / "pipelines" / "ablation_llava.yaml", *[a for o in overrides for a in ("--set", o)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = tmp_path / "runs"
+    rows = list(csv.DictReader(open(runs / "leaderboard.csv")))
+    assert {r["recipe"] for r in rows} == {"no_filter", "datacomp_basic", "quickstart"}
+    for row in rows:
+        assert float(row["aggregate"]) == pytest.approx((float(row["captions"]) + float(row["vqa"])) / 2)
+        assert 0 <= float(row["vqa"]) <= 1 and float(row["captions"]) >= 0
+        assert 0 <= float(row["captions BLEU-4"]) <= 1 and 0 <= float(row["captions METEOR"]) <= 1
+    board = (runs / "leaderboard.md").read_text()
+    assert "captions (CIDEr)" in board and "vqa (accuracy)" in board and "then stage 2 on" in board
+    for recipe in ("no_filter", "datacomp_basic", "quickstart"):  # 32 samples = 2 steps of 16, then 48 = 3
+        seed_dir = runs / "runs" / recipe / "seed0"
+        assert len((seed_dir / "log.jsonl").read_text().splitlines()) == 2
+        assert len((seed_dir / "stage2" / "log.jsonl").read_text().splitlines()) == 3
+        stage2 = json.loads((seed_dir / "stage2" / "config.json").read_text())
+        assert stage2["stage"] == 2 and stage2["init"] == str(seed_dir / "last.pt")
+
+
+def test_llava_ablation_is_checked_before_any_work(tmp_path, pool_root):
+    base = [f"pool={pool_root / 'pool'}", f"eval_data=[{pool_root / 'eval'}]", f"output={tmp_path / 'runs'}"]
+    cases = [
+        ("ablation_llava.yaml", ["suite=train/configs/eval_default.yaml"],
+         "a LLaVA model is scored on captioning and vqa tasks; this suite also has openclipart_category"),
+        ("ablation_small.yaml", ["stage2_data=data/x.json"], "stage2_data and stage2_samples_seen are for model: llava"),
+        ("ablation_llava.yaml", [f"stage2_data={tmp_path / 'missing.json'}"], "missing.json not found"),
+    ]
+    for file, extra, message in cases:
+        result = ablate(ROOT / "pipelines" / file, *[a for o in base + extra for a in ("--set", o)])
+        assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+        assert not (tmp_path / "runs" / "curated").exists()
