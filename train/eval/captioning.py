@@ -90,8 +90,9 @@ def vqa_accuracy(predictions: list[str], answers: list[str]) -> float:
 
 
 def evaluate_captioner(model: CaptionModel, suite: Suite | str | Path, batch_size: int = 16,
-                       max_new_tokens: int = 32, progress: bool = True) -> dict:
-    """Run every captioning and VQA task of `suite` with greedy decoding; the result has the shape of
+                       progress: bool = True) -> dict:
+    """Run every captioning and VQA task of `suite` with greedy decoding (each task's `tokens_per_text`
+    at most per text); the result has the shape of
     `train.eval.evaluate.evaluate`'s: `{"suite", "model", "tasks": {name: {"kind", "data", "n", "skipped",
     "main", "main_metric", "metrics", "examples"}}, "aggregate"}` (aggregate: the mean of the main scores)."""
     if not isinstance(suite, Suite):
@@ -102,25 +103,24 @@ def evaluate_captioner(model: CaptionModel, suite: Suite | str | Path, batch_siz
         data = load_task_data(task)
         run = _captioning if task.kind == "captioning" else _vqa
         tasks[task.name] = {"kind": task.kind, "data": task.data, "skipped": data.skipped,
-                            **run(task, data, model, batch_size, max_new_tokens, progress)}
+                            **run(task, data, model, batch_size, progress)}
     aggregate = sum(result["main"] for result in tasks.values()) / len(tasks)
     return {"suite": suite.source, "model": model.fingerprint, "tasks": tasks, "aggregate": aggregate}
 
 
 def _generate(task: TaskSpec, images: list[bytes], model: CaptionModel, prompt: str | None, batch_size: int,
-              max_new_tokens: int, bar: tqdm) -> list[str]:
+              bar: tqdm) -> list[str]:
     """The model's first text per image, decoded a batch at a time (so only a batch of images is in memory)."""
     out = []
     for start in range(0, len(images), batch_size):
         batch = [open_image(task, start + i, data) for i, data in enumerate(images[start : start + batch_size])]
-        out += [texts[0] for texts in model.generate(batch, prompt, max_new_tokens=max_new_tokens,
+        out += [texts[0] for texts in model.generate(batch, prompt, max_new_tokens=task.tokens_per_text,
                                                       batch_size=batch_size)]
         bar.update(len(batch))
     return out
 
 
-def _captioning(task: TaskSpec, data: TaskData, model: CaptionModel, batch_size: int, max_new_tokens: int,
-                progress: bool) -> dict:
+def _captioning(task: TaskSpec, data: TaskData, model: CaptionModel, batch_size: int, progress: bool) -> dict:
     """Caption each distinct image once; score against all of its captions."""
     references: dict[bytes, list[str]] = {}
     for image, caption in zip(data.images, data.captions):
@@ -129,22 +129,21 @@ def _captioning(task: TaskSpec, data: TaskData, model: CaptionModel, batch_size:
             refs.append(caption)
     images = list(references)
     with tqdm(total=len(images), desc=task.name, unit="image", disable=not progress) as bar:
-        predictions = _generate(task, images, model, None, batch_size, max_new_tokens, bar)
+        predictions = _generate(task, images, model, None, batch_size, bar)
     metrics = caption_metrics(list(references.values()), predictions)
     examples = [{"prediction": p, "references": r} for p, r in zip(predictions[:5], list(references.values())[:5])]
     return {"n": len(images), "main": metrics["CIDEr"], "main_metric": "CIDEr", "metrics": metrics,
             "examples": examples}
 
 
-def _vqa(task: TaskSpec, data: TaskData, model: CaptionModel, batch_size: int, max_new_tokens: int,
-         progress: bool) -> dict:
+def _vqa(task: TaskSpec, data: TaskData, model: CaptionModel, batch_size: int, progress: bool) -> dict:
     """Ask every image each question; exact match against its label."""
     answers = [data.classnames[t] for t in data.targets]
     per_question, examples = {}, []
     with tqdm(total=len(data.images) * len(task.vqa_questions), desc=task.name, unit="question",
               disable=not progress) as bar:
         for question in task.vqa_questions:
-            predictions = _generate(task, data.images, model, question, batch_size, max_new_tokens, bar)
+            predictions = _generate(task, data.images, model, question, batch_size, bar)
             per_question[question] = vqa_accuracy(predictions, answers)
             examples += [{"question": question, "prediction": p, "answer": a}
                          for p, a in zip(predictions[:3], answers[:3])]

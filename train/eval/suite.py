@@ -61,7 +61,7 @@ Template = Annotated[str, StringConstraints(pattern=r"\{c\}")]
 LABEL_KINDS, CAPTION_KINDS = ("zeroshot", "vqa"), ("retrieval", "captioning")
 CLIP_KINDS, LLAVA_KINDS = ("zeroshot", "retrieval"), ("captioning", "vqa")
 _KINDS_OF_FIELD = {"label_column": LABEL_KINDS, "classnames": LABEL_KINDS, "templates": ("zeroshot",),
-                   "caption_column": CAPTION_KINDS, "questions": ("vqa",)}
+                   "caption_column": CAPTION_KINDS, "questions": ("vqa",), "max_new_tokens": LLAVA_KINDS}
 _REQUIRED_FIELDS = {"label_column", "caption_column"}
 
 
@@ -87,9 +87,11 @@ class TaskSpec(BaseModel):
     templates: list[Template] | None = Field(None, min_length=1, description="zeroshot: prompts with {c}")
     questions: list[Annotated[str, StringConstraints(min_length=1)]] | None = Field(
         None, min_length=1, description="vqa: questions whose answer is the label [default: the category questions]")
+    max_new_tokens: int | None = Field(None, gt=0,
+                                       description="captioning, vqa: tokens generated per text [default: 32, vqa 8]")
     max_samples: int | None = Field(None, gt=0, description="use at most this many (usable) rows")
 
-    @field_validator("label_column", "caption_column", "classnames", "templates", "questions")
+    @field_validator("label_column", "caption_column", "classnames", "templates", "questions", "max_new_tokens")
     @classmethod
     def _fits_kind(cls, value, info: ValidationInfo):
         kind, kinds = info.data.get("kind"), _KINDS_OF_FIELD[info.field_name]
@@ -111,6 +113,11 @@ class TaskSpec(BaseModel):
     def prompt_templates(self) -> list[str]:
         """The zero-shot templates: the task's own, else DEFAULT_TEMPLATES."""
         return list(self.templates or DEFAULT_TEMPLATES)
+
+    @property
+    def tokens_per_text(self) -> int:
+        """Tokens a LLaVA generates per caption (default 32) or per VQA answer (default 8: a label is short)."""
+        return self.max_new_tokens or (8 if self.kind == "vqa" else 32)
 
     @property
     def vqa_questions(self) -> list[str]:
