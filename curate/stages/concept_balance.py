@@ -133,7 +133,9 @@ class ConceptBalance(GlobalStage):
         sample = heapq.nsmallest(self.config.fit_sample, (s for part in partials for s in part.sample))
         return ConceptCounts(counts, sum(p.samples for p in partials), sum(p.unmatched for p in partials), sample)
 
-    def _expected_kept(self, fit: ConceptCounts, t: int) -> float:
+    def expected_kept(self, fit: ConceptCounts, t: int) -> float:
+        """The pool's expected kept size at `t`: the mean keep probability over the fit's sample of
+        entry sets, times the pool size."""
         prob = entry_probabilities(fit.counts, t, self.size)
         unmatched = 1.0 if self.config.unmatched == "keep" else 0.0
         total = sum(keep_probability(entries, prob) if entries else unmatched for _, _, entries in fit.sample)
@@ -143,11 +145,11 @@ class ConceptBalance(GlobalStage):
         """The smallest integer t whose expected kept size reaches target_size (the largest
         count, keeping every matched sample, when none does)."""
         low, high = 1, max(fit.counts.values(), default=1)
-        if self._expected_kept(fit, high) < self.config.target_size:
+        if self.expected_kept(fit, high) < self.config.target_size:
             return high
         while low < high:
             middle = (low + high) // 2
-            if self._expected_kept(fit, middle) >= self.config.target_size:
+            if self.expected_kept(fit, middle) >= self.config.target_size:
                 high = middle
             else:
                 low = middle + 1
@@ -156,7 +158,7 @@ class ConceptBalance(GlobalStage):
     def finalize(self, fit: ConceptCounts) -> BalanceState:
         t = self.config.t if self.config.t is not None else self._solve_t(fit)
         return BalanceState(t, entry_probabilities(fit.counts, t, self.size), dict(fit.counts), fit.samples,
-                            fit.unmatched, round(self._expected_kept(fit, t), 3))
+                            fit.unmatched, round(self.expected_kept(fit, t), 3))
 
     def apply(self, table: pa.Table, state: BalanceState) -> Verdict:
         verdict = Verdict(table)

@@ -148,7 +148,7 @@ def test_t_from_target_size(matched, concept_metadata):
     fit_state = stage.merge([stage.partial(matched)])
     state = stage.finalize(fit_state)
     assert state.expected_kept >= target
-    assert state.t == 1 or stage._expected_kept(fit_state, state.t - 1) < target  # the smallest such t
+    assert state.t == 1 or stage.expected_kept(fit_state, state.t - 1) < target  # the smallest such t
     sizes = [kept_counts(balance(concept_metadata, target_size=target, seed=s), matched, state)[1] for s in range(50)]
     assert abs(np.mean(sizes) - state.expected_kept) < 3 * np.std(sizes) / math.sqrt(50) + 0.5
     unreachable = balance(concept_metadata, target_size=matched.num_rows * 10)
