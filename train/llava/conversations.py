@@ -128,8 +128,7 @@ def build_conversations(pool_dir: str | Path, out_dir: str | Path, *, name: str 
                 raise InputError(f"{task.describe()}: no column(s) {missing} to ask about (asked for fields "
                                  f"{list(fields)}; found {verdict.table.column_names})")
             inputs += verdict.table.num_rows
-            rows = verdict.table.select(["uid", "image", *fields, *(["title"] if "title" not in fields else [])])
-            for i, row in enumerate(rows.to_pylist()):
+            for i, row in enumerate(verdict.table.to_pylist()):
                 if verdict.reasons[i] is not None:
                     continue  # the reader could not read it whole: already a rejection
                 problem = _check_image(row["image"])
