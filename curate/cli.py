@@ -138,15 +138,17 @@ def validate(pipeline, overrides):
 @main.command()
 def stages():
     """List the registered stages with their parameters."""
+    from curate.stage import GlobalStage
     from curate.stages import REGISTRY
 
     for name, cls in REGISTRY.items():
-        kind = "global" if cls.__mro__[1].__name__ == "GlobalStage" else "map"
+        kind = "global" if issubclass(cls, GlobalStage) else "map"
         click.echo(f"{name} ({kind}): {cls.summary()}")
         for field, info in cls.Config.model_fields.items():
             annotation = getattr(info.annotation, "__name__", str(info.annotation)).replace("typing.", "")
             doc = f"  {info.description}" if info.description else ""
-            click.echo(f"    {field}: {annotation} = {info.default!r}{doc}")
+            default = "(required)" if info.is_required() else f"= {info.default!r}"
+            click.echo(f"    {field}: {annotation} {default}{doc}")
         if cls.reasons:
             click.echo(f"    rejects: {', '.join(cls.reasons)}")
 

@@ -29,7 +29,8 @@ def run_pipeline(pipeline: Pipeline, engine, input_paths: str | list[str] | None
     first = next(read_task(tasks[0], 1), None)
     pipeline.check_columns(first.table.column_names if first else [])
     layout = RunLayout(output)
-    if layout.prepare(fingerprint(pipeline.raw, tasks), overwrite):
+    written = [path for spec in pipeline.stages for path in spec.config.written_paths()]
+    if layout.prepare(fingerprint(pipeline.raw, tasks, written), overwrite):
         stats = json.loads(layout.stats.read_text())
         stats["resumed_complete"] = True
         return stats

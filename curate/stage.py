@@ -24,6 +24,11 @@ class StageConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    def written_paths(self) -> list[str]:
+        """Paths outside the run's output that the stage writes (a cache, like an embedding
+        store): not inputs, so a run's fingerprint leaves them out."""
+        return []
+
 
 @dataclass
 class Verdict:

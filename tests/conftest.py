@@ -112,12 +112,14 @@ def concept_metadata(tmp_path_factory, pool_table) -> Path:
 
 @pytest.fixture(scope="session")
 def embedding_checkpoint(tmp_path_factory):
-    """A clip-tiny checkpoint whose image embeddings tell drawings apart, with random weights.
+    """A clip-tiny checkpoint (random weights) whose image embeddings vary from drawing to drawing.
 
     A randomly initialised ViT's output is dominated by its input-independent class and
-    position embeddings, so every image comes out at cosine ~1 to every other. With those
-    two zeroed, the embedding is a random function of the bag of image patches: distinct
-    drawings separate, re-encoded or resized copies stay close (measured in the tests)."""
+    position embeddings: every pool image comes out at cosine ~1 to every other. With those
+    two zeroed the embedding is a random function of the bag of image patches: median cosine
+    between distinct pool drawings ~0.94, re-encoded copies >= 0.995. It does not separate
+    every pair (mostly-white drawings stay close), so tests compare stages against brute force
+    on its vectors rather than against what a trained scorer would call a duplicate."""
     import torch
 
     from train.clip.model import create_clip, save_checkpoint

@@ -259,11 +259,13 @@ def _named_paths(value) -> list[Path]:
     return []
 
 
-def fingerprint(pipeline_raw: dict, tasks: list) -> dict:
+def fingerprint(pipeline_raw: dict, tasks: list, written: list[str] = ()) -> dict:
     """A hash of everything that determines a run's output, to detect reuse of a folder: the
-    pipeline, every input file, and the files its stages read (named in their configs)."""
+    pipeline, every input file, and the files its stages read (named in their configs; paths
+    the stages write, `written`, are not inputs)."""
     inputs = [[task.path, task.row_group] for task in tasks]
-    paths = {Path(task.path) for task in tasks} | set(_named_paths(pipeline_raw.get("stages", [])))
+    named = set(_named_paths(pipeline_raw.get("stages", []))) - {Path(p) for p in written}
+    paths = {Path(task.path) for task in tasks} | named
     stamps = [stamp for path in sorted(paths) for stamp in _file_stamps(path)]
     blob = json.dumps({"pipeline": pipeline_raw, "inputs": inputs, "files": stamps}, sort_keys=True, default=str)
     return {"fingerprint": hashlib.sha256(blob.encode()).hexdigest(), "pipeline": pipeline_raw.get("name")}

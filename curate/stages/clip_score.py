@@ -3,27 +3,24 @@ threshold, per-language thresholds (LAION) or a top fraction of the whole pool (
 
 from __future__ import annotations
 
-import io
 import math
 
 import numpy as np
 import pyarrow as pa
 from pydantic import Field, model_validator
 
+from curate.embeddings import EmbeddingConfig, Embeddings
 from curate.schema import set_column
-from curate.stage import GlobalStage, StageConfig, Verdict, map_rows
+from curate.stage import GlobalStage, Verdict
 
 
-class ClipScoreConfig(StageConfig):
+class ClipScoreConfig(EmbeddingConfig):
     """Parameters of the clip_score stage; set exactly one of threshold, thresholds, top_fraction."""
 
-    checkpoint: str = Field(..., description="a CLIP checkpoint from `curate train clip`, or an open_clip weights file")
-    model: str | None = Field(None, description="open_clip architecture of a plain open_clip weights file")
     threshold: float | None = Field(None, ge=-1, le=1, description="keep cosine >= this (DataComp B/32: 0.25)")
     thresholds: dict[str, float] | None = Field(
         None, description="per language (needs `language` first), with a `default`; LAION: {en: 0.28, default: 0.26}")
     top_fraction: float | None = Field(None, gt=0, le=1, description="keep this top share of the pool (DataComp: 0.3)")
-    batch_size: int = Field(64, gt=0)
 
     @model_validator(mode="after")
     def _one_rule(self):
@@ -40,45 +37,21 @@ class ClipScore(GlobalStage):
 
     name = "clip_score"
     Config = ClipScoreConfig
-    reads = ("image", "text")
+    reads = ("uid", "image", "text")
     writes = {"clip_score": pa.float32()}
     reasons = ("unscorable_image", "low_clip_score")
     uses_model = True
 
     def setup(self) -> None:
-        import torch
-
-        from train.clip.model import load_checkpoint
-
-        self._device = "cuda" if torch.cuda.is_available() else "cpu"
-        self._clip, _ = load_checkpoint(self.config.checkpoint, self.config.model, device=self._device)
-        self._clip.model.eval()
-
-    def _preprocess(self, data: bytes):
-        from PIL import Image
-
-        with Image.open(io.BytesIO(data)) as im:
-            return self._clip.preprocess(im.convert("RGB"))
+        self._embeddings = Embeddings(self.config)
 
     def process(self, table: pa.Table) -> Verdict:
-        import torch
-
-        tensors, failures = map_rows(table.column("image").to_pylist(), self._preprocess)
-        scored = [i for i in range(table.num_rows) if i not in failures]
-        images = [tensors[i] for i in scored]
-        texts = [t or "" for i, t in enumerate(table.column("text").to_pylist()) if i not in failures]
+        embedded = self._embeddings.for_table(table)
         scores: list[float | None] = [None] * table.num_rows
-        with torch.no_grad():
-            for start in range(0, len(scored), self.config.batch_size):
-                rows = scored[start : start + self.config.batch_size]
-                image_batch = torch.stack(images[start : start + len(rows)]).to(self._device)
-                text_batch = self._clip.tokenizer(texts[start : start + len(rows)]).to(self._device)
-                image_features = torch.nn.functional.normalize(self._clip.model.encode_image(image_batch), dim=-1)
-                text_features = torch.nn.functional.normalize(self._clip.model.encode_text(text_batch), dim=-1)
-                for row, score in zip(rows, (image_features * text_features).sum(-1).float().cpu().tolist()):
-                    scores[row] = score
+        for row, score in zip(embedded.rows.tolist(), embedded.score.tolist()):
+            scores[row] = score
         verdict = Verdict(set_column(table, "clip_score", scores, pa.float32()))
-        for i, message in failures.items():
+        for i, message in embedded.failures.items():
             verdict.reject(i, "unscorable_image", message)
         return verdict
 

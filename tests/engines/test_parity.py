@@ -12,6 +12,7 @@ from curate.runner import run_pipeline
 from curate.stages import REGISTRY
 from tests.engines.helpers import assert_same_output, read_output
 
+EMBEDDING = {"checkpoint": "EMBEDDER", "store": "STORE"}  # each run fills its own store
 PIPELINES = {
     "filters_and_dedup": [
         {"stage": "decode"}, {"stage": "caption", "min_words": 2}, {"stage": "language", "languages": ["en"]},
@@ -31,6 +32,12 @@ PIPELINES = {
     "concepts": [{"stage": "concept_match", "metadata": "METADATA"},
                  {"stage": "concept_balance", "metadata": "METADATA", "t": 2},
                  {"stage": "concept_balance", "metadata": "METADATA", "target_size": 40, "unmatched": "keep", "seed": 3}],
+    "embeddings": [{"stage": "decode"}, {"stage": "embed", **EMBEDDING},
+                   {"stage": "clip_score", "top_fraction": 0.8, **EMBEDDING},
+                   {"stage": "decontaminate_embedding", "eval_data": ["EVAL_SPLIT"], "threshold": 0.995, **EMBEDDING},
+                   {"stage": "embed_dedup", "threshold": 0.99, **EMBEDDING},
+                   {"stage": "semdedup", "clusters": 4, "epsilon": 0.003, **EMBEDDING},
+                   {"stage": "image_based_filter", "target": ["EVAL_SPLIT"], "clusters": 6, **EMBEDDING}],
 }
 DOWNLOAD_PATHS = ["/img/0.jpg", "/img/1.jpg", "/img/2.jpg", "/img/3.jpg", "/missing.jpg", "/page.jpg", "/loop.jpg",
                   "/truncated.jpg", "/huge.jpg"]
@@ -63,17 +70,22 @@ def test_parity_pipelines_cover_every_registered_stage():
 @pytest.mark.parametrize("engine", sorted(ENGINES))
 @pytest.mark.parametrize("name", sorted(PIPELINES))
 def test_engine_matches_local(engine, name, faulty_input, image_server, pool_root, clip_checkpoint, concept_metadata,
-                              tmp_path, shared_sessions):
+                              embedding_checkpoint, tmp_path, shared_sessions):
     text = json.dumps(PIPELINES[name]).replace("EVAL_SPLIT", str(pool_root / "eval"))
-    stages = json.loads(text.replace("CHECKPOINT", str(clip_checkpoint)).replace("METADATA", str(concept_metadata)))
-    pipeline = parse_pipeline({"name": name, "batch_size": 16, "stages": stages}, f"<{name}>")
+    text = (text.replace("CHECKPOINT", str(clip_checkpoint)).replace("METADATA", str(concept_metadata))
+            .replace("EMBEDDER", str(embedding_checkpoint)))
+
+    def pipeline(run: str):
+        stages = json.loads(text.replace("STORE", str(tmp_path / f"store-{run}")))
+        return parse_pipeline({"name": name, "batch_size": 16, "stages": stages}, f"<{name}>")
+
     source = faulty_input
     if name == "download":
         source = tmp_path / "urls.jsonl"
         source.write_text("".join(json.dumps({"url": image_server + p, "caption": f"drawing {i}"}) + "\n"
                                   for i, p in enumerate(DOWNLOAD_PATHS)))
-    run_pipeline(pipeline, LocalEngine(workers=1, progress=False), [str(source)], tmp_path / "local")
-    stats = run_pipeline(pipeline, ENGINES[engine](), [str(source)], tmp_path / engine)
+    run_pipeline(pipeline("local"), LocalEngine(workers=1, progress=False), [str(source)], tmp_path / "local")
+    stats = run_pipeline(pipeline(engine), ENGINES[engine](), [str(source)], tmp_path / engine)
     assert stats["engine"] == engine
     local, other = read_output(tmp_path / "local"), read_output(tmp_path / engine)
     assert other["kept"] and other["ledger"]

@@ -1,0 +1,343 @@
+"""CLIP embeddings computed once: an on-disk store keyed by uid, and the embedder that fills it.
+
+A store is a folder: `meta.json` names the model (a fingerprint of the checkpoint file and
+the architecture) and the embedding size; each shard is a pair of files, `NAME.npy`
+(float16 rows: the image embedding, then the text embedding, both unit-norm) and
+`NAME.parquet` (uid, image and text digests, and the image-text cosine computed in float32
+before storage). A shard is named by a hash of what it holds, written atomically, vectors
+first and the Parquet last (it commits the shard), so reruns and concurrent workers never
+clash: two writers of the same rows write the same file. An entry counts only while its
+digests match the sample's image bytes and caption, so a resized image or a rewritten
+caption is embedded again. Vectors are read through memory maps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+from abc import abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import Field
+
+from curate.io.readers import plan_inputs, read_task
+from curate.io.writers import atomic, write_json_atomic
+from curate.stage import GlobalStage, StageConfig, Verdict, map_rows
+
+STORE_VERSION = 1
+_SHARD_SCHEMA = pa.schema([("uid", pa.string()), ("image_digest", pa.int64()), ("text_digest", pa.int64()),
+                           ("clip_score", pa.float32())])
+
+
+Key = tuple[str, int, int]  # uid, image digest, text digest: what a store entry is looked up by
+
+
+def digest(data: bytes | str | None) -> int:
+    """A 64-bit content hash (blake2b) of image bytes or a caption, as a signed int."""
+    raw = data.encode("utf-8") if isinstance(data, str) else (data or b"")
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little", signed=True)
+
+
+def sample_keys(table: pa.Table) -> list[Key]:
+    """Store keys of a batch's rows."""
+    images, texts = table["image"].to_pylist(), table["text"].to_pylist()
+    return [(uid, digest(i), digest(t)) for uid, i, t in zip(table["uid"].to_pylist(), images, texts)]
+
+
+def file_fingerprint(path: str | Path, model: str | None) -> str:
+    """What identifies a scorer: the sha256 of its weights file and the architecture named with it."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(block)
+    return f"{sha.hexdigest()}:{model or ''}"
+
+
+@dataclass
+class Embedded:
+    """Embeddings of a batch's rows: `rows` are the rows that have them (the others are in
+    `failures`, with why), and `image`, `text` (float32, unit-norm) and `score` follow `rows`."""
+
+    rows: np.ndarray
+    image: np.ndarray
+    text: np.ndarray
+    score: np.ndarray
+    failures: dict[int, str]
+
+
+class EmbeddingStore:
+    """A folder of float16 CLIP embeddings keyed by uid (see the module docstring)."""
+
+    def __init__(self, root: str | Path, fingerprint: str):
+        self.root = Path(root)
+        self.fingerprint = fingerprint
+        self.dim: int | None = None
+        self._loaded: set[str] = set()
+        self._vectors: list[np.ndarray] = []  # memory maps, one per shard
+        self._where: dict[Key, tuple[int, int, float]] = {}  # (uid, image digest, text digest) -> shard, row, score
+        self.refresh()
+
+    @property
+    def meta_path(self) -> Path:
+        return self.root / "meta.json"
+
+    def _check_meta(self) -> None:
+        meta = json.loads(self.meta_path.read_text())
+        if meta.get("version") != STORE_VERSION or meta.get("model") != self.fingerprint:
+            raise ValueError(f"embedding store {self.root} holds embeddings of another model "
+                             f"({meta.get('model')}); this stage's scorer is {self.fingerprint}: use another store folder")
+        self.dim = meta["dim"]
+
+    def refresh(self) -> None:
+        """Load the shards other workers have committed since the last look."""
+        if not self.meta_path.exists():
+            return
+        if self.dim is None:
+            self._check_meta()
+        for path in sorted(self.root.glob("*.parquet")):
+            if path.stem in self._loaded:
+                continue
+            table = pq.read_table(path)
+            shard = len(self._vectors)
+            self._vectors.append(np.load(path.with_suffix(".npy"), mmap_mode="r"))
+            rows = zip(table["uid"].to_pylist(), table["image_digest"].to_pylist(), table["text_digest"].to_pylist(),
+                       table["clip_score"].to_pylist())
+            for row, (uid, image_digest, text_digest, score) in enumerate(rows):
+                self._where[(uid, image_digest, text_digest)] = (shard, row, score)
+            self._loaded.add(path.stem)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def find(self, keys: list[Key]) -> np.ndarray:
+        """Which of these samples have an entry (same uid, image and caption)."""
+        found = np.array([key in self._where for key in keys], bool)
+        if not found.all():
+            self.refresh()
+            found = np.array([key in self._where for key in keys], bool)
+        return found
+
+    def get(self, keys: list[Key]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Image and text embeddings (float32, n x dim each) and image-text cosines of stored samples."""
+        if not self.find(keys).all():
+            missing = [key[0] for key in keys if key not in self._where]
+            raise KeyError(f"embedding store {self.root}: {len(missing)} sample(s) not embedded (e.g. uids "
+                           f"{missing[:3]}); a stage that embeds them must run first with the same store")
+        entries = [self._where[key] for key in keys]
+        shards = np.array([e[0] for e in entries], np.int64)
+        rows = np.array([e[1] for e in entries], np.int64)
+        both = np.zeros((len(keys), 2 * (self.dim or 0)), np.float32)
+        for shard in np.unique(shards):
+            mask = shards == shard
+            both[mask] = self._vectors[shard][rows[mask]]
+        scores = np.array([e[2] for e in entries], np.float32)
+        return both[:, : self.dim], both[:, self.dim :], scores
+
+    def put(self, keys: list[Key], image: np.ndarray, text: np.ndarray, scores: np.ndarray) -> None:
+        """Commit embeddings of new samples as one shard."""
+        if not keys:
+            return
+        uids, image_digests, text_digests = (list(column) for column in zip(*keys))
+        if self.dim is None:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if not self.meta_path.exists():
+                write_json_atomic({"version": STORE_VERSION, "model": self.fingerprint, "dim": int(image.shape[1])},
+                                  self.meta_path)
+            self._check_meta()
+        table = pa.Table.from_arrays([pa.array(uids, pa.string()), pa.array(image_digests, pa.int64()),
+                                      pa.array(text_digests, pa.int64()), pa.array(scores, pa.float32())],
+                                     schema=_SHARD_SCHEMA)
+        vectors = np.ascontiguousarray(np.concatenate([image, text], axis=1).astype(np.float16))
+        name = hashlib.sha256(json.dumps([uids, image_digests, text_digests]).encode()).hexdigest()[:32]
+        with atomic(self.root / f"{name}.npy") as tmp, open(tmp, "wb") as handle:
+            np.save(handle, vectors)
+        with atomic(self.root / f"{name}.parquet") as tmp:
+            pq.write_table(table, tmp)
+        self.refresh()
+
+
+class ClipEmbedder:
+    """A CLIP scorer that embeds images and captions in batches; the model loads on first use,
+    on the GPU when torch sees one. `images_embedded` counts the images it has encoded."""
+
+    _shared: dict[tuple, "ClipEmbedder"] = {}
+
+    def __init__(self, checkpoint: str, model: str | None = None, batch_size: int = 64):
+        self.checkpoint, self.model_name, self.batch_size = checkpoint, model, batch_size
+        self.fingerprint = file_fingerprint(checkpoint, model)
+        self.images_embedded = 0
+        self._clip = None
+
+    @classmethod
+    def shared(cls, checkpoint: str, model: str | None = None, batch_size: int = 64) -> "ClipEmbedder":
+        """One embedder per scorer in a worker process, whichever stages use it."""
+        key = (str(checkpoint), model, batch_size)
+        if key not in cls._shared:
+            cls._shared[key] = cls(str(checkpoint), model, batch_size)
+        return cls._shared[key]
+
+    def _load(self):
+        import torch
+
+        from train.clip.model import load_checkpoint
+
+        if self._clip is None:
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+            self._clip, _ = load_checkpoint(self.checkpoint, self.model_name, device=self.device)
+            self._clip.model.eval()
+        return self._clip
+
+    def _preprocess(self, data: bytes):
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as im:
+            return self._clip.preprocess(im.convert("RGB"))
+
+    def embed(self, images: list[bytes | None], texts: list[str | None]) -> Embedded:
+        """Unit-norm image and text embeddings and their cosine; undecodable images are failures."""
+        import torch
+
+        clip = self._load()
+        tensors, failures = map_rows(images, self._preprocess)
+        rows = np.array([i for i in range(len(images)) if i not in failures], np.int64)
+        image_out, text_out = [], []
+        with torch.inference_mode():
+            for start in range(0, len(rows), self.batch_size):
+                chunk = rows[start : start + self.batch_size]
+                image_batch = torch.stack([tensors[i] for i in chunk]).to(self.device)
+                text_batch = clip.tokenizer([texts[i] or "" for i in chunk]).to(self.device)
+                image_out.append(self._encode(clip.model.encode_image, image_batch))
+                text_out.append(self._encode(clip.model.encode_text, text_batch))
+                self.images_embedded += len(chunk)
+        if not image_out:
+            empty = np.zeros((0, 0), np.float32)
+            return Embedded(rows, empty, empty, np.zeros(0, np.float32), failures)
+        image, text = np.concatenate(image_out), np.concatenate(text_out)
+        return Embedded(rows, image, text, (image * text).sum(1, dtype=np.float32), failures)
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """Unit-norm embeddings (float32, n x dim) of captions alone (e.g. synthetic ones)."""
+        import torch
+
+        clip = self._load()
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), self.batch_size):
+                tokens = clip.tokenizer(texts[start : start + self.batch_size]).to(self.device)
+                out.append(self._encode(clip.model.encode_text, tokens))
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+    @staticmethod
+    def _encode(encoder, batch) -> np.ndarray:
+        import torch
+
+        return torch.nn.functional.normalize(encoder(batch).float(), dim=-1).cpu().numpy()
+
+
+class EmbeddingConfig(StageConfig):
+    """Where a stage's embeddings come from: the scorer, and the store that keeps them."""
+
+    checkpoint: str = Field(..., description="a CLIP checkpoint from `curate train clip`, or an open_clip weights file")
+    model: str | None = Field(None, description="open_clip architecture of a plain open_clip weights file")
+    store: str | None = Field(None, description="embedding store folder: embeddings computed once, reused by later stages")
+    batch_size: int = Field(64, gt=0, description="images per model call")
+
+    def written_paths(self) -> list[str]:
+        return [self.store] if self.store else []
+
+
+class Embeddings:
+    """A stage's access to embeddings: stored ones are read, missing ones computed and stored."""
+
+    def __init__(self, config: EmbeddingConfig):
+        self.embedder = ClipEmbedder.shared(config.checkpoint, config.model, config.batch_size)
+        self.store = EmbeddingStore(config.store, self.embedder.fingerprint) if config.store else None
+
+    def for_table(self, table: pa.Table) -> Embedded:
+        """Embeddings of a batch's rows; only those not in the store reach the model."""
+        keys = sample_keys(table)
+        found = self.store.find(keys) if self.store is not None else np.zeros(len(keys), bool)
+        todo = np.flatnonzero(~found)
+        images, texts = table["image"].to_pylist(), table["text"].to_pylist()
+        fresh = self.embedder.embed([images[i] for i in todo], [texts[i] for i in todo])
+        failures = {int(todo[i]): message for i, message in fresh.failures.items()}
+        if self.store is None:  # vectors as a store would give them back
+            as_stored = [v.astype(np.float16).astype(np.float32) for v in (fresh.image, fresh.text)]
+            return Embedded(todo[fresh.rows], *as_stored, fresh.score, failures)
+        self.store.put([keys[i] for i in todo[fresh.rows]], fresh.image, fresh.text, fresh.score)
+        rows = np.array([i for i in range(len(keys)) if i not in failures], np.int64)
+        return Embedded(rows, *self.store.get([keys[i] for i in rows]), failures)
+
+
+def embed_paths(paths: list[str], embeddings: Embeddings, batch_size: int = 256) -> tuple[list[str], np.ndarray]:
+    """Image embeddings of every decodable image in data sets given by path (an eval split, a
+    target set); returns their uids and vectors (n x dim)."""
+    uids, vectors = [], []
+    for task in plan_inputs(paths):
+        for verdict in read_task(task, batch_size):
+            embedded = embeddings.for_table(verdict.table)
+            uids += [verdict.table["uid"][int(i)].as_py() for i in embedded.rows]
+            vectors.append(embedded.image)
+    vectors = [v for v in vectors if len(v)]
+    return uids, (np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32))
+
+
+class StoredEmbeddingsStage(GlobalStage):
+    """A global stage that decides on image embeddings: the fit phase makes sure every row is in
+    the store and keeps a small state per row (store key, clip_score when an earlier stage wrote
+    one); `finalize` reads the vectors from the store, in uid order, and `decide`s."""
+
+    reasons: ClassVar[tuple[str, ...]] = ("unembeddable_image",)
+    uses_model = True
+    _embeddings: Embeddings | None = None
+
+    @property
+    def embeddings(self) -> Embeddings:
+        """The stage's embedder and store, made on first use (workers in `setup`, the driver in `finalize`)."""
+        if self._embeddings is None:
+            self._embeddings = Embeddings(self.config)
+        return self._embeddings
+
+    def setup(self) -> None:
+        self.embeddings  # noqa: B018 - opens the store and shares the worker's embedder
+
+    def process(self, table: pa.Table) -> Verdict:
+        verdict = Verdict(table)
+        for i, message in self.embeddings.for_table(table).failures.items():
+            verdict.reject(i, "unembeddable_image", message)
+        return verdict
+
+    def partial(self, table: pa.Table) -> tuple[list[Key], list[float]]:
+        scores = table["clip_score"].to_pylist() if "clip_score" in table.column_names else [None] * table.num_rows
+        return sample_keys(table), [math.nan if s is None else s for s in scores]
+
+    def merge(self, partials: list[tuple[list[Key], list[float]]]) -> tuple[list[Key], list[float]]:
+        return [k for keys, _ in partials for k in keys], [s for _, scores in partials for s in scores]
+
+    def finalize(self, state: tuple[list[Key], list[float]]) -> dict[str, tuple[str, str]]:
+        keys, scores = state
+        order = sorted(range(len(keys)), key=lambda i: keys[i][0])
+        keys = [keys[i] for i in order]
+        if not keys:
+            return {}
+        vectors = self.embeddings.store.get(keys)[0]
+        return self.decide([k[0] for k in keys], vectors, np.array([scores[i] for i in order], np.float32))
+
+    @abstractmethod
+    def decide(self, uids: list[str], vectors: np.ndarray, scores: np.ndarray) -> dict[str, tuple[str, str]]:
+        """Rejected uid -> (reason, value), given every kept row's uid (sorted), image vector and
+        clip_score (NaN where none)."""
+
+    def apply(self, table: pa.Table, state: dict[str, tuple[str, str]]) -> Verdict:
+        verdict = Verdict(table)
+        for i, uid in enumerate(table["uid"].to_pylist()):
+            if uid in state:
+                verdict.reject(i, *state[uid])
+        return verdict

@@ -1,0 +1,109 @@
+"""FAISS over unit-norm embeddings (cosine = inner product): the index choice, a thresholded
+k-nearest-neighbour search, grouping into connected components and spherical k-means, shared
+by embedding dedup, SemDeDup, the image-based filter and decontamination.
+
+FAISS runs on the GPU when `faiss.get_num_gpus() > 0` (the faiss-gpu package), else on the
+CPU; the code is the same. Results are a function of the vectors and their order: callers
+sort by uid first, so every engine and worker count gets the same answer.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from curate.stage import StageConfig
+
+FLAT_MAX_ROWS = 100_000  # `index: auto` searches exactly (flat) up to this many vectors, IVF above
+QUERY_CHUNK = 16_384  # queries per FAISS call, which bounds the result arrays' memory
+
+
+class SearchConfig(StageConfig):
+    """How neighbours are searched: the FAISS index and its accuracy knobs."""
+
+    index: Literal["auto", "flat", "ivf", "hnsw"] = Field(
+        "auto", description=f"exact `flat` search, or approximate `ivf`/`hnsw`; auto: flat up to {FLAT_MAX_ROWS:,} "
+                            "vectors, ivf above (hnsw builds its graph in parallel, so its result may vary run to run)")
+    neighbours: int = Field(16, ge=1, le=1024, description="nearest neighbours looked at per vector")
+    nlist: int | None = Field(None, gt=0, description="IVF lists (default: 4 * sqrt(n))")
+    nprobe: int = Field(32, gt=0, description="IVF lists visited per query")
+    ef_search: int = Field(128, gt=0, description="HNSW candidate list size per query")
+
+
+def _gpu():
+    import faiss
+
+    return faiss.get_num_gpus() > 0
+
+
+def build_index(vectors: np.ndarray, config: SearchConfig):
+    """An inner-product index over `vectors` (float32, rows unit-norm), chosen by `config.index`."""
+    import faiss
+
+    n, dim = vectors.shape
+    kind = config.index if config.index != "auto" else ("flat" if n <= FLAT_MAX_ROWS else "ivf")
+    if kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = config.ef_search
+        index.add(vectors)
+        return index  # FAISS has no GPU HNSW
+    if kind == "flat":
+        index = faiss.IndexFlatIP(dim)
+    else:
+        nlist = max(1, min(config.nlist or int(4 * math.sqrt(n)), n))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = 1234
+        index.cp.max_points_per_centroid = 64  # train on a sample: IVF needs coarse lists, not fine centroids
+        index.train(vectors)
+        index.nprobe = min(config.nprobe, nlist)
+    if _gpu():
+        index = faiss.index_cpu_to_all_gpus(index)
+    index.add(vectors)
+    return index
+
+
+def search(index, queries: np.ndarray, k: int, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(query row, index row, cosine) of each of the k nearest neighbours with cosine >= threshold."""
+    found_q, found_i, found_s = [], [], []
+    k = min(k, index.ntotal)
+    for start in range(0, len(queries), QUERY_CHUNK):
+        scores, labels = index.search(queries[start : start + QUERY_CHUNK], k)
+        rows, cols = np.nonzero((scores >= threshold) & (labels >= 0))
+        found_q.append(rows + start)
+        found_i.append(labels[rows, cols])
+        found_s.append(scores[rows, cols])
+    if not found_q:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return np.concatenate(found_q), np.concatenate(found_i).astype(np.int64), np.concatenate(found_s)
+
+
+def similar_pairs(vectors: np.ndarray, threshold: float, config: SearchConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (i, j), i < j, of rows with cosine >= threshold, each row looking at its k nearest."""
+    rows, neighbours, _ = search(build_index(vectors, config), vectors, config.neighbours + 1, threshold)
+    keep = rows != neighbours
+    pairs = np.unique(np.sort(np.stack([rows[keep], neighbours[keep]], axis=1), axis=1), axis=0)
+    return pairs[:, 0], pairs[:, 1]
+
+
+def components(n: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Connected-component label of each of n rows, given edges (left[e], right[e])."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    graph = coo_matrix((np.ones(len(left), np.int8), (left, right)), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def spherical_kmeans(vectors: np.ndarray, k: int, seed: int, niter: int) -> tuple[np.ndarray, np.ndarray]:
+    """Spherical k-means (FAISS, seeded): unit-norm centroids and each row's nearest one."""
+    import faiss
+
+    k = min(k, len(vectors))
+    kmeans = faiss.Kmeans(vectors.shape[1], k, niter=niter, seed=seed, spherical=True, gpu=_gpu(),
+                          max_points_per_centroid=max(256, math.ceil(len(vectors) / k)))
+    kmeans.train(vectors)
+    _, assignment = kmeans.index.search(vectors, 1)
+    return kmeans.centroids, assignment[:, 0].astype(np.int64)

@@ -1,0 +1,52 @@
+"""SemDeDup stage (Abbas et al., 2023): spherical k-means on CLIP image embeddings, then
+within each cluster drop samples semantically too close to another one."""
+
+from __future__ import annotations
+
+import numpy as np
+from pydantic import Field
+
+from curate.embeddings import EmbeddingConfig, StoredEmbeddingsStage
+from curate.neighbours import spherical_kmeans
+
+BLOCK = 4096  # columns of the within-cluster similarity matrix computed at once
+
+
+class SemDedupConfig(EmbeddingConfig):
+    """Parameters of the semdedup stage."""
+
+    store: str = Field(..., description="embedding store folder (shared with embed / clip_score)")
+    clusters: int = Field(100, gt=0, description="k-means clusters (the paper: 50,000 for LAION-440M)")
+    epsilon: float = Field(0.07, gt=0, lt=1, description="drop a sample whose cosine to an earlier one is > 1 - epsilon")
+    niter: int = Field(20, gt=0, description="k-means iterations")
+    seed: int = Field(0, description="k-means seed")
+
+
+class SemDedup(StoredEmbeddingsStage):
+    """SemDeDup: spherical k-means on image embeddings; in each cluster a sample with cosine > 1 - epsilon to an earlier one (farther from the centroid) is dropped."""
+
+    name = "semdedup"
+    Config = SemDedupConfig
+    reads = ("uid", "image", "text")
+    reasons = StoredEmbeddingsStage.reasons + ("semantic_duplicate",)
+
+    def decide(self, uids: list[str], vectors: np.ndarray, scores: np.ndarray) -> dict[str, tuple[str, str]]:
+        """The reference implementation's rule (keep_hard): a cluster's members are ordered by
+        cosine distance to the centroid, farthest first (ties: smaller uid first); member j is
+        dropped when its largest cosine to any member before it exceeds 1 - epsilon, with that
+        member's uid as the value."""
+        centroids, assignment = spherical_kmeans(vectors, self.config.clusters, self.config.seed, self.config.niter)
+        dropped = {}
+        for cluster in range(len(centroids)):
+            members = np.flatnonzero(assignment == cluster)
+            closeness = vectors[members] @ centroids[cluster]
+            members = members[np.lexsort((members, closeness))]  # farthest from the centroid first
+            member_vectors = vectors[members]
+            for lo in range(1, len(members), BLOCK):
+                hi = min(lo + BLOCK, len(members))
+                sims = member_vectors[:hi] @ member_vectors[lo:hi].T  # earlier members x this block
+                sims[np.arange(hi)[:, None] >= np.arange(lo, hi)[None, :]] = -np.inf
+                best = sims.argmax(axis=0)
+                for col in np.flatnonzero(sims[best, np.arange(hi - lo)] > 1 - self.config.epsilon):
+                    dropped[uids[members[lo + col]]] = ("semantic_duplicate", uids[members[best[col]]])
+        return dropped

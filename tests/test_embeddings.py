@@ -1,0 +1,71 @@
+"""The embedding store and embedder: entries keyed by uid and content, written once, reused."""
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from curate.embeddings import ClipEmbedder, Embeddings, EmbeddingConfig, EmbeddingStore, sample_keys
+from curate.engines import LocalEngine
+from curate.pipeline import parse_pipeline
+from curate.runner import run_pipeline
+
+
+def test_store_round_trip_and_content_keys(tmp_path):
+    store = EmbeddingStore(tmp_path / "store", "model-a")
+    rng = np.random.default_rng(0)
+    image, text = rng.normal(size=(3, 8)).astype(np.float32), rng.normal(size=(3, 8)).astype(np.float32)
+    keys = [("a", 1, 2), ("b", 3, 4), ("c", 5, 6)]
+    store.put(keys, image, text, np.array([0.1, 0.2, 0.3], np.float32))
+    files = sorted(p.name for p in (tmp_path / "store").iterdir())
+    store.put(keys, image, text, np.array([0.1, 0.2, 0.3], np.float32))  # the same rows: the same shard file
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == files and len(files) == 3
+    reopened = EmbeddingStore(tmp_path / "store", "model-a")
+    got_image, got_text, scores = reopened.get([keys[2], keys[0]])
+    assert np.array_equal(got_image, image[[2, 0]].astype(np.float16).astype(np.float32))
+    assert np.array_equal(got_text, text[[2, 0]].astype(np.float16).astype(np.float32))
+    assert scores.tolist() == pytest.approx([0.3, 0.1])
+    # same uid, other image bytes: not the stored sample
+    assert reopened.find([("a", 1, 2), ("a", 9, 2), ("z", 1, 2)]).tolist() == [True, False, False]
+    with pytest.raises(KeyError, match="1 sample"):
+        reopened.get([("a", 9, 2)])
+    assert json.loads((tmp_path / "store" / "meta.json").read_text())["dim"] == 8
+    with pytest.raises(ValueError, match="another model"):
+        EmbeddingStore(tmp_path / "store", "model-b")
+
+
+def test_stored_vectors_are_the_models(pool_table, embedding_checkpoint, tmp_path):
+    table = pool_table.select(["uid", "text", "image"]).slice(0, 12)
+    stored = Embeddings(EmbeddingConfig(checkpoint=str(embedding_checkpoint), store=str(tmp_path / "s")))
+    fresh = ClipEmbedder(str(embedding_checkpoint)).embed(table["image"].to_pylist(), table["text"].to_pylist())
+    got = stored.for_table(table)
+    assert got.rows.tolist() == list(range(12)) and not got.failures
+    assert np.allclose(got.image, fresh.image, atol=2e-3) and np.allclose(got.text, fresh.text, atol=2e-3)
+    assert np.allclose(got.score, fresh.score, atol=1e-5)
+    changed = table.set_column(1, "text", pa.array(["another caption"] * 12))
+    assert not stored.store.find(sample_keys(changed)).any()
+
+
+def test_a_pipeline_embeds_every_image_once(faulty_input, embedding_checkpoint, pool_root, tmp_path, monkeypatch):
+    """embed + clip_score + every embedding stage on one store: each image reaches the model once,
+    and a second run over the same store embeds nothing."""
+    calls = []
+    original = ClipEmbedder.embed
+    monkeypatch.setattr(ClipEmbedder, "embed", lambda self, images, texts: calls.append(len(images)) or original(self, images, texts))
+    common = {"checkpoint": str(embedding_checkpoint), "store": str(tmp_path / "store")}
+    stages = [{"stage": "decode"}, {"stage": "embed", **common}, {"stage": "clip_score", "top_fraction": 0.9, **common},
+              {"stage": "decontaminate_embedding", "eval_data": [str(pool_root / "eval")], "threshold": 0.999, **common},
+              {"stage": "embed_dedup", "threshold": 0.99, **common}, {"stage": "semdedup", "clusters": 4, **common},
+              {"stage": "image_based_filter", "target": [str(pool_root / "eval")], "clusters": 4, **common}]
+    pipeline = parse_pipeline({"name": "embed_once", "batch_size": 32, "stages": stages}, "<test>")
+    stats = run_pipeline(pipeline, LocalEngine(workers=1, progress=False), [str(faulty_input)], tmp_path / "one")
+    decoded = next(s for s in stats["stages"] if s["name"] == "decode")["out"]
+    eval_rows = sum(pq.read_metadata(p).num_rows for p in (pool_root / "eval").glob("*.parquet"))
+    assert sum(calls) == decoded + eval_rows  # pool images once, eval images once (shared by two stages)
+    assert len(EmbeddingStore(tmp_path / "store", ClipEmbedder(str(embedding_checkpoint)).fingerprint)) >= decoded
+    calls.clear()
+    again = run_pipeline(pipeline, LocalEngine(workers=1, progress=False), [str(faulty_input)], tmp_path / "two")
+    assert sum(calls) == 0
+    assert again["kept"] == stats["kept"]
