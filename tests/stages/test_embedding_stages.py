@@ -1,0 +1,141 @@
+"""Stages on CLIP embeddings, on real pool images: embedding near-dup, SemDeDup, DataComp's
+image-based filter and decontamination by embedding. The scorer has random weights, so
+duplicates are judged against brute force on its own vectors (see `embedding_checkpoint`)."""
+
+import io
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from curate.embeddings import Embeddings, EmbeddingConfig
+from curate.neighbours import components, spherical_kmeans
+from curate.stages.decontaminate_embedding import DecontaminateEmbedding, DecontaminateEmbeddingConfig
+from curate.stages.embed_dedup import EmbedDedup, EmbedDedupConfig
+from curate.stages.image_based_filter import ImageBasedFilter, ImageBasedFilterConfig
+from curate.stages.semdedup import SemDedup, SemDedupConfig
+from tests.stages.test_dedup import run_global
+
+
+def reencoded(data: bytes, quality: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(data)).convert("RGB").save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def planted(pool_table):
+    """Distinct pool drawings (uids 0...) plus an exact copy and a re-encoded copy of the first 10 (uids f...)."""
+    originals, seen = [], set()
+    for row in pool_table.select(["uid", "text", "image"]).to_pylist():
+        if row["image"] not in seen:
+            seen.add(row["image"])
+            originals.append(row)
+    originals = originals[:60]
+    rows = [{"uid": f"0{i:031x}", "text": r["text"], "image": r["image"]} for i, r in enumerate(originals)]
+    for i, r in enumerate(originals[:10]):
+        rows += [{"uid": f"f0{i:030x}", "text": r["text"], "image": r["image"]},
+                 {"uid": f"f1{i:030x}", "text": r["text"], "image": reencoded(r["image"])}]
+    return pa.Table.from_pylist(rows).sort_by("uid")  # table order is uid order, as the stages see it
+
+
+def dropped(verdict):
+    return {u: v for u, r, v in zip(verdict.table["uid"].to_pylist(), verdict.reasons, verdict.values) if r}
+
+
+def vectors_of(config, table):
+    embedded = Embeddings(config).for_table(table)
+    return embedded.image, embedded.score
+
+
+def test_embed_dedup_groups_and_keeps_by_the_rule(planted, embedding_checkpoint, tmp_path):
+    config = EmbedDedupConfig(checkpoint=str(embedding_checkpoint), store=str(tmp_path / "s"), threshold=0.995,
+                              index="flat")
+    table = planted.append_column("clip_score", pa.array(np.linspace(0, 1, planted.num_rows), pa.float32()))
+    _, verdict = run_global(EmbedDedup(config), table)
+    got = dropped(verdict)
+    uids = table["uid"].to_pylist()
+    vectors, _ = vectors_of(config, table)
+    sims = vectors @ vectors.T
+    left, right = np.nonzero(np.triu(sims >= 0.995, k=1))
+    group = components(len(uids), left, right)
+    scores = table["clip_score"].to_numpy()
+    expected = {}
+    for g in np.unique(group):
+        members = np.flatnonzero(group == g)
+        keeper = max(members, key=lambda i: (scores[i], -int(uids[i], 16)))
+        expected.update({uids[i]: uids[keeper] for i in members if i != keeper})
+    assert got == expected  # exactly the brute-force groups, each keeping its highest clip_score
+    assert set(verdict.reasons) == {None, "near_duplicate_embedding"}
+    # every planted copy is found: it and its original are one group, which keeps one sample
+    # (this random scorer also chains some distinct drawings into a group: not asserted either way)
+    for i in range(10):
+        family = [uids.index(u) for u in (f"0{i:031x}", f"f0{i:030x}", f"f1{i:030x}")]
+        assert len(set(group[family])) == 1 and sum(uids[j] not in got for j in family) <= 1
+
+
+def test_semdedup_keeps_no_close_pair_within_a_cluster(planted, embedding_checkpoint, tmp_path):
+    config = SemDedupConfig(checkpoint=str(embedding_checkpoint), store=str(tmp_path / "s"), clusters=5, epsilon=0.002)
+    _, verdict = run_global(SemDedup(config), planted)
+    got = dropped(verdict)
+    uids = planted["uid"].to_pylist()
+    vectors, _ = vectors_of(config, planted)
+    _, assignment = spherical_kmeans(vectors, 5, 0, 20)
+    index = {u: i for i, u in enumerate(uids)}
+    for uid, value in got.items():  # each dropped sample is that close to the one it names, in its cluster
+        assert vectors[index[uid]] @ vectors[index[value]] > 1 - 0.002
+        assert assignment[index[uid]] == assignment[index[value]]
+    kept = [i for i, u in enumerate(uids) if u not in got]
+    sims = vectors[kept] @ vectors[kept].T
+    same = assignment[kept][:, None] == assignment[kept][None, :]
+    assert not np.any(np.triu((sims > 1 - 0.002) & same, k=1))
+    for i in range(10):  # exact copies have cosine 1: one of each family at most survives
+        assert len({f"0{i:031x}", f"f0{i:030x}"} - set(got)) <= 1
+
+
+def test_image_based_filter_keeps_the_targets_clusters(planted, embedding_checkpoint, tmp_path):
+    target = tmp_path / "target"
+    target.mkdir()
+    pq.write_table(planted.slice(20, 3).select(["uid", "text", "image"]), target / "t.parquet")
+    config = ImageBasedFilterConfig(checkpoint=str(embedding_checkpoint), store=str(tmp_path / "s"),
+                                    target=[str(target)], clusters=8)
+    _, verdict = run_global(ImageBasedFilter(config), planted)
+    got = dropped(verdict)
+    uids = planted["uid"].to_pylist()
+    vectors, _ = vectors_of(config, planted)
+    _, assignment = spherical_kmeans(vectors, 8, 0, 20)
+    targeted = set(assignment[20:23].tolist())  # a target's nearest centroid is the cluster it was put in
+    assert {u for u, c in zip(uids, assignment) if c not in targeted} == set(got)
+    assert all(value == str(assignment[uids.index(u)]) for u, value in got.items())
+    assert 0 < len(got) < len(uids)
+
+
+def test_planted_eval_images_are_removed_by_embedding(pool_root, pool_table, embedding_checkpoint, tmp_path):
+    eval_table = pq.read_table(pool_root / "eval")
+    eval_rows = eval_table.slice(0, 4).to_pylist()
+    planted = [(f"e{k:031x}", r["image"], r["uid"]) for k, r in enumerate(eval_rows)]
+    planted += [(f"f{k:031x}", reencoded(r["image"], 70), r["uid"]) for k, r in enumerate(eval_rows)]
+    pool = pool_table.select(["uid", "text", "image"]).to_pylist()
+    table = pa.table({"uid": [r["uid"] for r in pool] + [p[0] for p in planted],
+                      "text": [r["text"] for r in pool] + ["a drawing"] * len(planted),
+                      "image": pa.array([r["image"] for r in pool] + [p[1] for p in planted], pa.binary())})
+    config = DecontaminateEmbeddingConfig(checkpoint=str(embedding_checkpoint), eval_data=[str(pool_root / "eval")],
+                                          threshold=0.995)
+    stage = DecontaminateEmbedding(config)
+    stage.setup()
+    verdict = stage.process(table)
+    got = dropped(verdict)
+    for uid, _, _ in planted:
+        assert uid in got
+    # whatever is removed is that close to the eval image it names
+    embeddings = Embeddings(config)
+    eval_vectors, _ = vectors_of(config, eval_table)
+    eval_index = {u: i for i, u in enumerate(eval_table["uid"].to_pylist())}
+    pool_vectors = embeddings.for_table(table).image
+    row = {u: i for i, u in enumerate(table["uid"].to_pylist())}
+    for uid, value in got.items():
+        eval_uid = value.split(" ")[0]
+        assert pool_vectors[row[uid]] @ eval_vectors[eval_index[eval_uid]] >= 0.995 - 1e-6
+    assert len(got) < table.num_rows // 2
