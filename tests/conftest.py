@@ -100,6 +100,25 @@ def clip_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def llava_checkpoint(tmp_path_factory, pool_table):
+    """A tiny LLaVA captioner in the trainer's format: clip-tiny vision, a 2-layer Llama and a BPE
+    trained on the pool's captions (random weights, fixed seed)."""
+    import torch
+
+    from train.llava.config import LlavaModelConfig
+    from train.llava.model import build_llava, build_tiny_lm, save_checkpoint
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("captioner")
+    config = LlavaModelConfig(vision="clip-tiny", lm_config="llava-lm-tiny", vocab_size=512, max_grid=1,
+                              pixel_shuffle=2)
+    lm = build_tiny_lm(config.lm_config, pool_table.column("text").to_pylist(), config.vocab_size, config.max_grid,
+                       root / "lm")
+    save_checkpoint(root / "last.pt", build_llava(config, lm))
+    return root / "last.pt"
+
+
+@pytest.fixture(scope="session")
 def concept_metadata(tmp_path_factory, pool_table) -> Path:
     """A concept metadata file (MetaCLIP style) from the pool captions' frequent uni- and bigrams."""
     from curate.metadata import build_metadata, corpus_ngrams, write_metadata

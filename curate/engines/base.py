@@ -56,7 +56,8 @@ def plan_passes(stages: list[Stage]) -> list[Pass]:
 
 @dataclass
 class StageStats:
-    """Rows in and out of one stage and the count of each rejection reason."""
+    """Rows in and out of one stage and the count of each rejection reason; a stage that derives
+    extra samples from its input (one per extra caption, say) has more rows out than in minus rejected."""
 
     name: str
     rows_in: int = 0
@@ -68,9 +69,14 @@ class StageStats:
         self.rows_out += other.rows_out
         self.reasons.update(other.reasons)
 
+    @property
+    def derived(self) -> int:
+        return self.rows_out + sum(self.reasons.values()) - self.rows_in
+
     def to_dict(self) -> dict:
-        return {"name": self.name, "in": self.rows_in, "out": self.rows_out, "rejected": self.rows_in - self.rows_out,
-                "reasons": dict(sorted(self.reasons.items()))}
+        derived = {"derived": self.derived} if self.derived else {}
+        return {"name": self.name, "in": self.rows_in, "out": self.rows_out, "rejected": sum(self.reasons.values()),
+                **derived, "reasons": dict(sorted(self.reasons.items()))}
 
     @classmethod
     def from_dict(cls, data: dict) -> "StageStats":
@@ -98,24 +104,24 @@ def run_pass_on_batch(stages: list[Stage], pass_: Pass, verdict: Verdict, state:
     ledger: list[pa.Table] = []
     stats: dict[str, StageStats] = {}
 
-    def record(key: str, name: str, v: Verdict) -> pa.Table:
-        kept, rejected = v.split(name)
-        stats[key] = StageStats(name, v.table.num_rows, kept.num_rows, v.reason_counts())
+    def record(key: str, name: str, v: Verdict, rows_in: int) -> pa.Table:
+        kept, rejected = v.split(name)  # kept may hold samples the stage derived from its input
+        stats[key] = StageStats(name, rows_in, kept.num_rows, v.reason_counts())
         if rejected.num_rows:
             ledger.append(rejected)
         return kept
 
-    table = record(READ_STAGE, READ_STAGE, verdict) if read_step else verdict.table
+    table = record(READ_STAGE, READ_STAGE, verdict, verdict.table.num_rows) if read_step else verdict.table
     if pass_.apply is not None:
         stage = stages[pass_.apply]
-        table = record(stage_key(pass_.apply, stage), stage.name, stage.apply(table, state))
+        table = record(stage_key(pass_.apply, stage), stage.name, stage.apply(table, state), table.num_rows)
     for i in pass_.maps:
-        table = record(stage_key(i, stages[i]), stages[i].name, stages[i].process(table))
+        table = record(stage_key(i, stages[i]), stages[i].name, stages[i].process(table), table.num_rows)
     partial = None
     if pass_.fit is not None:
         stage = stages[pass_.fit]
         # the fit stage's own rejections (e.g. an unhashable image) are counted with its apply step
-        table = record(stage_key(pass_.fit, stage) + ":fit", stage.name, stage.process(table))
+        table = record(stage_key(pass_.fit, stage) + ":fit", stage.name, stage.process(table), table.num_rows)
         partial = stage.partial(table)
     return BatchResult(table, ledger, stats, partial)
 
@@ -208,11 +214,11 @@ class RunLayout:
             raise ValueError(f"{len(repeated)} uid(s) occur more than once in the input (e.g. {repeated[:3]}): "
                              "uids must be unique; drop the uid column to have curate make them")
         write_uids(kept_uids, self.uids)
-        if len(kept_uids) + ledger.num_rows != input_rows:
-            raise RuntimeError(
-                f"accounting error: {len(kept_uids)} kept + {ledger.num_rows} rejected != {input_rows} input rows"
-            )
         totals = merge_stats(task_stats)
+        derived = sum(s.derived for s in totals.values())  # samples stages made from input samples
+        if len(kept_uids) + ledger.num_rows != input_rows + derived:
+            raise RuntimeError(f"accounting error: {len(kept_uids)} kept + {ledger.num_rows} rejected != "
+                               f"{input_rows} input rows + {derived} derived samples")
         order = [READ_STAGE] + [k for i, s in enumerate(stages) for k in (stage_key(i, s) + ":fit", stage_key(i, s))]
         stage_rows = []
         for key in order:
@@ -223,8 +229,8 @@ class RunLayout:
             stage_rows.append(entry)
         fit_files = {stage_key(p.fit, stages[p.fit]): self.fit_stats(p.index) for p in passes if p.fit is not None}
         fits = {key: fit for key, path in fit_files.items() if path.exists() and (fit := json.loads(path.read_text()))}
-        stats = {"input": input_rows, "kept": len(kept_uids), "rejected": ledger.num_rows,
-                 "kept_fraction": round(len(kept_uids) / input_rows, 6) if input_rows else 0.0,
+        stats = {"input": input_rows, "kept": len(kept_uids), "rejected": ledger.num_rows, "derived": derived,
+                 "kept_fraction": round((len(kept_uids) - derived) / input_rows, 6) if input_rows else 0.0,
                  "stages": stage_rows, **({"fits": fits} if fits else {}), **extra}
         write_json_atomic(stats, self.stats)
         return stats

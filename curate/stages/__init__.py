@@ -2,6 +2,7 @@
 
 from curate.stage import Stage
 from curate.stages.caption import Caption
+from curate.stages.caption_filter import CaptionFilter
 from curate.stages.clip_score import ClipScore
 from curate.stages.concept_balance import ConceptBalance
 from curate.stages.concept_match import ConceptMatch
@@ -17,6 +18,7 @@ from curate.stages.image_based_filter import ImageBasedFilter
 from curate.stages.image_size import ImageSize
 from curate.stages.language import Language
 from curate.stages.near_dedup import NearDedup
+from curate.stages.recaption import Recaption
 from curate.stages.resize import Resize
 from curate.stages.semdedup import SemDedup
 from curate.stages.text_filter import TextFilter
@@ -25,5 +27,6 @@ REGISTRY: dict[str, type[Stage]] = {
     cls.name: cls
     for cls in (Download, Decode, ImageSize, FileSize, Caption, Language, TextFilter, Resize, ExactDedup, NearDedup, Decontaminate, ClipScore,
                 ConceptMatch, ConceptBalance,
-                Embed, EmbedDedup, SemDedup, ImageBasedFilter, DecontaminateEmbedding)
+                Embed, EmbedDedup, SemDedup, ImageBasedFilter, DecontaminateEmbedding,
+                Recaption, CaptionFilter)
 }

@@ -32,6 +32,9 @@ PIPELINES = {
     "concepts": [{"stage": "concept_match", "metadata": "METADATA"},
                  {"stage": "concept_balance", "metadata": "METADATA", "t": 2},
                  {"stage": "concept_balance", "metadata": "METADATA", "target_size": 40, "unmatched": "keep", "seed": 3}],
+    "capfilt": [{"stage": "decode"}, {"stage": "caption", "min_words": 5},
+                {"stage": "recaption", "checkpoint": "CAPTIONER", "num_captions": 2, "max_new_tokens": 6},
+                {"stage": "caption_filter", "checkpoint": "CHECKPOINT", "top_n": 2, "policy": "separate"}],
     "embeddings": [{"stage": "decode"}, {"stage": "embed", **EMBEDDING},
                    {"stage": "clip_score", "top_fraction": 0.8, **EMBEDDING},
                    {"stage": "decontaminate_embedding", "eval_data": ["EVAL_SPLIT"], "threshold": 0.995, **EMBEDDING},
@@ -70,10 +73,10 @@ def test_parity_pipelines_cover_every_registered_stage():
 @pytest.mark.parametrize("engine", sorted(ENGINES))
 @pytest.mark.parametrize("name", sorted(PIPELINES))
 def test_engine_matches_local(engine, name, faulty_input, image_server, pool_root, clip_checkpoint, concept_metadata,
-                              embedding_checkpoint, tmp_path, shared_sessions):
+                              llava_checkpoint, embedding_checkpoint, tmp_path, shared_sessions):
     text = json.dumps(PIPELINES[name]).replace("EVAL_SPLIT", str(pool_root / "eval"))
     text = (text.replace("CHECKPOINT", str(clip_checkpoint)).replace("METADATA", str(concept_metadata))
-            .replace("EMBEDDER", str(embedding_checkpoint)))
+            .replace("CAPTIONER", str(llava_checkpoint)).replace("EMBEDDER", str(embedding_checkpoint)))
 
     def pipeline(run: str):
         stages = json.loads(text.replace("STORE", str(tmp_path / f"store-{run}")))
