@@ -35,7 +35,7 @@ class Objective(Protocol):
     module: torch.nn.Module
 
     def loss(self, model: torch.nn.Module, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
-        """The batch's loss (averaged over it) and scalars to log."""
+        """The batch's loss (averaged over it) and scalars to log (floats or 0-d tensors)."""
 
     def after_step(self) -> None:
         """Called after each optimizer step (e.g. to clamp a temperature)."""
@@ -169,10 +169,12 @@ def train_loop(
             with context, autocast:
                 loss, scalars = objective.loss(trainable, batch)
                 (loss / settings.grad_accum).backward()
-            for key, value in {"loss": loss.item(), **scalars}.items():
+            for key, value in {"loss": loss.detach(), **scalars}.items():
                 totals[key] = totals.get(key, 0.0) + value / settings.grad_accum
         optimizer.step()
         objective.after_step()
+        # scalars may be device tensors: read them once the step is queued (no sync mid-step)
+        totals = {key: float(value) for key, value in totals.items()}
         last = {"step": step + 1, "samples_seen": (step + 1) * settings.samples_per_step,
                 "lr": optimizer.param_groups[0]["lr"], **totals,
                 "elapsed_s": round(time.perf_counter() - started, 3)}

@@ -26,9 +26,9 @@ class Sample:
     source: str
 
     def open_images(self) -> list[Image.Image]:
-        """The images, decoded."""
+        """The images, opened (decoded when used, so a JPEG can be decoded at a reduced scale)."""
         try:
-            return [Image.open(io.BytesIO(i) if isinstance(i, bytes) else i).convert("RGB") for i in self.images]
+            return [Image.open(io.BytesIO(i) if isinstance(i, bytes) else i) for i in self.images]
         except (OSError, ValueError) as exc:
             raise ValueError(f"{self.source}: unreadable image: {exc}") from exc
 

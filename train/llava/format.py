@@ -40,16 +40,21 @@ class ImageSplitter:
         return side(height), side(width)
 
     def __call__(self, image: Image.Image) -> tuple[torch.Tensor, tuple[int, int]]:
-        """(global view + regions row by row, normalised, (n, 3, S, S)) and the (rows, cols) grid."""
-        image = image.convert("RGB")
+        """(global view + regions row by row, normalised, (n, 3, S, S)) and the (rows, cols) grid.
+        A JPEG not decoded yet is decoded at the smallest scale the views need (`Image.draft`)."""
         rows, cols = self.grid(*image.size)
         size = self.image_size
-        views = [image.resize((size, size), Image.Resampling.BICUBIC)]
+        image.draft("RGB", (cols * size, rows * size))  # JPEG: decode at the smallest scale still large enough
+        image = image.convert("RGB")
+        views = self._tensor(image.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0))[None]
         if rows * cols > 1:
-            big = image.resize((cols * size, rows * size), Image.Resampling.BICUBIC)
-            views += [big.crop((c * size, r * size, (c + 1) * size, (r + 1) * size))
-                      for r in range(rows) for c in range(cols)]
-        return torch.stack([TF.normalize(TF.to_tensor(v), self.mean, self.std) for v in views]), (rows, cols)
+            big = self._tensor(image.resize((cols * size, rows * size), Image.Resampling.BICUBIC, reducing_gap=3.0))
+            regions = big.reshape(3, rows, size, cols, size).permute(1, 3, 0, 2, 4).reshape(-1, 3, size, size)
+            views = torch.cat([views, regions])
+        return views, (rows, cols)
+
+    def _tensor(self, image: Image.Image) -> torch.Tensor:
+        return TF.normalize(TF.to_tensor(image), self.mean, self.std)
 
 
 @dataclass
@@ -96,7 +101,10 @@ class LlavaFormat:
         placeholders = sum(len(PLACEHOLDER.findall(turn.get("value", ""))) for turn in conversation)
         if placeholders != len(images):
             raise ValueError(f"{source}: {placeholders} <image> placeholder(s) but {len(images)} image(s)")
-        views = [self.splitter(image) for image in images]
+        try:
+            views = [self.splitter(image) for image in images]
+        except OSError as exc:
+            raise ValueError(f"{source}: unreadable image: {exc}") from exc
         ids: list[int] = []
         labels: list[int] = []
         next_image = iter(views)
@@ -141,6 +149,10 @@ class LlavaFormat:
             mask[row, start:] = 1
         pixels = [s.pixels for s in samples if s.pixels.numel()]
         size = self.splitter.image_size
+        views = sum(p.shape[0] for p in pixels)
+        if int((ids == self.token[IMAGE]).sum()) != views * self.tokens_per_region:
+            raise ValueError(f"{int((ids == self.token[IMAGE]).sum())} image tokens for {views} image views of "
+                             f"{self.tokens_per_region} tokens each (is {IMAGE} in a text?)")
         return {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(1) - 1).clamp(min=0),
                 "labels": labels, "prefix_len": torch.tensor([s.prefix_len for s in samples]),
                 "pixel_values": torch.cat(pixels) if pixels else torch.empty(0, 3, size, size)}

@@ -113,14 +113,13 @@ class Llava(torch.nn.Module):
         return LlavaFormat(self.tokenizer, splitter, self.tokens_per_region, config.pad_token)
 
     def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Token embeddings with every image token replaced, in order, by a projected patch."""
+        """Token embeddings with every image token replaced, in order, by a projected patch
+        (`LlavaFormat.collate` checks that the counts match)."""
         embeds = self.lm.get_input_embeddings()(input_ids)
         slots = input_ids == self.image_token_id
         if pixel_values.numel() == 0:
             return embeds
         features = self.projector(self.vision(pixel_values)).reshape(-1, embeds.shape[-1])
-        if features.shape[0] != int(slots.sum()):
-            raise ValueError(f"{int(slots.sum())} image tokens but {features.shape[0]} projected patches")
         return embeds.masked_scatter(slots[..., None], features.to(embeds.dtype))
 
     def lm_mask(self, attention_mask: torch.Tensor, prefix_len: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,8 @@ class LlavaObjective:
 
     The loss is a mean over the answer tokens of every rank's micro-batch (each rank divides
     its sum by the mean token count per rank, so DDP's gradient average is the global
-    token mean): N processes train as one does on the same global batch.
+    token mean): N processes train as one does on the same global batch. Logged per
+    micro-batch: token_loss (that global mean), answer_tokens and tokens (all, padding aside).
     """
 
     def __init__(self, model: Llava, stage: int):
@@ -25,17 +26,18 @@ class LlavaObjective:
         if stage == 2:
             model.lm.requires_grad_(True)
 
-    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        tokens = (batch["labels"][:, 1:] != IGNORE).sum().float()  # the LM shifts labels by one
+    def loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        # answer tokens (the LM shifts labels by one) and all tokens, over every rank; kept on the
+        # device (the loop reads the scalars after the step, so nothing waits for the GPU here)
+        counts = torch.stack([(batch["labels"][:, 1:] != IGNORE).sum(), batch["attention_mask"].sum()]).float()
         world = dist.get_world_size() if dist.is_initialized() else 1
-        total = tokens.clone()
         if world > 1:
-            dist.all_reduce(total)
-        out = model({**batch, "num_items_in_batch": total / world})
+            dist.all_reduce(counts)
+        out = model({**batch, "num_items_in_batch": counts[0] / world})
         mean = out.loss.detach().clone()
         if world > 1:
             dist.all_reduce(mean)
-        return out.loss, {"token_loss": float(mean) / world, "answer_tokens": float(total)}
+        return out.loss, {"token_loss": mean / world, "answer_tokens": counts[0], "tokens": counts[1]}
 
     def after_step(self) -> None:
         """Nothing to clamp."""

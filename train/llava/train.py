@@ -64,8 +64,10 @@ def train_llava(config: LlavaTrainConfig, run_dir: str | Path, progress: bool = 
         save_checkpoint(path, model, config=config.model_dump(), **loop_state)
 
     def batches_from(step: int):
+        pin = device.type == "cuda"  # pinned memory: the copy overlaps the GPU's work
         for batch in batches.from_step(step, config.workers):
-            yield {key: value.to(device) for key, value in batch.items()}
+            yield {key: (value.pin_memory() if pin else value).to(device, non_blocking=pin)
+                   for key, value in batch.items()}
 
     last = train_loop(objective, batches_from, settings, run_dir, dist_info, device, save, state, progress)
     if dist.is_initialized():
