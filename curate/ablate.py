@@ -202,13 +202,16 @@ def _evaluate(model: str, checkpoint: Path, suite, progress: bool) -> dict:
 def run_ablation(config: AblationConfig, progress: bool = True) -> list[dict]:
     """Curate, train and evaluate every recipe and seed; write the leaderboard. Returns its rows."""
     check_experiment(config)
-    records = []
     for recipe, pipeline_file in config.recipes.items():
         if not Path(pipeline_file).is_file():
             raise ConfigError(f"recipe {recipe!r}: pipeline file {pipeline_file} not found")
-        curated, stats = curate_recipe(recipe, pipeline_file, config, progress)
+    # every recipe is curated before any training: the local engine forks its workers, and a child
+    # forked after torch ran OpenMP threads deadlocks in FAISS's OpenMP (decontaminate, near_dedup)
+    curated = {recipe: curate_recipe(recipe, file, config, progress) for recipe, file in config.recipes.items()}
+    records = []
+    for recipe, (out, stats) in curated.items():
         for seed in config.seeds:
-            record = train_and_evaluate(recipe, curated, seed, config, progress)
+            record = train_and_evaluate(recipe, out, seed, config, progress)
             records.append({**record, "curated_size": stats["kept"], "pool_size": stats["input"]})
     rows = leaderboard_rows(records)
     write_leaderboard(rows, records, config, Path(config.output))
