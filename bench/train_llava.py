@@ -6,10 +6,12 @@ whole step: data loading, the frozen tower, the projector, the LM, DDP-ready los
 The limit: the same LM (a copy of the trained run's), fed the very batches' inputs_embeds
 (computed beforehand, outside the clock), labels and masks, `loss.backward()` and
 `torch.optim.AdamW.step()`, nothing else. Both count the non-padding tokens of each step and
-time the steps after `--skip` warm-up steps. Target: at least 0.9x.
+time the steps after `--skip` warm-up steps; each sees its batches' shapes for the first time
+(a new shape costs a warm-up on a GPU, hence `--pad-to-multiple`). Target: at least 0.9x.
 
 Usage: .venv/bin/python bench/train_llava.py [--data data/openclipart/conversations] [--steps 30]
-       [--batch-size 16] [--lm-config llava-lm-tiny] [--precision fp32|bf16] [--workers 1] [--threads N]
+       [--batch-size 16] [--lm-config llava-lm-tiny] [--precision fp32|bf16] [--workers 1]
+       [--pad-to-multiple 64] [--threads N]
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ def ours(args, run: Path) -> tuple[float, list[str]]:
     """Steady-state tokens/s of the trainer, from its own per-step log; and its overrides."""
     overrides = ["stage=2", f"data={args.data}", f"batch_size={args.batch_size}", f"workers={args.workers}",
                  f"samples_seen={args.steps * args.batch_size}", f"checkpoint_every={args.steps}",
-                 f"precision={args.precision}", f"model.lm_config={args.lm_config}", "warmup_steps=5"]
+                 f"precision={args.precision}", f"model.lm_config={args.lm_config}", "warmup_steps=5",
+                 f"model.pad_to_multiple={args.pad_to_multiple}"]
     command = [sys.executable, "-m", "train.llava.train", str(CONFIG), "--output", str(run)]
     env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
     result = subprocess.run(command + [a for o in overrides for a in ("--set", o)], capture_output=True, text=True,
@@ -54,22 +57,24 @@ def ours(args, run: Path) -> tuple[float, list[str]]:
     return tokens / (last["elapsed_s"] - first["elapsed_s"]), overrides
 
 
-def limit(args, run: Path, overrides: list[str]) -> float:
-    """Steady-state tokens/s of plain HF steps on the run's batches."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def run_batches(run: Path, overrides: list[str], steps: int, device: torch.device):
+    """The run's model and its first `steps` batches, collated and on the device."""
     config = load_llava_config(CONFIG, overrides)
     model, _ = load_checkpoint(run / "last.pt", device)
     batches = LlavaBatches(load_conversations(config.data), model.input_format(), config.batch_size, 1, 0, 1,
                            config.seed)
-    inputs = []
+    return config, model, [{k: v.to(device) for k, v in batches.micro_batch(step).items()} for step in range(steps)]
+
+
+def limit(args, run: Path, overrides: list[str]) -> float:
+    """Steady-state tokens/s of plain HF steps on the run's batches."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    _, model, batches = run_batches(run, overrides, args.steps, device)
     with torch.no_grad():
-        for step in range(args.steps):
-            batch = {k: v.to(device) for k, v in batches.micro_batch(step).items()}
-            inputs.append({"inputs_embeds": model.embed(batch["input_ids"], batch["pixel_values"]),
-                           "attention_mask": batch["attention_mask"], "position_ids": batch["position_ids"],
-                           "labels": batch["labels"]})
+        inputs = [{"inputs_embeds": model.embed(b["input_ids"], b["pixel_values"]),
+                   **{k: b[k] for k in ("attention_mask", "position_ids", "labels")}} for b in batches]
     lm = copy.deepcopy(model.lm).train().requires_grad_(True)
-    del model
+    del model, batches
     optimizer = torch.optim.AdamW(lm.parameters(), lr=1e-4)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16")
     tokens, started = 0, 0.0
@@ -99,6 +104,7 @@ def main() -> None:
     parser.add_argument("--lm-config", default="llava-lm-tiny", help="a config in train/configs/models or a JSON file")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--workers", type=int, default=1, help="trainer's loader processes")
+    parser.add_argument("--pad-to-multiple", type=int, default=1, help="batch lengths rounded up to this")
     parser.add_argument("--threads", type=int, help="torch CPU threads in both (a shared, busy CPU: 1)")
     args = parser.parse_args()
     if args.threads:
@@ -109,7 +115,7 @@ def main() -> None:
         limit_rate = limit(args, run, overrides)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     print(f"LLaVA stage 2, LM {args.lm_config}, batch {args.batch_size}, {args.precision}, {device}, "
-          f"steps {args.skip + 1}-{args.steps}")
+          f"steps {args.skip + 1}-{args.steps}, lengths padded to a multiple of {args.pad_to_multiple}")
     print(f"{'trainer':<28} {'tokens/s':>10}")
     print(f"{'curate (train.llava.train)':<28} {ours_rate:>10.0f}")
     print(f"{'plain HF step (limit)':<28} {limit_rate:>10.0f}")

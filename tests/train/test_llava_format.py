@@ -92,17 +92,29 @@ def test_a_batch_decodes_to_the_format(llava, samples):
     assert batch["pixel_values"].shape == (views, 3, 64, 64)
     assert int((ids == tokenizer.convert_tokens_to_ids("<image>")).sum()) == views * K
     first_image = samples[0][1][0]
-    global_view = TF.normalize(TF.to_tensor(first_image.resize((64, 64), Image.Resampling.BICUBIC)),
+    global_view = TF.normalize(TF.to_tensor(first_image.resize((64, 64), Image.Resampling.BICUBIC, reducing_gap=3.0)),
                                llava.vision.mean, llava.vision.std)
     assert torch.allclose(batch["pixel_values"][0], global_view)
 
 
-def test_configured_pad_token(llava_model_config, tiny_lm, samples):
-    model = build_llava(LlavaModelConfig(**{**llava_model_config, "pad_token": "<global_img>"}), tiny_lm)
+def test_configured_pad_token_and_multiple(llava, llava_model_config, tiny_lm, samples):
+    config = {**llava_model_config, "pad_token": "<global_img>", "pad_to_multiple": 64}
+    model = build_llava(LlavaModelConfig(**config), tiny_lm)
+    model.load_state_dict(llava.state_dict())
     fmt = model.input_format()
     batch = fmt.collate([fmt.encode(conv, imgs) for conv, imgs in samples])
     pad = model.tokenizer.convert_tokens_to_ids("<global_img>")
     assert batch["input_ids"][batch["attention_mask"] == 0].unique().tolist() == [pad]
+    assert batch["input_ids"].shape[1] % 64 == 0 and batch["pixel_values"].shape[0] % 64 == 0
+    # the extra padding and blank views change nothing the model computes on real tokens
+    plain = llava.input_format()
+    plain_batch = plain.collate([plain.encode(conv, imgs) for conv, imgs in samples])
+    assert batch["pixel_values"].shape[0] > plain_batch["pixel_values"].shape[0]
+    with torch.no_grad():
+        ours, reference = model(batch), llava(plain_batch)
+    assert torch.allclose(ours.loss, reference.loss, atol=1e-5)
+    real = batch["attention_mask"].bool()
+    assert torch.allclose(ours.logits[real], reference.logits[plain_batch["attention_mask"].bool()], atol=1e-4)
 
 
 def test_bad_conversations_name_the_sample(llava, samples):

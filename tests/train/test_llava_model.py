@@ -45,7 +45,8 @@ def test_prefix_lm_attention_inside_the_model(llava_model_config, tiny_lm, pool_
     image = pool_images(pool_table, 1)[0]
 
     def logits(question: str, answer: str) -> tuple[torch.Tensor, int]:
-        enc = fmt.encode([{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}], [image])
+        turns = [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}]
+        enc = fmt.encode(turns, [image])
         with torch.no_grad():
             return model(fmt.collate([enc])).logits[0], enc.prefix_len
 

@@ -33,6 +33,9 @@ class LlavaModelConfig(BaseModel):
     region_size: int | None = Field(None, gt=0, description="source pixels per region side before the grid is "
                                                             "capped [default: the tower's input size]")
     pad_token: str | None = Field(None, description="padding token [default: <im_end>]")
+    pad_to_multiple: int = Field(1, ge=1, description="pad a batch's length and its number of image views up to "
+                                                      "a multiple of this (64 on a GPU: fewer distinct shapes, "
+                                                      "each of which costs a warm-up)")
     prefix_lm: bool = Field(False, description="PaliGemma: full attention over image and prompt, causal "
                                                "over the answer")
 

@@ -95,7 +95,8 @@ class LlavaBatches(ClipBatches):
     def __init__(self, samples: list[Sample], fmt: LlavaFormat, batch_size: int, grad_accum: int, rank: int,
                  world_size: int, seed: int):
         if batch_size % (grad_accum * world_size):
-            raise ValueError(f"batch_size {batch_size} is not divisible by grad_accum x ranks = {grad_accum * world_size}")
+            raise ValueError(f"batch_size {batch_size} is not divisible by grad_accum x ranks = "
+                             f"{grad_accum * world_size}")
         self.images = samples  # what ClipBatches.row counts and permutes
         self.format = fmt
         self.batch_size, self.grad_accum = batch_size, grad_accum

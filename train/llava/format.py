@@ -71,8 +71,10 @@ class Encoded:
 class LlavaFormat:
     """Turns conversations with images into token ids and labels, and batches them."""
 
-    def __init__(self, tokenizer, splitter: ImageSplitter, tokens_per_region: int, pad_token: str | None = None):
+    def __init__(self, tokenizer, splitter: ImageSplitter, tokens_per_region: int, pad_token: str | None = None,
+                 pad_to_multiple: int = 1):
         self.tokenizer, self.splitter, self.tokens_per_region = tokenizer, splitter, tokens_per_region
+        self.pad_to_multiple = pad_to_multiple
         self.token = {t: tokenizer.convert_tokens_to_ids(t) for t in (IM_START, IM_END, IMAGE, GLOBAL_IMAGE)}
         self.pad_id = tokenizer.convert_tokens_to_ids(pad_token or IM_END)
         if self.pad_id is None or self.pad_id == tokenizer.unk_token_id:
@@ -135,10 +137,11 @@ class LlavaFormat:
         return Encoded(ids, labels, prefix, pixels)
 
     def collate(self, samples: list[Encoded]) -> dict[str, torch.Tensor]:
-        """Left-pad to the longest sample with the pad id: input_ids, attention_mask (0 on padding
-        only), position_ids (counting from each sample's first token), labels, prefix_len and
-        pixel_values (every image view of the batch, in token order)."""
-        length = max(len(s.ids) for s in samples)
+        """Left-pad to the longest sample (rounded up to `pad_to_multiple`) with the pad id:
+        input_ids, attention_mask (0 on padding only), position_ids (counting from each sample's
+        first token), labels, prefix_len and pixel_values (every image view, in token order, then
+        blank views up to a multiple of `pad_to_multiple`)."""
+        length = -(-max(len(s.ids) for s in samples) // self.pad_to_multiple) * self.pad_to_multiple
         ids = torch.full((len(samples), length), self.pad_id, dtype=torch.long)
         labels = torch.full((len(samples), length), IGNORE, dtype=torch.long)
         mask = torch.zeros((len(samples), length), dtype=torch.long)
@@ -153,6 +156,8 @@ class LlavaFormat:
         if int((ids == self.token[IMAGE]).sum()) != views * self.tokens_per_region:
             raise ValueError(f"{int((ids == self.token[IMAGE]).sum())} image tokens for {views} image views of "
                              f"{self.tokens_per_region} tokens each (is {IMAGE} in a text?)")
+        padded = -(-views // self.pad_to_multiple) * self.pad_to_multiple  # blank views at the end go unused
+        pixels.append(torch.zeros(padded - views, 3, size, size))
         return {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(1) - 1).clamp(min=0),
                 "labels": labels, "prefix_len": torch.tensor([s.prefix_len for s in samples]),
-                "pixel_values": torch.cat(pixels) if pixels else torch.empty(0, 3, size, size)}
+                "pixel_values": torch.cat(pixels)}

@@ -110,11 +110,12 @@ class Llava(torch.nn.Module):
         config = LlavaModelConfig.model_validate(self.spec["model"])
         size = self.vision.image_size
         splitter = ImageSplitter(size, config.region_size or size, config.max_grid, self.vision.mean, self.vision.std)
-        return LlavaFormat(self.tokenizer, splitter, self.tokens_per_region, config.pad_token)
+        return LlavaFormat(self.tokenizer, splitter, self.tokens_per_region, config.pad_token, config.pad_to_multiple)
 
     def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
         """Token embeddings with every image token replaced, in order, by a projected patch
-        (`LlavaFormat.collate` checks that the counts match)."""
+        (`LlavaFormat.collate` checks that the counts match; patches of trailing blank views
+        are left over and unused)."""
         embeds = self.lm.get_input_embeddings()(input_ids)
         slots = input_ids == self.image_token_id
         if pixel_values.numel() == 0:
@@ -151,9 +152,10 @@ def _load_vision(config: LlavaModelConfig, device) -> tuple[torch.nn.Module, str
 
 def build_tiny_lm(lm_config: str | Path, captions: Iterable[str], vocab_size: int, max_grid: int,
                   out_dir: Path) -> Path:
-    """Write a Hugging Face model folder: the config JSON's (a file, or a name in train/configs/models) architecture with random weights and a
-    BPE tokenizer trained on `captions` (the stand-in for a pretrained LM where none can be
-    downloaded). Returns the folder, which loads like any other."""
+    """Write a Hugging Face model folder: the architecture of config JSON `lm_config` (a file, or a
+    name in train/configs/models) with random weights, and a BPE tokenizer trained on `captions`
+    (the stand-in for a pretrained LM where none can be downloaded). Returns the folder, which
+    loads like any other."""
     path = Path(lm_config) if Path(lm_config).is_file() else MODEL_CONFIGS / f"{lm_config}.json"
     if not path.is_file():
         raise FileNotFoundError(f"LM config {lm_config!r} not found (a JSON file, or one of "
@@ -206,7 +208,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     except Exception as exc:  # torch raises pickle, zip and runtime errors alike on foreign files
         raise ValueError(f"{path} is not a LLaVA checkpoint (not a torch file: {exc})") from exc
     if not isinstance(data, dict) or data.get("kind") != KIND:
-        raise ValueError(f"{path} is not a LLaVA checkpoint (kind {data.get('kind') if isinstance(data, dict) else None!r})")
+        kind = data.get("kind") if isinstance(data, dict) else None
+        raise ValueError(f"{path} is not a LLaVA checkpoint (kind {kind!r})")
     spec = data["spec"]
     config = LlavaModelConfig.model_validate(spec["model"])
     visual = create_clip(spec["vision_model"]).model.visual
