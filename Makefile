@@ -14,8 +14,9 @@ METADATA := data/openclipart/metadata.parquet
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 DJ_VENV := bench/.venv-dj
+CR_VENV := bench/.venv-cr
 
-.PHONY: demo test setup pool bench bench-dj clean
+.PHONY: demo test setup pool bench bench-dj bench-cr clean
 
 setup: $(STAMP)
 
@@ -66,6 +67,17 @@ $(DJ_VENV)/.installed:
 	touch $@
 
 bench-dj: $(DJ_VENV)/.installed
+
+# clip-retrieval, the peer of the embedding-throughput benchmark (bench/dedup.py --embed), in its own venv;
+# setuptools < 81 still ships pkg_resources, which its clip dependency imports
+$(CR_VENV)/.installed:
+	test -x $(CR_VENV)/bin/python || $(PYTHON) -m venv $(CR_VENV)
+	$(CR_VENV)/bin/pip install -q --upgrade pip
+	$(CR_VENV)/bin/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(CR_VENV)/bin/pip install -q clip-retrieval "setuptools<81"
+	touch $@
+
+bench-cr: $(CR_VENV)/.installed
 
 bench: $(STAMP) $(POOL) bench-dj
 	$(BIN)/python bench/heuristics.py

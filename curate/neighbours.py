@@ -56,7 +56,8 @@ def build_index(vectors: np.ndarray, config: SearchConfig):
         nlist = max(1, min(config.nlist or int(4 * math.sqrt(n)), n))
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = 1234
-        index.cp.max_points_per_centroid = 64  # train on a sample: IVF needs coarse lists, not fine centroids
+        index.cp.max_points_per_centroid = 64  # a sample and few iterations: IVF needs coarse lists, not fine centroids
+        index.cp.niter = 10
         index.train(vectors)
         index.nprobe = min(config.nprobe, nlist)
     if _gpu():
