@@ -80,6 +80,9 @@ class LlavaFormat:
         if self.pad_id is None or self.pad_id == tokenizer.unk_token_id:
             raise ValueError(f"pad token {pad_token!r} is not in the tokenizer's vocabulary")
         self.eos_id = self.token[IM_END]
+        # the template's fixed pieces, tokenised once
+        self.header = {role: [self.token[IM_START], *self._text(f"{role}\n")] for role in set(ROLES.values())}
+        self.end = [self.token[IM_END], *self._text("\n")]
 
     def _text(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False) if text else []
@@ -120,14 +123,13 @@ class LlavaFormat:
                 if index:
                     content += self.image_ids(next(next_image)[1])
                 content += self._text(piece)
-            header = [self.token[IM_START], *self._text(f"{role}\n")]
-            end = [self.token[IM_END], *self._text("\n")]
+            header, end = self.header[role], self.end
             answer = role == "assistant"
             ids += header + content + end
             labels += [IGNORE] * len(header) + (content + end[:1] if answer else [IGNORE] * (len(content) + 1)) \
                 + [IGNORE] * (len(end) - 1)
         if generation:
-            header = [self.token[IM_START], *self._text("assistant\n")]
+            header = self.header["assistant"]
             ids += header
             labels += [IGNORE] * len(header)
         elif all(label == IGNORE for label in labels):
