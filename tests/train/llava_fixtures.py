@@ -1,5 +1,6 @@
-"""Fixtures the LLaVA tests share: a tiny LM folder (config + tokenizer trained on the test
-pool's captions), a model on a clip-tiny tower, its checkpoint, and a LLaVA-Instruct file."""
+"""Fixtures the trainer tests share (LLaVA): a tiny LM folder (config + tokenizer trained on
+the test pool's captions), a model on a clip-tiny tower, its checkpoint, real pool images
+and a LLaVA-Instruct file."""
 
 import io
 import json
@@ -42,9 +43,10 @@ def llava_checkpoint(llava, tmp_path_factory) -> Path:
     return path
 
 
-def pool_images(pool_table, count: int, start: int = 0) -> list[Image.Image]:
-    """Real pool images, decoded."""
-    return [Image.open(io.BytesIO(b)).convert("RGB") for b in pool_table["image"].to_pylist()[start:start + count]]
+@pytest.fixture(scope="session")
+def pool_images(pool_table) -> list[Image.Image]:
+    """The first 8 real pool images, decoded."""
+    return [Image.open(io.BytesIO(b)).convert("RGB") for b in pool_table["image"].to_pylist()[:8]]
 
 
 @pytest.fixture(scope="session")
@@ -57,7 +59,7 @@ def conversations(pool_table, tmp_path_factory) -> Path:
     for i, (uid, text, image) in enumerate(zip(*(pool_table[c].to_pylist()[:12] for c in ("uid", "text", "image")))):
         (root / "images" / f"{uid}.jpg").write_bytes(image)
         answer = text.strip() or "a drawing"
-        turns = [{"from": "human", "value": f"<image>\nWhat is the title of this drawing?"},
+        turns = [{"from": "human", "value": "<image>\nWhat is the title of this drawing?"},
                  {"from": "gpt", "value": answer},
                  {"from": "human", "value": "How many words is the title?"},
                  {"from": "gpt", "value": str(len(answer.split()))}]

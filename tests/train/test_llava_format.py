@@ -8,7 +8,6 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from tests.train.llava_fixtures import llava, llava_model_config, pool_images, tiny_lm  # noqa: F401
 from train.llava.config import LlavaModelConfig
 from train.llava.format import IGNORE
 from train.llava.model import build_llava
@@ -40,8 +39,8 @@ def expected_text(conversation, images) -> str:
 
 
 @pytest.fixture(scope="module")
-def samples(pool_table):
-    images = pool_images(pool_table, 3)
+def samples(pool_table, pool_images):
+    images = pool_images[:3]
     small = images[0].resize((100, 60))  # one region: global view only
     captions = [t.strip() or "a drawing" for t in pool_table["text"].to_pylist()[:3]]
     return [

@@ -10,7 +10,6 @@ import torch
 from click.testing import CliRunner
 
 from curate.cli import main
-from tests.train.llava_fixtures import llava, llava_checkpoint, llava_model_config, pool_images, tiny_lm  # noqa: F401
 from train.llava.format import IGNORE
 from train.llava.generate import Captioner
 
@@ -21,8 +20,8 @@ def captioner(llava_checkpoint):
 
 
 @pytest.fixture(scope="module")
-def images(pool_table):
-    return pool_images(pool_table, 5)
+def images(pool_images):
+    return pool_images[:5]
 
 
 @pytest.mark.parametrize("strategy,k", [("greedy", 2), ("beam", 2), ("nucleus", 3)])

@@ -4,7 +4,6 @@ LM, checkpoints that rebuild the model alone."""
 import pytest
 import torch
 
-from tests.train.llava_fixtures import llava, llava_checkpoint, llava_model_config, pool_images, tiny_lm  # noqa: F401
 from train.llava.config import LlavaModelConfig
 from train.llava.model import Llava, VisionTower, build_llava, load_checkpoint, pixel_shuffle, prefix_lm_mask
 
@@ -36,13 +35,13 @@ def test_prefix_lm_mask_by_hand():
 
 
 @pytest.mark.parametrize("prefix_lm", [True, False])
-def test_prefix_lm_attention_inside_the_model(llava_model_config, tiny_lm, pool_table, prefix_lm):
+def test_prefix_lm_attention_inside_the_model(llava_model_config, tiny_lm, pool_images, prefix_lm):
     """With prefix-LM a prompt token sees later prompt tokens but never the answer; without it,
     nothing sees later tokens."""
     torch.manual_seed(0)
     model = build_llava(LlavaModelConfig(**{**llava_model_config, "prefix_lm": prefix_lm}), tiny_lm).eval()
     fmt = model.input_format()
-    image = pool_images(pool_table, 1)[0]
+    image = pool_images[0]
 
     def logits(question: str, answer: str) -> tuple[torch.Tensor, int]:
         turns = [{"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}]
@@ -75,12 +74,12 @@ def test_frozen_tower_takes_the_configured_layer(clip_checkpoint):
     assert not any(p.requires_grad for p in tower.parameters())
 
 
-def test_checkpoint_rebuilds_the_model(llava, llava_checkpoint, pool_table, clip_checkpoint):
+def test_checkpoint_rebuilds_the_model(llava, llava_checkpoint, pool_images, clip_checkpoint):
     model, rest = load_checkpoint(llava_checkpoint)
     assert isinstance(model, Llava) and rest["kind"] == "llava"
     fmt = llava.input_format()
     batch = fmt.collate([fmt.encode([{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a b"}], [i])
-                         for i in pool_images(pool_table, 2)])
+                         for i in pool_images[:2]])
     with torch.no_grad():
         assert torch.equal(model(batch).loss, llava(batch).loss)
     with pytest.raises(ValueError, match="is not a LLaVA checkpoint"):

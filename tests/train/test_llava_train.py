@@ -14,7 +14,6 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 from curate.config import ConfigError
-from tests.train.llava_fixtures import conversations, llava_model_config, tiny_lm  # noqa: F401
 from train.llava.config import LlavaTrainConfig, load_llava_config
 from train.llava.data import load_conversations
 from train.llava.train import train_llava
