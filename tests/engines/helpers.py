@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 
 def read_output(out: Path) -> dict:
@@ -27,7 +28,7 @@ def assert_same_output(got: dict, expected: dict) -> None:
     for mine, theirs in zip(got["kept"], expected["kept"]):
         assert mine.keys() == theirs.keys()
         for key, value in mine.items():
-            if isinstance(value, float):
-                assert abs(value - theirs[key]) <= FLOAT_TOLERANCE, (mine["uid"], key, value, theirs[key])
+            if isinstance(value, float) or value and isinstance(value, list) and isinstance(value[0], float):
+                assert value == pytest.approx(theirs[key], abs=FLOAT_TOLERANCE), (mine["uid"], key, value, theirs[key])
             else:
                 assert value == theirs[key], (mine["uid"], key)
