@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from curate.ablate import (ExperimentConfig, curate_recipe, leaderboard_rows, train_and_evaluate, with_stage,
                            write_leaderboard)
@@ -26,6 +26,12 @@ class BootstrapConfig(ExperimentConfig):
     base: str = Field(..., description="round 0's recipe (pipeline file); later rounds score its output")
     rounds: int = Field(2, ge=1, description="scorer rounds after round 0")
     top_fraction: float = Field(0.5, gt=0, lt=1, description="share of the base-filtered pool each scorer keeps")
+
+    @model_validator(mode="after")
+    def _scorers_are_clips(self):
+        if self.model != "clip":
+            raise ValueError("bootstrapping trains CLIP scorers: model must be clip")
+        return self
 
 
 def load_bootstrap(path: str | Path, overrides: list[str] = ()) -> BootstrapConfig:
