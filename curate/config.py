@@ -43,8 +43,10 @@ def format_errors(source: str, exc: ValidationError, prefix: str = "", what: str
     for error in exc.errors():
         key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"])
         key = (prefix + key) if prefix else key.lstrip(".")
-        got = "" if error["type"] == "missing" else f" (got {error['input']!r})"
-        lines.append(f"{source}: {key or prefix}: {error['msg']}{got}" + (f" [{what}]" if what else ""))
+        whole = isinstance(error["input"], dict)  # a rule over several keys: the message names them
+        got = "" if error["type"] == "missing" or whole else f" (got {error['input']!r})"
+        where = f" {key or prefix}:" if key or prefix else ""
+        lines.append(f"{source}:{where} {error['msg']}{got}" + (f" [{what}]" if what else ""))
     return "\n".join(lines)
 
 
