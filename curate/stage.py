@@ -98,6 +98,8 @@ class Stage(ABC):
     and `writes` (name -> Arrow type) and the rejection `reasons` they can give.
     Models are loaded in `setup`, which an engine calls once per worker; a stage that
     does so sets `uses_model`, so engines can run it in long-lived workers (Ray actors).
+    A stage that adds samples derived from its input (with `parent_uid` set) sets `derives_samples`;
+    any other stage answers exactly one kept-or-rejected row per input row.
     """
 
     name: ClassVar[str]
@@ -106,6 +108,7 @@ class Stage(ABC):
     writes: ClassVar[dict[str, pa.DataType]] = {}
     reasons: ClassVar[tuple[str, ...]] = ()
     uses_model: ClassVar[bool] = False
+    derives_samples: ClassVar[bool] = False
 
     def __init__(self, config: StageConfig):
         self.config = config

@@ -104,24 +104,29 @@ def run_pass_on_batch(stages: list[Stage], pass_: Pass, verdict: Verdict, state:
     ledger: list[pa.Table] = []
     stats: dict[str, StageStats] = {}
 
-    def record(key: str, name: str, v: Verdict, rows_in: int) -> pa.Table:
-        kept, rejected = v.split(name)  # kept may hold samples the stage derived from its input
+    def record(key: str, stage: Stage | None, v: Verdict, rows_in: int) -> pa.Table:
+        name = stage.name if stage else READ_STAGE
+        kept, rejected = v.split(name)
+        made = kept.num_rows + rejected.num_rows - rows_in
+        if made < 0 or made and not stage.derives_samples:
+            raise RuntimeError(f"stage {key} answered {v.table.num_rows} rows for {rows_in}: every row must be kept "
+                               "or rejected (only a stage that derives samples may add rows)")
         stats[key] = StageStats(name, rows_in, kept.num_rows, v.reason_counts())
         if rejected.num_rows:
             ledger.append(rejected)
         return kept
 
-    table = record(READ_STAGE, READ_STAGE, verdict, verdict.table.num_rows) if read_step else verdict.table
+    table = record(READ_STAGE, None, verdict, verdict.table.num_rows) if read_step else verdict.table
     if pass_.apply is not None:
         stage = stages[pass_.apply]
-        table = record(stage_key(pass_.apply, stage), stage.name, stage.apply(table, state), table.num_rows)
+        table = record(stage_key(pass_.apply, stage), stage, stage.apply(table, state), table.num_rows)
     for i in pass_.maps:
-        table = record(stage_key(i, stages[i]), stages[i].name, stages[i].process(table), table.num_rows)
+        table = record(stage_key(i, stages[i]), stages[i], stages[i].process(table), table.num_rows)
     partial = None
     if pass_.fit is not None:
         stage = stages[pass_.fit]
         # the fit stage's own rejections (e.g. an unhashable image) are counted with its apply step
-        table = record(stage_key(pass_.fit, stage) + ":fit", stage.name, stage.process(table), table.num_rows)
+        table = record(stage_key(pass_.fit, stage) + ":fit", stage, stage.process(table), table.num_rows)
         partial = stage.partial(table)
     return BatchResult(table, ledger, stats, partial)
 
@@ -206,14 +211,20 @@ class RunLayout:
         ledger = pa.concat_tables(ledgers) if ledgers else LEDGER_SCHEMA.empty_table()
         write_table_atomic(ledger.cast(LEDGER_SCHEMA), self.rejected)
         kept_uids: list[str] = []
+        pool_uids: list[str] = []  # kept input samples, without the samples stages derived from them
         for t in tasks:
-            kept_uids += pq.read_table(self.kept_parquet(t), columns=["uid"]).column("uid").to_pylist()
+            path = self.kept_parquet(t)
+            part = pq.read_table(path, columns=[c for c in ("uid", "parent_uid") if c in pq.read_schema(path).names])
+            kept_uids += part.column("uid").to_pylist()
+            if "parent_uid" in part.column_names:
+                part = part.filter(part.column("parent_uid").is_null())
+            pool_uids += part.column("uid").to_pylist()
         everyone = kept_uids + ledger.column("uid").to_pylist()
         if len(set(everyone)) != len(everyone):
             repeated = sorted(u for u, n in Counter(everyone).items() if n > 1)
             raise ValueError(f"{len(repeated)} uid(s) occur more than once in the input (e.g. {repeated[:3]}): "
                              "uids must be unique; drop the uid column to have curate make them")
-        write_uids(kept_uids, self.uids)
+        write_uids(pool_uids, self.uids)
         totals = merge_stats(task_stats)
         derived = sum(s.derived for s in totals.values())  # samples stages made from input samples
         if len(kept_uids) + ledger.num_rows != input_rows + derived:
@@ -230,7 +241,7 @@ class RunLayout:
         fit_files = {stage_key(p.fit, stages[p.fit]): self.fit_stats(p.index) for p in passes if p.fit is not None}
         fits = {key: fit for key, path in fit_files.items() if path.exists() and (fit := json.loads(path.read_text()))}
         stats = {"input": input_rows, "kept": len(kept_uids), "rejected": ledger.num_rows, "derived": derived,
-                 "kept_fraction": round((len(kept_uids) - derived) / input_rows, 6) if input_rows else 0.0,
+                 "kept_fraction": round(len(pool_uids) / input_rows, 6) if input_rows else 0.0,
                  "stages": stage_rows, **({"fits": fits} if fits else {}), **extra}
         write_json_atomic(stats, self.stats)
         return stats

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import sys
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -28,8 +29,11 @@ class LocalEngine(TaskEngine):
             yield
             return
         # fork: workers start in milliseconds with every module already imported (pyarrow
-        # re-creates its thread pools after a fork); forkserver where fork is unavailable
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "forkserver"
+        # re-creates its thread pools after a fork). Not once this process has loaded torch (a
+        # trainer ran here, as in `curate bootstrap`): a child forked after torch's OpenMP threads
+        # ran deadlocks in FAISS's OpenMP. Then, or where fork is unavailable, forkserver.
+        fork_safe = "fork" in multiprocessing.get_all_start_methods() and "torch" not in sys.modules
+        method = "fork" if fork_safe else "forkserver"
         self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context(method))
         try:
             yield

@@ -51,6 +51,7 @@ class CaptionFilter(MapStage):
               "parent_uid": pa.string()}
     reasons = ("unembeddable_image", "no_caption_passes")
     uses_model = True
+    derives_samples = True
 
     def setup(self) -> None:
         self._embeddings = Embeddings(self.config)
@@ -58,14 +59,20 @@ class CaptionFilter(MapStage):
     def _survivors(self, scored: list[tuple[float, str, str]]) -> list[tuple[float, str, str]]:
         """(score, caption, source) that pass, best first (ties: web first, then caption order)."""
         ranked = sorted(enumerate(scored), key=lambda x: (-x[1][0], x[0]))
-        kept = [c for _, c in ranked if self.config.threshold is None or c[0] >= self.config.threshold]
+        passing = [c for _, c in ranked if self.config.threshold is None or c[0] >= self.config.threshold]
+        kept, seen = [], set()
+        for candidate in passing:  # a caption written twice counts once, at its best rank
+            if candidate[1] not in seen:
+                seen.add(candidate[1])
+                kept.append(candidate)
         return kept[: self.config.top_n] if self.config.top_n else kept
 
     def process(self, table: pa.Table) -> Verdict:
         embedded = self._embeddings.for_table(table)
         synthetic = table.column("synthetic_captions").to_pylist()
         flat = [c for i in embedded.rows for c in synthetic[i] or []]
-        text_vectors = self._embeddings.embedder.embed_texts(flat)
+        # rounded like the stored web-caption vectors, so web and synthetic captions rank on equal terms
+        text_vectors = self._embeddings.embedder.embed_texts(flat).astype(np.float16).astype(np.float32)
         n = table.num_rows
         web_scores: list[float | None] = [None] * n
         synthetic_scores: list[list[float] | None] = [None] * n
@@ -75,7 +82,8 @@ class CaptionFilter(MapStage):
             captions = synthetic[i] or []
             scores = (text_vectors[offset : offset + len(captions)] @ embedded.image[k]).tolist() if captions else []
             offset += len(captions)
-            web_scores[i], synthetic_scores[i] = float(embedded.score[k]), scores
+            # the web caption scored like the synthetic ones (stored float16 vectors), so they rank fairly
+            web_scores[i], synthetic_scores[i] = float(embedded.text[k] @ embedded.image[k]), scores
             candidates = [(web_scores[i], table["text"][i].as_py(), "web")] if self.config.include_web else []
             kept[i] = self._survivors(candidates + [(s, c, "synthetic") for s, c in zip(scores, captions)])
         return self._apply_policy(table, embedded.failures, web_scores, synthetic_scores, kept)

@@ -11,6 +11,7 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field
 
+from curate.embeddings import digest
 from curate.schema import set_column
 from curate.stage import MapStage, StageConfig, Verdict, map_rows
 
@@ -30,6 +31,9 @@ class RecaptionConfig(StageConfig):
     batch_size: int = Field(16, gt=0, description="images per generate call")
     cache: str | None = Field(
         None, description="folder keeping finished captions, so an interrupted run does not redo them")
+
+    def written_paths(self) -> list[str]:
+        return [self.cache] if self.cache else []
 
 
 def sample_seed(uid: str, seed: int) -> int:
@@ -71,23 +75,28 @@ class Recaption(MapStage):
             with Image.open(io.BytesIO(data)) as image:
                 return image.convert("RGB")
 
-        uids = table.column("uid").to_pylist()
+        uids, images = table.column("uid").to_pylist(), table.column("image")
+        digests = dict(zip(uids, (digest(images[i].as_py()) for i in range(table.num_rows))))
         cached = self._cache.get(uids) if self._cache else {}
-        todo = [i for i, uid in enumerate(uids) if uid not in cached]
-        opened, failures = map_rows([table.column("image")[i].as_py() for i in todo], open_rgb)
-        images = {i: image for i, image in zip(todo, opened) if image is not None}
-        rows = list(images)
-        captions = {uid: row["captions"] for uid, row in cached.items()}
-        for start in range(0, len(rows), self.config.batch_size):  # commit each batch: resume loses at most one
-            batch = rows[start : start + self.config.batch_size]
-            new = self._captions([uids[i] for i in batch], [images[i] for i in batch])
-            done = pa.table({"uid": [uids[i] for i in batch], "captions": new})
+        captions = {uid: row["captions"] for uid, row in cached.items()
+                    if row["image_digest"] == digests[uid]}  # the same image as when captioned
+        todo = [i for i, uid in enumerate(uids) if uid not in captions]
+        failures: dict[int, str] = {}
+        for start in range(0, len(todo), self.config.batch_size):  # each batch committed: a resume loses at most one
+            chunk = todo[start : start + self.config.batch_size]
+            opened, failed = map_rows([images[i].as_py() for i in chunk], open_rgb)
+            failures.update((chunk[k], message) for k, message in failed.items())
+            rows = [i for k, i in enumerate(chunk) if k not in failed]
+            if not rows:
+                continue
+            new = self._captions([uids[i] for i in rows], [opened[k] for k in range(len(chunk)) if k not in failed])
             if self._cache:
-                self._cache.put(done)
-            captions.update(zip(done.column("uid").to_pylist(), new))
+                self._cache.put(pa.table({"uid": [uids[i] for i in rows], "image_digest": [digests[uids[i]] for i in rows],
+                                          "captions": new}))
+            captions.update((uids[i], c) for i, c in zip(rows, new))
         out = set_column(table, "synthetic_captions", [captions.get(uid) for uid in uids], pa.list_(pa.string()))
         out = set_column(out, "caption_generator", [self._generator] * len(uids), pa.string())
         verdict = Verdict(out)
-        for k, message in failures.items():
-            verdict.reject(todo[k], "uncaptionable_image", message)
+        for i, message in failures.items():
+            verdict.reject(i, "uncaptionable_image", message)
         return verdict

@@ -10,9 +10,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from curate.engines.base import plan_passes, run_pass_on_batch
 from curate.engines.local import LocalEngine
 from curate.pipeline import load_pipeline
 from curate.runner import run_pipeline
+from curate.stage import MapStage, StageConfig, Verdict
 from tests.engines.helpers import read_output
 
 RECIPES = Path(__file__).parents[2] / "pipelines"
@@ -107,3 +109,20 @@ def test_finished_run_is_not_redone_and_other_runs_are_refused(full_pipeline, fa
         run_pipeline(other, LocalEngine(progress=False), [str(faulty_input)], out)
     stats = run_pipeline(other, LocalEngine(progress=False), [str(faulty_input)], out, overwrite=True)
     assert stats["pipeline"] == "datacomp_basic"
+
+
+class DropsARow(MapStage):
+    """A broken stage: it loses a row instead of rejecting it."""
+
+    name = "drops_a_row"
+    Config = StageConfig
+
+    def process(self, table):
+        return Verdict(table.slice(1))
+
+
+def test_a_stage_that_loses_a_row_is_an_error(pool_table):
+    stages = [DropsARow(StageConfig())]
+    [single_pass] = plan_passes(stages)
+    with pytest.raises(RuntimeError, match="every row must be kept or rejected"):
+        run_pass_on_batch(stages, single_pass, Verdict(pool_table.slice(0, 4)), None, read_step=True)
