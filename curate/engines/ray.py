@@ -73,9 +73,13 @@ class RayEngine(TaskEngine):
         blocks = min(len(items), BLOCKS_PER_WORKER * self.workers)
         pipeline = jobs[0].pipeline
         uses_model = any(stage.uses_model for stage in pipeline.build_stages())
+        concurrency = min(self.workers, blocks)
+        # model actors share the cluster's GPUs (at most one each); Ray hides GPUs from an actor that asks none
+        gpus = ray.cluster_resources().get("GPU", 0) if uses_model else 0
         dataset = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
-            TaskRunner if uses_model else run_jobs, batch_size=None, concurrency=min(self.workers, blocks), num_cpus=1,
+            TaskRunner if uses_model else run_jobs, batch_size=None, concurrency=concurrency, num_cpus=1,
             **({"fn_constructor_args": (pipeline,)} if uses_model else {}),
+            **({"num_gpus": min(1.0, gpus / concurrency)} if gpus else {}),
         )
         for row in dataset.iter_rows():
             yield json.loads(row["marker"])
