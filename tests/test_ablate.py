@@ -141,11 +141,17 @@ def test_shipped_llava_ablation_scores_recipes_by_captioning_and_vqa(tmp_path, p
 
 def test_llava_ablation_is_checked_before_any_work(tmp_path, pool_root):
     base = [f"pool={pool_root / 'pool'}", f"eval_data=[{pool_root / 'eval'}]", f"output={tmp_path / 'runs'}"]
+    clip_suite, llava_suite = tmp_path / "clip_suite.yaml", tmp_path / "llava_suite.yaml"  # on the test pool
+    clip_suite.write_text(f"tasks:\n  - name: openclipart_category\n    kind: zeroshot\n"
+                          f"    data: {pool_root / 'eval'}\n    label_column: category\n")
+    llava_suite.write_text(f"tasks:\n  - name: captions\n    kind: captioning\n    data: {pool_root / 'eval'}\n"
+                           f"    caption_column: text\n")
     cases = [
-        ("ablation_llava.yaml", ["suite=train/configs/eval_default.yaml"],
+        ("ablation_llava.yaml", [f"suite={clip_suite}"],
          "a LLaVA model is scored on captioning and vqa tasks; this suite also has openclipart_category"),
         ("ablation_small.yaml", ["stage2_data=data/x.json"], "stage2_data and stage2_samples_seen are for model: llava"),
-        ("ablation_llava.yaml", [f"stage2_data={tmp_path / 'missing.json'}"], "missing.json not found"),
+        ("ablation_llava.yaml", [f"suite={llava_suite}", f"stage2_data={tmp_path / 'missing.json'}"],
+         "missing.json not found"),
     ]
     for file, extra, message in cases:
         result = ablate(ROOT / "pipelines" / file, *[a for o in base + extra for a in ("--set", o)])
