@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from curate.config import load_yaml, validate
+from train.config import TrainConfig
 
 CAPTION_PROMPT = "Describe the image briefly."
 
@@ -46,10 +47,8 @@ class LlavaModelConfig(BaseModel):
         return self
 
 
-class LlavaTrainConfig(BaseModel):
+class LlavaTrainConfig(TrainConfig):
     """What to train, on what, for how long (DataComp's rule: recipes change the data, never these)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     model: LlavaModelConfig
     stage: Literal[1, 2] = Field(1, description="1: projector on caption pairs; 2: projector and LM on "
@@ -60,26 +59,9 @@ class LlavaTrainConfig(BaseModel):
     caption_prompt: str = Field(CAPTION_PROMPT, description="the fixed question stage 1's captions answer")
     samples_seen: int = Field(2_000, gt=0, description="the compute budget: samples seen in training")
     batch_size: int = Field(16, gt=0, description="global batch per optimizer step, across ranks and accumulation")
-    grad_accum: int = Field(1, gt=0)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(10, ge=0)
-    checkpoint_every: int = Field(100, gt=0, description="optimizer steps between checkpoints")
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast (GPU); fp32 on CPU")
-    seed: int = 0
-    workers: int = Field(0, ge=0, description="data loader processes per rank")
-
-    @model_validator(mode="after")
-    def _check(self):
-        if self.batch_size % self.grad_accum:
-            raise ValueError(f"batch_size {self.batch_size} must be a multiple of grad_accum {self.grad_accum}")
-        if self.samples_seen < self.batch_size:
-            raise ValueError(f"samples_seen {self.samples_seen} is less than one batch ({self.batch_size})")
-        return self
-
-    @property
-    def total_steps(self) -> int:
-        return self.samples_seen // self.batch_size
 
 
 def load_llava_config(path: str | Path, overrides: list[str] = ()) -> LlavaTrainConfig:
