@@ -52,7 +52,7 @@ $(METADATA): $(POOL) | $(WORDNET)
 pool: $(POOL) $(METADATA)
 
 demo: $(STAMP) $(POOL) $(METADATA)
-	$(BIN)/curate run pipelines/quickstart.yaml
+	$(BIN)/curate run pipelines/quickstart.yaml --overwrite  # reused when nothing changed, redone when the pool did
 	@echo
 	@echo "demo finished: shards in out/quickstart/shards, report in out/quickstart/report.html"
 

@@ -187,10 +187,11 @@ class RunLayout:
     def prepare(self, fingerprint: dict, overwrite: bool) -> bool:
         """Claim the output folder for this run; returns True when a finished identical run is there.
 
-        A folder holding another run (or unrelated files) is refused unless `overwrite`.
+        A folder holding another run (or unrelated files) is refused unless `overwrite`; the same
+        run, finished or interrupted, is reused either way.
         """
         previous = json.loads(self.run_file.read_text()) if self.run_file.exists() else None
-        if previous is not None and previous["fingerprint"] == fingerprint["fingerprint"] and not overwrite:
+        if previous is not None and previous["fingerprint"] == fingerprint["fingerprint"]:
             return bool(previous.get("complete"))
         occupied = self.root.exists() and any(self.root.iterdir())
         if occupied and not overwrite:
