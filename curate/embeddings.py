@@ -253,6 +253,13 @@ class EmbeddingConfig(StageConfig):
         return [self.store] if self.store else []
 
 
+class StoredEmbeddingConfig(EmbeddingConfig):
+    """An embedding config whose store is required: stages that read vectors back from it."""
+
+    store: str = Field(..., description="embedding store folder, shared by embed, clip_score and the stages that "
+                                        "read vectors from it")
+
+
 class Embeddings:
     """A stage's access to embeddings: stored ones are read, missing ones computed and stored."""
 
@@ -294,6 +301,7 @@ class StoredEmbeddingsStage(GlobalStage):
     the store and keeps a small state per row (store key, clip_score when an earlier stage wrote
     one); `finalize` reads the vectors from the store, in uid order, and `decide`s."""
 
+    reads = ("uid", "image", "text")
     reasons: ClassVar[tuple[str, ...]] = ("unembeddable_image",)
     uses_model = True
     _embeddings: Embeddings | None = None

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import pyarrow as pa
-from pydantic import Field
 
-from curate.embeddings import EmbeddingConfig, Embeddings
+from curate.embeddings import Embeddings, StoredEmbeddingConfig
 from curate.stage import MapStage, Verdict
 
 
-class EmbedConfig(EmbeddingConfig):
-    """Parameters of the embed stage."""
-
-    store: str = Field(..., description="embedding store folder that later stages (clip_score, dedup) read")
+class EmbedConfig(StoredEmbeddingConfig):
+    """Parameters of the embed stage: the scorer and the store it fills."""
 
 
 class Embed(MapStage):

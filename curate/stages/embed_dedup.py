@@ -5,14 +5,13 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from curate.embeddings import EmbeddingConfig, StoredEmbeddingsStage
+from curate.embeddings import StoredEmbeddingConfig, StoredEmbeddingsStage
 from curate.neighbours import SearchConfig, components, similar_pairs
 
 
-class EmbedDedupConfig(EmbeddingConfig, SearchConfig):
+class EmbedDedupConfig(StoredEmbeddingConfig, SearchConfig):
     """Parameters of the embed_dedup stage."""
 
-    store: str = Field(..., description="embedding store folder (shared with embed / clip_score)")
     threshold: float = Field(0.95, ge=-1, le=1, description="image cosine at or above which two images are duplicates")
 
 
@@ -21,7 +20,6 @@ class EmbedDedup(StoredEmbeddingsStage):
 
     name = "embed_dedup"
     Config = EmbedDedupConfig
-    reads = ("uid", "image", "text")
     reasons = StoredEmbeddingsStage.reasons + ("near_duplicate_embedding",)
 
     def decide(self, uids: list[str], vectors: np.ndarray, scores: np.ndarray) -> dict[str, tuple[str, str]]:

@@ -6,14 +6,13 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from curate.embeddings import EmbeddingConfig, StoredEmbeddingsStage, embed_paths
+from curate.embeddings import StoredEmbeddingConfig, StoredEmbeddingsStage, embed_paths
 from curate.neighbours import SearchConfig, build_index, search, spherical_kmeans
 
 
-class ImageBasedFilterConfig(EmbeddingConfig):
+class ImageBasedFilterConfig(StoredEmbeddingConfig):
     """Parameters of the image_based_filter stage."""
 
-    store: str = Field(..., description="embedding store folder (shared with embed / clip_score)")
     target: list[str] = Field(..., min_length=1, description="target image sets (Parquet/WebDataset/folders), "
                                                               "e.g. an eval suite's training split")
     clusters: int = Field(100, gt=0, description="k-means clusters over the pool (DataComp: 100,000 at 12.8M)")
@@ -26,7 +25,6 @@ class ImageBasedFilter(StoredEmbeddingsStage):
 
     name = "image_based_filter"
     Config = ImageBasedFilterConfig
-    reads = ("uid", "image", "text")
     reasons = StoredEmbeddingsStage.reasons + ("cluster_not_targeted",)
 
     def decide(self, uids: list[str], vectors: np.ndarray, scores: np.ndarray) -> dict[str, tuple[str, str]]:

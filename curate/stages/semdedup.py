@@ -6,16 +6,15 @@ from __future__ import annotations
 import numpy as np
 from pydantic import Field
 
-from curate.embeddings import EmbeddingConfig, StoredEmbeddingsStage
+from curate.embeddings import StoredEmbeddingConfig, StoredEmbeddingsStage
 from curate.neighbours import spherical_kmeans
 
 BLOCK = 4096  # columns of the within-cluster similarity matrix computed at once
 
 
-class SemDedupConfig(EmbeddingConfig):
+class SemDedupConfig(StoredEmbeddingConfig):
     """Parameters of the semdedup stage."""
 
-    store: str = Field(..., description="embedding store folder (shared with embed / clip_score)")
     clusters: int = Field(100, gt=0, description="k-means clusters (the paper: 50,000 for LAION-440M)")
     epsilon: float = Field(0.07, gt=0, lt=1, description="drop a sample whose cosine to an earlier one is > 1 - epsilon")
     niter: int = Field(20, gt=0, description="k-means iterations")
@@ -27,7 +26,6 @@ class SemDedup(StoredEmbeddingsStage):
 
     name = "semdedup"
     Config = SemDedupConfig
-    reads = ("uid", "image", "text")
     reasons = StoredEmbeddingsStage.reasons + ("semantic_duplicate",)
 
     def decide(self, uids: list[str], vectors: np.ndarray, scores: np.ndarray) -> dict[str, tuple[str, str]]:
