@@ -71,6 +71,12 @@ class Embedded:
     score: np.ndarray
     failures: dict[int, str]
 
+    @classmethod
+    def none(cls, rows: np.ndarray, failures: dict[int, str]) -> "Embedded":
+        """No embeddings: nothing was asked, or every image failed."""
+        empty = np.zeros((0, 0), np.float32)
+        return cls(rows, empty, empty, np.zeros(0, np.float32), failures)
+
 
 class EmbeddingStore:
     """A folder of float16 CLIP embeddings keyed by uid (see the module docstring)."""
@@ -204,6 +210,8 @@ class ClipEmbedder:
         """Unit-norm image and text embeddings and their cosine; undecodable images are failures."""
         import torch
 
+        if not images:  # every row of the batch is stored already: no model to load
+            return Embedded.none(np.zeros(0, np.int64), {})
         clip = self._load()
         tensors, failures = map_rows(images, self._preprocess)
         rows = np.array([i for i in range(len(images)) if i not in failures], np.int64)
@@ -217,8 +225,7 @@ class ClipEmbedder:
                 text_out.append(self._encode(clip.model.encode_text, text_batch))
                 self.images_embedded += len(chunk)
         if not image_out:
-            empty = np.zeros((0, 0), np.float32)
-            return Embedded(rows, empty, empty, np.zeros(0, np.float32), failures)
+            return Embedded.none(rows, failures)
         image, text = np.concatenate(image_out), np.concatenate(text_out)
         return Embedded(rows, image, text, (image * text).sum(1, dtype=np.float32), failures)
 
