@@ -29,14 +29,17 @@ class DecontaminateEmbedding(MapStage):
     def setup(self) -> None:
         self._embeddings = Embeddings(self.config)
         self._eval_uids, vectors = embed_paths(self.config.eval_data, self._embeddings)
-        self._index = build_index(vectors, self.config) if len(vectors) else None
+        if not len(vectors):  # decontaminating against nothing would pass every sample silently
+            raise ValueError(f"decontaminate_embedding: no image in eval_data {self.config.eval_data} could be "
+                             "embedded; expected evaluation samples with decodable images")
+        self._index = build_index(vectors, self.config)
 
     def process(self, table: pa.Table) -> Verdict:
         verdict = Verdict(table)
         embedded = self._embeddings.for_table(table)
         for i, message in embedded.failures.items():
             verdict.reject(i, "unembeddable_image", message)
-        if self._index is None or not len(embedded.rows):
+        if not len(embedded.rows):
             return verdict
         rows, found, cosines = search(self._index, embedded.image, 1, self.config.threshold)
         for row, eval_row, cosine in zip(rows, found, cosines):

@@ -1,6 +1,8 @@
 """Stages on CLIP embeddings, on real pool images: embedding near-dup, SemDeDup, DataComp's
 image-based filter and decontamination by embedding. The scorer has random weights, so
-duplicates are judged against brute force on its own vectors (see `embedding_checkpoint`)."""
+duplicates are judged against brute force on its own vectors (see `embedding_checkpoint`);
+whether planted re-encoded, resized and cropped copies are found and distinct drawings kept
+apart is shown with stand-in vectors in the store (see `thumbnail_vector`)."""
 
 import io
 
@@ -8,9 +10,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
-from curate.embeddings import Embeddings, EmbeddingConfig
+from curate.embeddings import EmbeddingConfig, Embeddings, EmbeddingStore, file_fingerprint, sample_keys
 from curate.neighbours import components, spherical_kmeans
 from curate.stages.decontaminate_embedding import DecontaminateEmbedding, DecontaminateEmbeddingConfig
 from curate.stages.embed_dedup import EmbedDedup, EmbedDedupConfig
@@ -19,10 +21,55 @@ from curate.stages.semdedup import SemDedup, SemDedupConfig
 from tests.stages.test_dedup import run_global
 
 
-def reencoded(data: bytes, quality: int = 90) -> bytes:
+def jpeg(image: Image.Image, quality: int = 90) -> bytes:
     buffer = io.BytesIO()
-    Image.open(io.BytesIO(data)).convert("RGB").save(buffer, format="JPEG", quality=quality)
+    image.convert("RGB").save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
+
+
+def reencoded(data: bytes, quality: int = 90) -> bytes:
+    return jpeg(Image.open(io.BytesIO(data)), quality)
+
+
+def near_copies(data: bytes) -> list[bytes]:
+    """A drawing re-encoded (JPEG q60), resized to 70%, cropped by 3 px on every side, and
+    cropped by 3 px on two sides (shifted)."""
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    w, h = image.size
+    return [jpeg(image, 60), jpeg(image.resize((w * 7 // 10, h * 7 // 10))), jpeg(image.crop((3, 3, w - 3, h - 3))),
+            jpeg(image.crop((3, 0, w, h - 3)))]
+
+
+def thumbnail_vector(data: bytes) -> np.ndarray:
+    """Stand-in for a trained CLIP's image embedding: the blurred, mean-centred 16 x 16 colour
+    thumbnail. A CLIP that tells drawings apart cannot be had here (no weights from a hub; the
+    clip-tiny this project trains on CPU in minutes scores distinct drawings up to cosine 0.998
+    and 3-px crops down to 0.89). On pool drawings of 256 px or more this puts near copies at
+    cosine >= 0.98 to their original and distinct drawings at <= 0.86."""
+    image = Image.open(io.BytesIO(data)).convert("RGB").resize((64, 64), Image.BOX)
+    pixels = np.asarray(image.filter(ImageFilter.GaussianBlur(1.5)).resize((16, 16), Image.BOX), np.float32).ravel()
+    pixels -= pixels.mean()
+    return pixels / max(np.linalg.norm(pixels), 1e-6)  # a blank image: the zero vector, near nothing
+
+
+def store_stand_in_vectors(config, table: pa.Table) -> None:
+    """Put `thumbnail_vector`s into the config's store as its scorer's embeddings, so the stages
+    read them and embed nothing themselves."""
+    vectors = np.stack([thumbnail_vector(image) for image in table["image"].to_pylist()])
+    store = EmbeddingStore(config.store, file_fingerprint(config.checkpoint, config.model))
+    store.put(sample_keys(table), vectors, vectors, np.zeros(len(vectors), np.float32))
+
+
+@pytest.fixture(scope="module")
+def large_drawings(pool_table) -> list[dict]:
+    """Distinct, not blank pool drawings at least 256 px on the short side (so a few pixels' crop is a small one)."""
+    rows, seen = [], set()
+    for row in pool_table.select(["uid", "text", "image"]).to_pylist():
+        image = Image.open(io.BytesIO(row["image"]))
+        if row["image"] not in seen and min(image.size) >= 256 and image.convert("L").getextrema()[0] < 250:
+            seen.add(row["image"])
+            rows.append(row)
+    return rows
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +121,34 @@ def test_embed_dedup_groups_and_keeps_by_the_rule(planted, embedding_checkpoint,
     for i in range(10):
         family = [uids.index(u) for u in (f"0{i:031x}", f"f0{i:030x}", f"f1{i:030x}")]
         assert len(set(group[family])) == 1 and sum(uids[j] not in got for j in family) <= 1
+
+
+def test_embed_dedup_finds_near_copies_and_keeps_distinct_drawings_apart(large_drawings, embedding_checkpoint,
+                                                                        tmp_path):
+    """Recall of planted copies is 1 at threshold 0.95 (each re-encoded, resized or cropped copy
+    joins its original's group), and no two distinct drawings share a group."""
+    assert len(large_drawings) >= 30
+    rows = [{"uid": f"0{i:031x}", "text": r["text"], "image": r["image"]} for i, r in enumerate(large_drawings)]
+    families = {}
+    for i, r in enumerate(large_drawings[:15]):
+        copies = [{"uid": f"f{k}{i:030x}", "text": r["text"], "image": c} for k, c in enumerate(near_copies(r["image"]))]
+        rows += copies
+        families.update({c["uid"]: f"0{i:031x}" for c in copies} | {f"0{i:031x}": f"0{i:031x}"})
+    table = pa.Table.from_pylist(rows).sort_by("uid")
+    table = table.append_column("clip_score", pa.array(np.random.default_rng(0).random(table.num_rows), pa.float32()))
+    config = EmbedDedupConfig(checkpoint=str(embedding_checkpoint), store=str(tmp_path / "s"), threshold=0.95,
+                              index="flat")
+    store_stand_in_vectors(config, table)
+    _, verdict = run_global(EmbedDedup(config), table)
+    got = dropped(verdict)
+    family_of = lambda uid: families.get(uid, uid)  # noqa: E731 - an unplanted drawing is its own family
+    kept = [u for u in table["uid"].to_pylist() if u not in got]
+    assert sorted(family_of(u) for u in kept) == sorted({family_of(u) for u in table["uid"].to_pylist()})
+    assert all(family_of(uid) == family_of(keeper) for uid, keeper in got.items())
+    assert len(got) == 15 * 4
+    scores = dict(zip(table["uid"].to_pylist(), table["clip_score"].to_pylist()))
+    for uid, keeper in got.items():  # the family member with the highest clip_score is the one kept
+        assert scores[keeper] == max(s for u, s in scores.items() if family_of(u) == family_of(uid))
 
 
 def test_semdedup_keeps_no_close_pair_within_a_cluster(planted, embedding_checkpoint, tmp_path):
@@ -139,3 +214,35 @@ def test_planted_eval_images_are_removed_by_embedding(pool_root, pool_table, emb
         eval_uid = value.split(" ")[0]
         assert pool_vectors[row[uid]] @ eval_vectors[eval_index[eval_uid]] >= 0.995 - 1e-6
     assert len(got) < table.num_rows // 2
+
+
+def test_decontamination_removes_near_copies_of_eval_images_only(pool_root, large_drawings, embedding_checkpoint,
+                                                                 tmp_path):
+    """Resized and cropped copies of eval images planted in a pool are removed, naming their eval
+    image; no other drawing is (stand-in vectors, as above)."""
+    eval_table = pq.read_table(pool_root / "eval", columns=["uid", "text", "image"])
+    eval_rows = [r for r in eval_table.to_pylist() if min(Image.open(io.BytesIO(r["image"])).size) >= 256][:5]
+    assert len(eval_rows) == 5
+    planted = {f"e{k}{i:030x}": r["uid"] for i, r in enumerate(eval_rows) for k in range(4)}
+    images = [c for r in eval_rows for c in near_copies(r["image"])]
+    table = pa.table({"uid": [r["uid"] for r in large_drawings] + list(planted),
+                      "text": [r["text"] for r in large_drawings] + ["a drawing"] * len(planted),
+                      "image": pa.array([r["image"] for r in large_drawings] + images, pa.binary())})
+    config = DecontaminateEmbeddingConfig(checkpoint=str(embedding_checkpoint), store=str(tmp_path / "s"),
+                                          eval_data=[str(pool_root / "eval")], threshold=0.95)
+    store_stand_in_vectors(config, pa.concat_tables([table, eval_table.select(["uid", "text", "image"])]))
+    stage = DecontaminateEmbedding(config)
+    stage.setup()
+    got = dropped(stage.process(table))
+    assert {uid: value.split(" ")[0] for uid, value in got.items()} == planted
+
+
+def test_decontamination_refuses_an_eval_set_without_images(fault_images, embedding_checkpoint, tmp_path):
+    eval_dir = tmp_path / "eval"
+    eval_dir.mkdir()
+    pq.write_table(pa.table({"uid": ["a" * 32], "text": ["t"], "image": pa.array([fault_images["corrupt_image"]],
+                                                                                  pa.binary())}), eval_dir / "e.parquet")
+    stage = DecontaminateEmbedding(DecontaminateEmbeddingConfig(checkpoint=str(embedding_checkpoint),
+                                                                eval_data=[str(eval_dir)]))
+    with pytest.raises(ValueError, match=r"no image in eval_data .*eval.* could be embedded"):
+        stage.setup()
