@@ -8,7 +8,8 @@ before storage). A shard is named by a hash of what it holds, written atomically
 first and the Parquet last (it commits the shard), so reruns and concurrent workers never
 clash: two writers of the same rows write the same file. An entry counts only while its
 digests match the sample's image bytes and caption, so a resized image or a rewritten
-caption is embedded again. Vectors are read through memory maps.
+caption is embedded again. Vectors are read through memory maps, opened per read; the
+stages that read a whole store back compact it into one shard first.
 """
 
 from __future__ import annotations
@@ -85,14 +86,22 @@ class EmbeddingStore:
         self.root = Path(root)
         self.fingerprint = fingerprint
         self.dim: int | None = None
-        self._loaded: set[str] = set()
-        self._vectors: list[np.ndarray] = []  # memory maps, one per shard
-        self._where: dict[Key, tuple[int, int, float]] = {}  # (uid, image digest, text digest) -> shard, row, score
+        self._forget()
         self.refresh()
+
+    def _forget(self) -> None:
+        self._loaded: set[str] = set()
+        self._shards: list[Path] = []  # the .npy file of each shard number
+        self._where: dict[Key, tuple[int, int, float]] = {}  # (uid, image digest, text digest) -> shard, row, score
 
     @property
     def meta_path(self) -> Path:
         return self.root / "meta.json"
+
+    @property
+    def shard_count(self) -> int:
+        """How many shards this store object has indexed."""
+        return len(self._shards)
 
     def _check_meta(self) -> None:
         meta = json.loads(self.meta_path.read_text())
@@ -102,22 +111,27 @@ class EmbeddingStore:
         self.dim = meta["dim"]
 
     def refresh(self) -> None:
-        """Load the shards other workers have committed since the last look."""
+        """Index the shards other workers have committed since the last look."""
         if not self.meta_path.exists():
             return
         if self.dim is None:
             self._check_meta()
         for path in sorted(self.root.glob("*.parquet")):
-            if path.stem in self._loaded:
-                continue
+            if path.stem not in self._loaded:
+                self._index(path)
+
+    def _index(self, path: Path) -> None:
+        try:
             table = pq.read_table(path)
-            shard = len(self._vectors)
-            self._vectors.append(np.load(path.with_suffix(".npy"), mmap_mode="r"))
-            rows = zip(table["uid"].to_pylist(), table["image_digest"].to_pylist(), table["text_digest"].to_pylist(),
-                       table["clip_score"].to_pylist())
-            for row, (uid, image_digest, text_digest, score) in enumerate(rows):
-                self._where[(uid, image_digest, text_digest)] = (shard, row, score)
-            self._loaded.add(path.stem)
+        except FileNotFoundError:  # compacted away since it was listed: its rows are in the merged shard
+            return
+        shard = len(self._shards)
+        self._shards.append(path.with_suffix(".npy"))
+        rows = zip(table["uid"].to_pylist(), table["image_digest"].to_pylist(), table["text_digest"].to_pylist(),
+                   table["clip_score"].to_pylist())
+        for row, (uid, image_digest, text_digest, score) in enumerate(rows):
+            self._where[(uid, image_digest, text_digest)] = (shard, row, score)
+        self._loaded.add(path.stem)
 
     def __len__(self) -> int:
         return len(self._where)
@@ -132,41 +146,101 @@ class EmbeddingStore:
 
     def get(self, keys: list[Key]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Image and text embeddings (float32, n x dim each) and image-text cosines of stored samples."""
+        both, scores = self._read(keys, slice(None))
+        return both[:, : self.dim], both[:, self.dim :], scores
+
+    def images(self, keys: list[Key]) -> np.ndarray:
+        """Image embeddings only (float32, n x dim): half the memory of `get`."""
+        return self._read(keys, slice(0, self.dim))[0]
+
+    def _read(self, keys: list[Key], columns: slice) -> tuple[np.ndarray, np.ndarray]:
+        out = np.zeros((len(keys), len(range(2 * (self.dim or 0))[columns])), np.float32)
+        return out, self._gather(keys, columns, out)
+
+    def _gather(self, keys: list[Key], columns: slice, out: np.ndarray) -> np.ndarray:
+        """Copy the stored vectors of `keys` into `out` (row i for key i); returns their cosines."""
         if not self.find(keys).all():
             missing = [key[0] for key in keys if key not in self._where]
             raise KeyError(f"embedding store {self.root}: {len(missing)} sample(s) not embedded (e.g. uids "
                            f"{missing[:3]}); a stage that embeds them must run first with the same store")
+        try:
+            return self._copy(keys, columns, out)
+        except FileNotFoundError:  # another process compacted the store: index it afresh
+            self._forget()
+            self.refresh()
+            return self._copy(keys, columns, out)
+
+    def _copy(self, keys: list[Key], columns: slice, out: np.ndarray) -> np.ndarray:
         entries = [self._where[key] for key in keys]
         shards = np.array([e[0] for e in entries], np.int64)
         rows = np.array([e[1] for e in entries], np.int64)
-        both = np.zeros((len(keys), 2 * (self.dim or 0)), np.float32)
         for shard in np.unique(shards):
-            mask = shards == shard
-            both[mask] = self._vectors[shard][rows[mask]]
-        scores = np.array([e[2] for e in entries], np.float32)
-        return both[:, : self.dim], both[:, self.dim :], scores
+            at = np.flatnonzero(shards == shard)
+            # mapped per read, not held open: a store can have more shards than a process may open files
+            out[at] = np.load(self._shards[shard], mmap_mode="r")[rows[at], columns]
+        return np.array([e[2] for e in entries], np.float32)
 
     def put(self, keys: list[Key], image: np.ndarray, text: np.ndarray, scores: np.ndarray) -> None:
         """Commit embeddings of new samples as one shard."""
         if not keys:
             return
-        uids, image_digests, text_digests = (list(column) for column in zip(*keys))
         if self.dim is None:
             self.root.mkdir(parents=True, exist_ok=True)
             if not self.meta_path.exists():
                 write_json_atomic({"version": STORE_VERSION, "model": self.fingerprint, "dim": int(image.shape[1])},
                                   self.meta_path)
             self._check_meta()
+        vectors = np.ascontiguousarray(np.concatenate([image, text], axis=1).astype(np.float16))
+
+        def save(tmp: Path) -> np.ndarray:
+            with open(tmp, "wb") as handle:
+                np.save(handle, vectors)
+            return np.asarray(scores, np.float32)
+
+        self._commit(keys, save)
+
+    def _commit(self, keys: list[Key], write_vectors) -> Path:
+        """Write a shard: `write_vectors(tmp_path)` writes the .npy rows of `keys` and returns their
+        cosines; the Parquet, written last, commits it. Returns the shard's .npy path."""
+        uids, image_digests, text_digests = (list(column) for column in zip(*keys))
+        name = hashlib.sha256(json.dumps([uids, image_digests, text_digests]).encode()).hexdigest()[:32]
+        path = self.root / f"{name}.parquet"
+        with atomic(path.with_suffix(".npy")) as tmp:
+            scores = write_vectors(tmp)
         table = pa.Table.from_arrays([pa.array(uids, pa.string()), pa.array(image_digests, pa.int64()),
                                       pa.array(text_digests, pa.int64()), pa.array(scores, pa.float32())],
                                      schema=_SHARD_SCHEMA)
-        vectors = np.ascontiguousarray(np.concatenate([image, text], axis=1).astype(np.float16))
-        name = hashlib.sha256(json.dumps([uids, image_digests, text_digests]).encode()).hexdigest()[:32]
-        with atomic(self.root / f"{name}.npy") as tmp, open(tmp, "wb") as handle:
-            np.save(handle, vectors)
-        with atomic(self.root / f"{name}.parquet") as tmp:
+        with atomic(path) as tmp:
             pq.write_table(table, tmp)
+        if path.stem not in self._loaded:
+            self._index(path)
+        return path.with_suffix(".npy")
+
+    def compact(self, at_least: int = 64) -> bool:
+        """Merge every shard into one when the store has at least `at_least` (there is one per
+        batch otherwise: many small files to list and open). Copies shard by shard, so memory
+        stays at one shard's size. Readers elsewhere re-index when a shard they knew is gone; a
+        shard committed meanwhile is left as it is. Returns whether it merged."""
         self.refresh()
+        if self.shard_count < at_least:
+            return False
+        keys = sorted(self._where)
+        old = list(self._shards)
+
+        def merge(tmp: Path) -> np.ndarray:
+            merged = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(keys), 2 * self.dim))
+            scores = self._gather(keys, slice(None), merged)
+            merged.flush()
+            return scores
+
+        kept = self._commit(keys, merge)
+        for npy in old:
+            if npy != kept:
+                npy.with_suffix(".parquet").unlink(missing_ok=True)  # the Parquet first: it commits a shard
+                npy.unlink(missing_ok=True)
+        self._forget()
+        self.refresh()
+        return True
 
 
 class ClipEmbedder:
@@ -342,7 +416,9 @@ class StoredEmbeddingsStage(GlobalStage):
         keys = [keys[i] for i in order]
         if not keys:
             return {}
-        vectors = self.embeddings.store.get(keys)[0]
+        store = self.embeddings.store
+        store.compact()
+        vectors = store.images(keys)
         return self.decide([k[0] for k in keys], vectors, np.array([scores[i] for i in order], np.float32))
 
     @abstractmethod

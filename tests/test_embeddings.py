@@ -1,6 +1,7 @@
 """The embedding store and embedder: entries keyed by uid and content, written once, reused."""
 
 import json
+import resource
 
 import numpy as np
 import pyarrow as pa
@@ -34,6 +35,32 @@ def test_store_round_trip_and_content_keys(tmp_path):
     assert json.loads((tmp_path / "store" / "meta.json").read_text())["dim"] == 8
     with pytest.raises(ValueError, match="another model"):
         EmbeddingStore(tmp_path / "store", "model-b")
+
+
+def test_store_compacts_and_reads_more_shards_than_open_files(tmp_path):
+    rng = np.random.default_rng(1)
+    shards = 120
+    keys = [(f"u{i}", i, -i) for i in range(shards * 2)]
+    image, text = rng.normal(size=(2, len(keys), 4)).astype(np.float32)
+    writer = EmbeddingStore(tmp_path / "store", "m")
+    for s in range(shards):  # one shard per batch of two, as workers commit them
+        writer.put(keys[2 * s : 2 * s + 2], image[2 * s : 2 * s + 2], text[2 * s : 2 * s + 2], np.full(2, s, np.float32))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))  # fewer files than shards: none may stay open
+    try:
+        reader = EmbeddingStore(tmp_path / "store", "m")  # indexed before the compaction
+        got_image, got_text, scores = reader.get(keys)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert np.array_equal(got_image, image.astype(np.float16).astype(np.float32))
+    assert scores.tolist() == [k // 2 for k in range(len(keys))]
+    assert not writer.compact(at_least=shards + 1)
+    assert writer.compact(at_least=shards)
+    assert sorted(p.suffix for p in (tmp_path / "store").iterdir()) == [".json", ".npy", ".parquet"]
+    assert writer.shard_count == 1 and len(writer) == len(keys)
+    again = reader.get(keys[::-1])  # its shards are gone: it re-indexes and reads the merged one
+    assert np.array_equal(again[1], got_text[::-1]) and np.array_equal(again[2], scores[::-1])
+    assert np.array_equal(reader.images(keys[:3]), got_image[:3])
 
 
 def test_stored_vectors_are_the_models(pool_table, embedding_checkpoint, tmp_path):
