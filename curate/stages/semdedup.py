@@ -9,7 +9,7 @@ from pydantic import Field
 from curate.embeddings import StoredEmbeddingConfig, StoredEmbeddingsStage
 from curate.neighbours import spherical_kmeans
 
-BLOCK = 4096  # columns of the within-cluster similarity matrix computed at once
+BLOCK = 4096  # the within-cluster similarity matrix is computed in BLOCK x BLOCK tiles
 
 
 class SemDedupConfig(StoredEmbeddingConfig):
@@ -39,12 +39,26 @@ class SemDedup(StoredEmbeddingsStage):
             members = np.flatnonzero(assignment == cluster)
             closeness = vectors[members] @ centroids[cluster]
             members = members[np.lexsort((members, closeness))]  # farthest from the centroid first
-            member_vectors = vectors[members]
             for lo in range(1, len(members), BLOCK):
                 hi = min(lo + BLOCK, len(members))
-                sims = member_vectors[:hi] @ member_vectors[lo:hi].T  # earlier members x this block
-                sims[np.arange(hi)[:, None] >= np.arange(lo, hi)[None, :]] = -np.inf
-                best = sims.argmax(axis=0)
-                for col in np.flatnonzero(sims[best, np.arange(hi - lo)] > 1 - self.config.epsilon):
+                best, closest = nearest_earlier(vectors[members], lo, hi)
+                for col in np.flatnonzero(closest > 1 - self.config.epsilon):
                     dropped[uids[members[lo + col]]] = ("semantic_duplicate", uids[members[best[col]]])
         return dropped
+
+
+def nearest_earlier(vectors: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each row j in [lo, hi): the earlier row (index < j) with the largest cosine, first on
+    ties, and that cosine; tile by tile, so memory does not grow with the cluster."""
+    columns = vectors[lo:hi].T
+    best = np.zeros(hi - lo, np.int64)
+    closest = np.full(hi - lo, -np.inf, np.float32)
+    for top in range(0, hi, BLOCK):
+        bottom = min(top + BLOCK, hi)
+        sims = vectors[top:bottom] @ columns
+        sims[np.arange(top, bottom)[:, None] >= np.arange(lo, hi)[None, :]] = -np.inf
+        at = sims.argmax(axis=0)
+        value = sims[at, np.arange(hi - lo)]
+        better = value > closest  # strict: an earlier tile wins a tie, as one argmax would
+        best[better], closest[better] = top + at[better], value[better]
+    return best, closest

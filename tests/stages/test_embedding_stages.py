@@ -17,6 +17,7 @@ from curate.neighbours import components, spherical_kmeans
 from curate.stages.decontaminate_embedding import DecontaminateEmbedding, DecontaminateEmbeddingConfig
 from curate.stages.embed_dedup import EmbedDedup, EmbedDedupConfig
 from curate.stages.image_based_filter import ImageBasedFilter, ImageBasedFilterConfig
+from curate.stages import semdedup
 from curate.stages.semdedup import SemDedup, SemDedupConfig
 from tests.stages.test_dedup import run_global
 
@@ -168,6 +169,14 @@ def test_semdedup_keeps_no_close_pair_within_a_cluster(planted, embedding_checkp
     assert not np.any(np.triu((sims > 1 - 0.002) & same, k=1))
     for i in range(10):  # exact copies have cosine 1: one of each family at most survives
         assert len({f"0{i:031x}", f"f0{i:030x}"} - set(got)) <= 1
+
+
+def test_semdedup_decides_the_same_in_small_tiles(planted, embedding_checkpoint, tmp_path, monkeypatch):
+    config = SemDedupConfig(checkpoint=str(embedding_checkpoint), store=str(tmp_path / "s"), clusters=3, epsilon=0.01)
+    _, whole = run_global(SemDedup(config), planted)
+    monkeypatch.setattr(semdedup, "BLOCK", 4)  # clusters of ~25 members: several tiles each way
+    _, tiled = run_global(SemDedup(config), planted)
+    assert dropped(tiled) == dropped(whole) and len(dropped(whole)) > 0
 
 
 def test_image_based_filter_keeps_the_targets_clusters(planted, embedding_checkpoint, tmp_path):
