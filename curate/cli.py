@@ -168,23 +168,14 @@ def train():
 @_user_errors
 def train_clip_command(config_path, data, output, samples_seen, nproc, overrides):
     """Train a CLIP (InfoNCE or SigLIP) on curated shards at a fixed samples-seen budget; resumes a run folder."""
-    import subprocess
-
     from train.clip.config import load_clip_config
+    from train.run import launch
 
     output = output or f"runs/{Path(config_path).stem}"
     args = [config_path, "--output", output] + (["--data", data] if data else []) + \
         (["--samples-seen", str(samples_seen)] if samples_seen else []) + [a for o in overrides for a in ("--set", o)]
     config = load_clip_config(config_path, list(overrides) + ([f"data={data}"] if data else []))  # fail fast
-    if nproc == 1:
-        from train.clip.train import main as train_main
-
-        train_main(args)
-    else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                   "-m", "train.clip.train", *args]
-        if subprocess.run(command).returncode != 0:
-            raise click.ClickException(f"training failed ({nproc} processes); see the messages above")
+    launch("train.clip.train", args, nproc)
     click.echo(f"{config.model} trained: {output}/last.pt (log: {output}/log.jsonl)")
 
 

@@ -26,6 +26,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from curate.io.writers import atomic
+from train.config import TrainConfig
 
 
 class Objective(Protocol):
@@ -53,6 +54,14 @@ class LoopSettings:
     checkpoint_every: int
     precision: str  # "fp32" | "bf16"
     samples_per_step: int
+
+    @classmethod
+    def from_config(cls, config: TrainConfig) -> LoopSettings:
+        """The settings a trainer's config sets (a step is one global batch)."""
+        return cls(total_steps=config.total_steps, grad_accum=config.grad_accum, lr=config.lr,
+                   weight_decay=config.weight_decay, warmup_steps=config.warmup_steps,
+                   checkpoint_every=config.checkpoint_every, precision=config.precision,
+                   samples_per_step=config.batch_size)
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import click
@@ -33,6 +31,7 @@ class LlavaError(click.ClickException):
 def train_llava_command(config_path, stage, data, output, nproc, overrides):
     """Train a LLaVA (vision tower + projector + causal LM) at a fixed samples-seen budget; resumes a run folder."""
     from train.llava.config import load_llava_config
+    from train.run import launch
 
     output = output or f"runs/{Path(config_path).stem}"
     extra = ([f"stage={stage}"] if stage else []) + ([f"data={data}"] if data else [])
@@ -41,18 +40,10 @@ def train_llava_command(config_path, stage, data, output, nproc, overrides):
     except ConfigError as exc:
         raise LlavaError(str(exc)) from exc
     args = [config_path, "--output", output, *[a for o in list(overrides) + extra for a in ("--set", o)]]
-    if nproc == 1:
-        from train.llava.train import main as train_main
-
-        try:
-            train_main(args)
-        except (ValueError, FileNotFoundError) as exc:
-            raise LlavaError(str(exc)) from exc
-    else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                   "-m", "train.llava.train", *args]
-        if subprocess.run(command).returncode != 0:
-            raise click.ClickException(f"training failed ({nproc} processes); see the messages above")
+    try:
+        launch("train.llava.train", args, nproc)
+    except (ValueError, FileNotFoundError) as exc:
+        raise LlavaError(str(exc)) from exc
     click.echo(f"LLaVA stage {config.stage} trained: {output}/last.pt (log: {output}/log.jsonl)")
 
 

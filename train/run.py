@@ -1,0 +1,85 @@
+"""What every trainer does around the loop, the same way for CLIP and LLaVA: its command line,
+how it is launched (in process or under torchrun), joining and leaving the job, and opening a run
+folder (resume, or a new model beside its config.json)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import torch
+import torch.distributed as dist
+
+from train.config import TrainConfig
+from train.loop import Distributed, init_distributed, seed_everything
+
+Model = TypeVar("Model")
+
+
+def run_parser(description: str) -> argparse.ArgumentParser:
+    """A trainer's command line: CONFIG, --output RUNDIR, --data and --set key=value (the trainer adds its own)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("config")
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--data")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    return parser
+
+
+def run_overrides(args: argparse.Namespace, keys: list[str]) -> list[str]:
+    """The --set overrides, then `key=value` for --data and each of the trainer's `keys` that was given."""
+    return list(args.overrides) + [f"{key}={getattr(args, key)}" for key in ["data", *keys] if getattr(args, key)]
+
+
+def launch(module: str, args: list[str], nproc: int) -> None:
+    """Run `module`'s main(args) in this process, or under torchrun in `nproc` processes."""
+    if nproc == 1:
+        importlib.import_module(module).main(args)
+        return
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", module, *args]
+    if subprocess.run(command).returncode != 0:
+        raise click.ClickException(f"training failed ({nproc} processes); see the messages above")
+
+
+@contextmanager
+def training_job(config: TrainConfig, data: str | None) -> Iterator[tuple[Distributed, torch.device]]:
+    """Refuse a run without data, join the job and seed this rank; leave the job once every rank is done."""
+    if data is None:
+        raise ValueError("no training data: set 'data' in the config or pass --data")
+    dist_info, device = init_distributed()
+    seed_everything(config.seed)
+    yield dist_info, device
+    if dist.is_initialized():  # not after an error: the barrier would wait for the ranks that failed
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def open_run(config: TrainConfig, run_dir: Path, dist_info: Distributed,
+             load: Callable[[Path], tuple[Model, dict]], create: Callable[[], Model]) -> tuple[Model, dict | None]:
+    """The model and loop state of run_dir/last.pt (refused when it is another config's run), else a new
+    model from `create` and no state, with config.json written (main rank)."""
+    resume = run_dir / "last.pt"
+    if resume.exists():
+        model, state = load(resume)
+        if state.get("config") != config.model_dump():
+            raise ValueError(f"{run_dir} holds a run with another config; use another --output")
+        return model, state
+    model = create()
+    if dist_info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(config.model_dump(), indent=2))
+    return model, None
+
+
+def saver(save_checkpoint: Callable[..., None], model: Any, config: TrainConfig) -> Callable[[Path, dict], None]:
+    """The loop's `save`: the trainer's save_checkpoint of `model` with the config and the loop state."""
+    return lambda path, loop_state: save_checkpoint(path, model, config=config.model_dump(), **loop_state)
