@@ -13,8 +13,15 @@ Part 2 (`--embed`): images/s of the `embed` stage on real pool images, with clip
 ViT-B-32 (random weights), against clip-retrieval's `clip_inference` on the same model, weights
 and images (its own venv, bench/.venv-cr: `make bench-cr`), both on this machine's CPUs.
 
+Part 3 (`--calibrate CHECKPOINT`): how well a scorer serves `embed_dedup` on real pool
+drawings: near copies (curate.sample.near_copies: re-encoded, resized, cropped, shifted) of
+`--copies` drawings of at least 256 px, and for each threshold the share of copies at or above
+it to their original (recall, per kind) and the share of distinct drawings that have another
+distinct drawing at or above it (those a dedup at that threshold would merge).
+
 Usage: .venv/bin/python bench/dedup.py [--n 1000000] [--pairs 10000] [--nprobe 16]
        .venv/bin/python bench/dedup.py --embed [--images 1000] [--skip-dedup]
+       .venv/bin/python bench/dedup.py --skip-dedup --calibrate runs/.../last.pt [--images 1000] [--copies 200]
 """
 
 from __future__ import annotations
@@ -178,6 +185,31 @@ def bench_embed(args) -> None:
             print(line, flush=True)
 
 
+def bench_calibrate(args) -> None:
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from curate.embeddings import ClipEmbedder
+    from curate.sample.near_copies import KINDS, near_copies
+
+    pool = pq.read_table(ROOT / "data" / "openclipart" / "pool", columns=["image"])["image"].to_pylist()
+    drawings = list(dict.fromkeys(d for d in pool if min(Image.open(io.BytesIO(d)).size) >= 256))[: args.images]
+    embedder = ClipEmbedder(args.calibrate, args.model)
+    originals = embedder.embed(drawings, [None] * len(drawings)).image
+    sims = originals @ originals.T
+    np.fill_diagonal(sims, -1)
+    nearest_other = sims.max(axis=1)
+    copies = [near_copies(d) for d in drawings[: args.copies]]
+    copy_cosine = {kind: (embedder.embed([c[kind] for c in copies], [None] * len(copies)).image
+                          * originals[: len(copies)]).sum(axis=1) for kind in KINDS}
+    print(f"\ncalibration of {args.calibrate}: {len(drawings)} distinct drawings >= 256 px, "
+          f"near copies of {len(copies)}")
+    print("threshold  " + "  ".join(f"{kind:>9}" for kind in KINDS) + "  distinct merged")
+    for threshold in args.thresholds:
+        recalls = "  ".join(f"{(copy_cosine[kind] >= threshold).mean():9.3f}" for kind in KINDS)
+        print(f"{threshold:9.3f}  {recalls}  {(nearest_other >= threshold).mean():15.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1_000_000)
@@ -194,11 +226,17 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--models", nargs="+", default=["clip-tiny", "ViT-B-32"])
+    parser.add_argument("--calibrate", metavar="CHECKPOINT", help="measure this scorer on near copies of pool drawings")
+    parser.add_argument("--model", help="open_clip architecture of a plain open_clip weights file given to --calibrate")
+    parser.add_argument("--copies", type=int, default=200)
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.9, 0.95, 0.98, 0.99, 0.995])
     args = parser.parse_args()
     if not args.skip_dedup:
         bench_dedup(args)
     if args.embed:
         bench_embed(args)
+    if args.calibrate:
+        bench_calibrate(args)
 
 
 if __name__ == "__main__":

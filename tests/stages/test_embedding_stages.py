@@ -14,6 +14,7 @@ from PIL import Image, ImageFilter
 
 from curate.embeddings import EmbeddingConfig, Embeddings, EmbeddingStore, file_fingerprint, sample_keys
 from curate.neighbours import components, spherical_kmeans
+from curate.sample.near_copies import jpeg, near_copies
 from curate.stages.decontaminate_embedding import DecontaminateEmbedding, DecontaminateEmbeddingConfig
 from curate.stages.embed_dedup import EmbedDedup, EmbedDedupConfig
 from curate.stages.image_based_filter import ImageBasedFilter, ImageBasedFilterConfig
@@ -22,23 +23,8 @@ from curate.stages.semdedup import SemDedup, SemDedupConfig
 from tests.stages.test_dedup import run_global
 
 
-def jpeg(image: Image.Image, quality: int = 90) -> bytes:
-    buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
-
-
 def reencoded(data: bytes, quality: int = 90) -> bytes:
     return jpeg(Image.open(io.BytesIO(data)), quality)
-
-
-def near_copies(data: bytes) -> list[bytes]:
-    """A drawing re-encoded (JPEG q60), resized to 70%, cropped by 3 px on every side, and
-    cropped by 3 px on two sides (shifted)."""
-    image = Image.open(io.BytesIO(data)).convert("RGB")
-    w, h = image.size
-    return [jpeg(image, 60), jpeg(image.resize((w * 7 // 10, h * 7 // 10))), jpeg(image.crop((3, 3, w - 3, h - 3))),
-            jpeg(image.crop((3, 0, w, h - 3)))]
 
 
 def thumbnail_vector(data: bytes) -> np.ndarray:
@@ -132,7 +118,8 @@ def test_embed_dedup_finds_near_copies_and_keeps_distinct_drawings_apart(large_d
     rows = [{"uid": f"0{i:031x}", "text": r["text"], "image": r["image"]} for i, r in enumerate(large_drawings)]
     families = {}
     for i, r in enumerate(large_drawings[:15]):
-        copies = [{"uid": f"f{k}{i:030x}", "text": r["text"], "image": c} for k, c in enumerate(near_copies(r["image"]))]
+        copies = [{"uid": f"f{k}{i:030x}", "text": r["text"], "image": c}
+                  for k, c in enumerate(near_copies(r["image"]).values())]
         rows += copies
         families.update({c["uid"]: f"0{i:031x}" for c in copies} | {f"0{i:031x}": f"0{i:031x}"})
     table = pa.Table.from_pylist(rows).sort_by("uid")
@@ -233,7 +220,7 @@ def test_decontamination_removes_near_copies_of_eval_images_only(pool_root, larg
     eval_rows = [r for r in eval_table.to_pylist() if min(Image.open(io.BytesIO(r["image"])).size) >= 256][:5]
     assert len(eval_rows) == 5
     planted = {f"e{k}{i:030x}": r["uid"] for i, r in enumerate(eval_rows) for k in range(4)}
-    images = [c for r in eval_rows for c in near_copies(r["image"])]
+    images = [c for r in eval_rows for c in near_copies(r["image"]).values()]
     table = pa.table({"uid": [r["uid"] for r in large_drawings] + list(planted),
                       "text": [r["text"] for r in large_drawings] + ["a drawing"] * len(planted),
                       "image": pa.array([r["image"] for r in large_drawings] + images, pa.binary())})
