@@ -26,7 +26,8 @@ class SearchConfig(StageConfig):
 
     index: Literal["auto", "flat", "ivf", "hnsw"] = Field(
         "auto", description=f"exact `flat` search, or approximate `ivf`/`hnsw`; auto: flat up to {FLAT_MAX_ROWS:,} "
-                            "vectors, ivf above (hnsw builds its graph in parallel, so its result may vary run to run)")
+                            "vectors, ivf above (hnsw builds its graph in parallel, so its result may vary run to run; ivf's "
+                            "coarse k-means is threaded, so which pairs it misses may vary with the CPU count)")
     neighbours: int = Field(16, ge=1, le=1024, description="nearest neighbours looked at per vector")
     nlist: int | None = Field(None, gt=0, description="IVF lists (default: 4 * sqrt(n))")
     nprobe: int = Field(32, gt=0, description="IVF lists visited per query")
@@ -99,12 +100,21 @@ def components(n: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
 
 
 def spherical_kmeans(vectors: np.ndarray, k: int, seed: int, niter: int) -> tuple[np.ndarray, np.ndarray]:
-    """Spherical k-means (FAISS, seeded): unit-norm centroids and each row's nearest one."""
+    """Spherical k-means (FAISS, seeded): unit-norm centroids and each row's nearest one.
+
+    On the CPU it runs on one thread: FAISS's threaded k-means depends on the thread count
+    (BLAS tiles round differently and k-means amplifies it: 509 of 3,000 pool embeddings
+    changed cluster between 1 and 2 threads), and clusters must depend on the data only."""
     import faiss
 
     k = min(k, len(vectors))
-    kmeans = faiss.Kmeans(vectors.shape[1], k, niter=niter, seed=seed, spherical=True, gpu=_gpu(),
-                          max_points_per_centroid=max(256, math.ceil(len(vectors) / k)))
-    kmeans.train(vectors)
-    _, assignment = kmeans.index.search(vectors, 1)
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        kmeans = faiss.Kmeans(vectors.shape[1], k, niter=niter, seed=seed, spherical=True, gpu=_gpu(),
+                              max_points_per_centroid=max(256, math.ceil(len(vectors) / k)))
+        kmeans.train(vectors)
+        _, assignment = kmeans.index.search(vectors, 1)
+    finally:
+        faiss.omp_set_num_threads(threads)
     return kmeans.centroids, assignment[:, 0].astype(np.int64)

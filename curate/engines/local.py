@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -34,7 +35,9 @@ class LocalEngine(TaskEngine):
         # ran deadlocks in FAISS's OpenMP. Then, or where fork is unavailable, forkserver.
         fork_safe = "fork" in multiprocessing.get_all_start_methods() and "torch" not in sys.modules
         method = "fork" if fork_safe else "forkserver"
-        self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context(method))
+        threads = max(1, (os.cpu_count() or 1) // self.workers)
+        self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context(method),
+                                             initializer=share_cores, initargs=(threads,))
         try:
             yield
         finally:
@@ -43,3 +46,10 @@ class LocalEngine(TaskEngine):
 
     def map_tasks(self, jobs: list[TaskJob]) -> Iterable[dict]:
         return self._executor.map(run_task, jobs) if self._executor else map(run_task, jobs)
+
+
+def share_cores(threads: int) -> None:
+    """A worker's share of the machine: `threads` math threads (OpenMP, BLAS, torch), not every
+    core in every worker. Models and FAISS load after this in the worker, so the variables hold."""
+    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[variable] = str(threads)

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import re
+import secrets
 import tarfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -130,9 +131,11 @@ def _compression(schema: pa.Schema) -> dict[str, str]:
 
 @contextmanager
 def atomic(path: Path) -> Iterator[Path]:
-    """A temporary path to write; renamed to `path` when the block succeeds, removed if it fails."""
+    """A temporary path to write; renamed to `path` when the block succeeds, removed if it fails.
+    The temporary name is this writer's own: workers committing the same file at once (the same
+    store shard, a cache entry, meta.json) each write theirs and the last rename wins."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
+    tmp = temp_path(path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}"))
     try:
         yield tmp
         os.replace(tmp, path)

@@ -10,7 +10,7 @@ import webdataset as wds
 from PIL import Image
 
 from curate.engines.local import LocalEngine
-from curate.io.writers import PartWriter, image_extension
+from curate.io.writers import PartWriter, atomic, image_extension
 from curate.pipeline import load_pipeline
 from curate.runner import run_pipeline
 from curate.schema import UID_DTYPE
@@ -88,3 +88,15 @@ def test_rows_without_image_and_unsafe_uids_stay_readable(tmp_path, real_jpeg):
     samples = list(wds.WebDataset(str(tmp_path / "p.tar"), shardshuffle=False))
     assert [json.loads(s["json"])["uid"] for s in samples] == ["img.001/a", "b" * 32]
     assert "jpg" not in samples[0] and "jpg" in samples[1]
+
+
+def test_atomic_writers_of_one_file_at_once_do_not_collide(tmp_path):
+    """Two workers committing the same file at the same moment (both embedding the eval set
+    into one store) each write their own temporary file; the last rename wins."""
+    target = tmp_path / "shard.npy"
+    with atomic(target) as first:
+        first.write_bytes(b"first")
+        with atomic(target) as second:
+            second.write_bytes(b"second")
+    assert target.read_bytes() == b"first"
+    assert [p.name for p in tmp_path.iterdir()] == ["shard.npy"]
