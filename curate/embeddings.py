@@ -33,6 +33,8 @@ from curate.io.writers import atomic, write_json_atomic
 from curate.stage import GlobalStage, StageConfig, Verdict, map_rows
 
 STORE_VERSION = 1
+COPY_ROWS = 65_536  # rows copied out of a shard at once
+READ_ATTEMPTS = 3  # a read that finds its shards compacted away re-indexes and tries again
 _SHARD_SCHEMA = pa.schema([("uid", pa.string()), ("image_digest", pa.int64()), ("text_digest", pa.int64()),
                            ("clip_score", pa.float32())])
 
@@ -121,9 +123,11 @@ class EmbeddingStore:
                 self._index(path)
 
     def _index(self, path: Path) -> None:
+        if not path.with_suffix(".npy").exists():  # compacted away (or half-deleted): its rows are in the merged shard
+            return
         try:
             table = pq.read_table(path)
-        except FileNotFoundError:  # compacted away since it was listed: its rows are in the merged shard
+        except FileNotFoundError:
             return
         shard = len(self._shards)
         self._shards.append(path.with_suffix(".npy"))
@@ -163,21 +167,25 @@ class EmbeddingStore:
             missing = [key[0] for key in keys if key not in self._where]
             raise KeyError(f"embedding store {self.root}: {len(missing)} sample(s) not embedded (e.g. uids "
                            f"{missing[:3]}); a stage that embeds them must run first with the same store")
-        try:
-            return self._copy(keys, columns, out)
-        except FileNotFoundError:  # another process compacted the store: index it afresh
-            self._forget()
-            self.refresh()
-            return self._copy(keys, columns, out)
+        for _ in range(READ_ATTEMPTS - 1):
+            try:
+                return self._copy(keys, columns, out)
+            except FileNotFoundError:  # another process is compacting the store: index it afresh
+                self._forget()
+                self.refresh()
+        return self._copy(keys, columns, out)
 
     def _copy(self, keys: list[Key], columns: slice, out: np.ndarray) -> np.ndarray:
         entries = [self._where[key] for key in keys]
         shards = np.array([e[0] for e in entries], np.int64)
         rows = np.array([e[1] for e in entries], np.int64)
         for shard in np.unique(shards):
-            at = np.flatnonzero(shards == shard)
             # mapped per read, not held open: a store can have more shards than a process may open files
-            out[at] = np.load(self._shards[shard], mmap_mode="r")[rows[at], columns]
+            vectors = np.load(self._shards[shard], mmap_mode="r")
+            at = np.flatnonzero(shards == shard)
+            for start in range(0, len(at), COPY_ROWS):  # in chunks: a compacted shard is the whole store
+                chunk = at[start : start + COPY_ROWS]
+                out[chunk] = vectors[rows[chunk], columns]
         return np.array([e[2] for e in entries], np.float32)
 
     def put(self, keys: list[Key], image: np.ndarray, text: np.ndarray, scores: np.ndarray) -> None:
@@ -234,7 +242,8 @@ class EmbeddingStore:
             return scores
 
         kept = self._commit(keys, merge)
-        for npy in old:
+        orphans = [p.with_suffix(".npy") for p in self.root.glob("*.parquet") if not p.with_suffix(".npy").exists()]
+        for npy in old + orphans:
             if npy != kept:
                 npy.with_suffix(".parquet").unlink(missing_ok=True)  # the Parquet first: it commits a shard
                 npy.unlink(missing_ok=True)

@@ -30,12 +30,12 @@ class LocalEngine(TaskEngine):
             yield
             return
         # fork: workers start in milliseconds with every module already imported (pyarrow
-        # re-creates its thread pools after a fork). Not once this process has loaded torch (a
-        # trainer ran here, as in `curate bootstrap`): a child forked after torch's OpenMP threads
-        # ran deadlocks in FAISS's OpenMP. Then, or where fork is unavailable, forkserver.
-        fork_safe = "fork" in multiprocessing.get_all_start_methods() and "torch" not in sys.modules
+        # re-creates its thread pools after a fork). Not once this process has loaded torch or
+        # FAISS (a trainer ran here, as in `curate bootstrap`): a child forked after their OpenMP
+        # threads ran deadlocks in FAISS's OpenMP. Then, or where fork is unavailable, forkserver.
+        fork_safe = "fork" in multiprocessing.get_all_start_methods() and not {"torch", "faiss"} & set(sys.modules)
         method = "fork" if fork_safe else "forkserver"
-        threads = max(1, (os.cpu_count() or 1) // self.workers)
+        threads = max(1, len(os.sched_getaffinity(0)) // self.workers)
         self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context(method),
                                              initializer=share_cores, initargs=(threads,))
         try:
@@ -49,7 +49,11 @@ class LocalEngine(TaskEngine):
 
 
 def share_cores(threads: int) -> None:
-    """A worker's share of the machine: `threads` math threads (OpenMP, BLAS, torch), not every
-    core in every worker. Models and FAISS load after this in the worker, so the variables hold."""
+    """A worker's share of the machine: `threads` math threads, not every core in every worker.
+    The variables reach torch and FAISS, which load later in the worker; threadpoolctl reaches
+    the BLAS and OpenMP already loaded (numpy's, with the parent's modules)."""
+    from threadpoolctl import threadpool_limits
+
     for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[variable] = str(threads)
+    threadpool_limits(threads)

@@ -39,9 +39,10 @@ class SemDedup(StoredEmbeddingsStage):
             members = np.flatnonzero(assignment == cluster)
             closeness = vectors[members] @ centroids[cluster]
             members = members[np.lexsort((members, closeness))]  # farthest from the centroid first
+            member_vectors = vectors[members]
             for lo in range(1, len(members), BLOCK):
                 hi = min(lo + BLOCK, len(members))
-                best, closest = nearest_earlier(vectors[members], lo, hi)
+                best, closest = nearest_earlier(member_vectors, lo, hi)
                 for col in np.flatnonzero(closest > 1 - self.config.epsilon):
                     dropped[uids[members[lo + col]]] = ("semantic_duplicate", uids[members[best[col]]])
         return dropped

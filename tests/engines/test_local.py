@@ -1,17 +1,19 @@
 """The local engine on a real pool with real faults: accounting, worker-count invariance, resume."""
 
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from curate.engines.base import plan_passes, run_pass_on_batch
-from curate.engines.local import LocalEngine
+from curate.engines.local import LocalEngine, share_cores
 from curate.pipeline import load_pipeline
 from curate.runner import run_pipeline
 from curate.stage import MapStage, StageConfig, Verdict
@@ -126,3 +128,20 @@ def test_a_stage_that_loses_a_row_is_an_error(pool_table):
     [single_pass] = plan_passes(stages)
     with pytest.raises(RuntimeError, match="every row must be kept or rejected"):
         run_pass_on_batch(stages, single_pass, Verdict(pool_table.slice(0, 4)), None, read_step=True)
+
+
+def test_a_worker_gets_its_share_of_the_cores():
+    """share_cores (the local pool's initializer) limits every math thread pool in the worker,
+    numpy's BLAS loaded before it included, and FAISS's OpenMP loaded after it."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"), initializer=share_cores,
+                             initargs=(1,)) as pool:
+        pools, faiss_threads = pool.submit(_thread_counts).result()
+    assert pools and all(count == 1 for count in pools.values()), pools
+    assert faiss_threads == 1
+
+
+def _thread_counts() -> tuple[dict, int]:
+    import faiss
+    from threadpoolctl import threadpool_info
+
+    return {p["filepath"]: p["num_threads"] for p in threadpool_info()}, faiss.omp_get_max_threads()
