@@ -37,6 +37,7 @@ def test_every_pool_sample_becomes_a_record_answered_from_its_metadata(tmp_path,
         assert pairs[0][0].startswith("<image>\n") and all("<image>" not in q for q, _ in pairs[1:])
         answers = {_field_of(q): a for q, a in pairs}
         fields_seen |= answers.keys()
+        assert answers.get("text", "") == " ".join((row["text"] or "").split())  # asked with stage 1's prompt
         assert answers["category"] == row["category"].replace("_", " ")
         assert answers.get("title", "") == row["title"]
         keywords = list(dict.fromkeys(row["keywords"]))[:10]
@@ -58,7 +59,7 @@ def test_unusable_samples_go_to_the_ledger_with_a_reason(tmp_path, pool_table):
         {**good[0], "uid": "no-image", "image": None},
         {**good[0], "uid": "html", "image": b"<html>404</html>"},
         {**good[0], "uid": "cut", "image": good[1]["image"][:200]},
-        {**good[0], "uid": "silent", "category": " ", "title": "", "description": "", "keywords": []},
+        {**good[0], "uid": "silent", "text": None, "category": " ", "title": "", "description": "", "keywords": []},
     ]
     folder = tmp_path / "input"
     folder.mkdir()

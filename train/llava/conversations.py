@@ -1,9 +1,11 @@
 """Stage-2 conversation data built from the sample pool's metadata, as LLaVA-Instruct JSON.
 
-The pool has no human-written dialogues. What it has is each drawing's own metadata: the
-category folder it was filed in, the artist's title, keywords and description. Every image
-becomes one record whose turns ask about these fields, the answer being the field's value as
-found (so the answers carry the pool's real noise: other languages, artist names in keywords):
+The pool has no human-written dialogues. What it has is each drawing's caption and its own
+metadata: the category folder it was filed in, the artist's title, keywords and description.
+Every image becomes one record whose turns ask about these fields, the answer being the
+field's value as found (so the answers carry the pool's real noise: other languages, artist
+names in keywords). The caption turn asks stage 1's caption prompt, as LLaVA-1.5 mixes caption
+data into its instruction set, so a stage-2 model still captions when asked:
 
     {"id": uid, "image": "images/<uid>.jpg",
      "conversations": [{"from": "human", "value": "<image>\\nWhat category does this drawing belong to?"},
@@ -37,10 +39,12 @@ from tqdm import tqdm
 from curate.io.readers import InputError, plan_inputs, read_task
 from curate.io.writers import atomic, file_key, image_extension, write_json_atomic, write_table_atomic
 from curate.schema import LEDGER_SCHEMA
+from train.llava.config import CAPTION_PROMPT
 
 STAGE = "conversations"
-FIELDS = ("category", "title", "keywords", "description")
+FIELDS = ("text", "category", "title", "keywords", "description")
 QUESTIONS = {
+    "text": (CAPTION_PROMPT,),
     "category": ("What category does this drawing belong to?",
                  "Which category is this clip art filed under?",
                  "What kind of drawing is this?"),
@@ -150,7 +154,8 @@ def build_conversations(pool_dir: str | Path, out_dir: str | Path, *, name: str 
     write_json_atomic({"input": str(pool_dir), "inputs": inputs, "records": len(records),
                        "turns": sum(turns_per_field.values()), "turns_per_field": dict(turns_per_field),
                        "rejected": dict(Counter(rejected.column("reason").to_pylist())), "fields": list(fields),
-                       "built_from": "the pool's metadata (category, title, keywords, description), not human dialogues"},
+                       "built_from": "the pool's captions and metadata (category, title, keywords, description), "
+                                     "not human dialogues"},
                       out_dir / f"{name}_summary.json")
     path = out_dir / f"{name}.json"
     with atomic(path) as tmp:
