@@ -92,8 +92,8 @@ class EmbeddingStore:
         self.refresh()
 
     def _forget(self) -> None:
-        self._loaded: set[str] = set()
-        self._shards: list[Path] = []  # the .npy file of each shard number
+        self._loaded: set[str] = set()  # stems of the live shards indexed
+        self._shards: list[Path] = []  # the .npy file of each shard number (a compacted one stays unreferenced)
         self._where: dict[Key, tuple[int, int, float]] = {}  # (uid, image digest, text digest) -> shard, row, score
 
     @property
@@ -102,8 +102,8 @@ class EmbeddingStore:
 
     @property
     def shard_count(self) -> int:
-        """How many shards this store object has indexed."""
-        return len(self._shards)
+        """How many shards this store object has indexed and not compacted away."""
+        return len(self._loaded)
 
     def _check_meta(self) -> None:
         meta = json.loads(self.meta_path.read_text())
@@ -241,14 +241,13 @@ class EmbeddingStore:
             merged.flush()
             return scores
 
-        kept = self._commit(keys, merge)
+        kept = self._commit(keys, merge)  # indexes the merged shard: every key now points at it
         orphans = [p.with_suffix(".npy") for p in self.root.glob("*.parquet") if not p.with_suffix(".npy").exists()]
-        for npy in old + orphans:
-            if npy != kept:
-                npy.with_suffix(".parquet").unlink(missing_ok=True)  # the Parquet first: it commits a shard
-                npy.unlink(missing_ok=True)
-        self._forget()
-        self.refresh()
+        removed = {npy for npy in old + orphans if npy != kept}
+        for npy in removed:
+            npy.with_suffix(".parquet").unlink(missing_ok=True)  # the Parquet first: it commits a shard
+            npy.unlink(missing_ok=True)
+        self._loaded -= {npy.stem for npy in removed}
         return True
 
 
