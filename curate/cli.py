@@ -126,13 +126,22 @@ def download(urls, output, timeout, retries, threads, max_bytes, image_size, res
 
 @main.command()
 @click.argument("pipeline", type=click.Path(dir_okay=False))
+@click.option("--input", "input_paths", multiple=True,
+              help="Check the stages against this input's columns (a metadata Parquet has no images, say).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key before validating.")
 @_user_errors
-def validate(pipeline, overrides):
-    """Check a pipeline file without running it."""
+def validate(pipeline, input_paths, overrides):
+    """Check a pipeline file without running it; with --input, also against that input's columns."""
     spec = load_pipeline(pipeline, list(overrides))
-    spec.check_columns([])
-    click.echo(f"{pipeline}: ok ({spec.name}: {' -> '.join(s.name for s in spec.stages)})")
+    if input_paths:
+        from curate.runner import plan_checked
+
+        tasks = plan_checked(spec, list(input_paths))
+        against = f"against {', '.join(input_paths)} ({len(tasks)} task(s))"
+    else:
+        spec.check_columns()
+        against = "no input given: pass --input to check its columns"
+    click.echo(f"{pipeline}: ok ({spec.name}: {' -> '.join(s.name for s in spec.stages)}; {against})")
 
 
 @main.command()

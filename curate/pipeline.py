@@ -27,6 +27,8 @@ class PipelineSettings(BaseModel):
     input: str | list[str] | None = Field(None, description="Parquet/WebDataset/img2dataset path(s)")
     output: str | None = Field(None, description="output folder")
     batch_size: int = Field(256, gt=0, description="rows per batch handed to a stage")
+    partition_rows: int = Field(
+        500_000, gt=0, description="rows per partition of a global stage's shuffle (bounds each worker's memory)")
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,14 @@ class StageSpec:
     def build(self) -> Stage:
         """A fresh stage object (models are loaded later, by `setup`)."""
         return REGISTRY[self.name](self.config)
+
+    def reads_one_of(self) -> list[tuple[str, ...]]:
+        """The column sets this configured stage can work from, preferred first: its config's
+        `reads_one_of()` where the config defines one (columns that depend on the parameters or
+        on the input: exact_dedup on url_text reads no image, image_size reads DataComp's original
+        sizes when no decode ran), else the class's `reads`."""
+        choices = getattr(self.config, "reads_one_of", None)
+        return choices() if choices is not None else [REGISTRY[self.name].reads]
 
 
 @dataclass(frozen=True)
@@ -58,20 +68,49 @@ class Pipeline:
         """Fresh stage objects for a worker."""
         return [spec.build() for spec in self.stages]
 
-    def check_columns(self, input_columns: list[str]) -> None:
-        """Fail when a stage reads a column that neither the input nor an earlier stage provides."""
-        available = set(input_columns) | set(INPUT_SCHEMA.names)
+    def check_columns(self, input_columns: list[str] | None = None) -> None:
+        """Fail when a stage reads a column that neither the input nor an earlier stage provides.
+
+        `input_columns` are the columns the input holds (the readers always give uid, url and
+        text); without `image` the input is metadata (no image bytes), and a stage that needs
+        images fails with the fixes. None when the input is not known: it is then taken to hold
+        the core columns and any column that no stage writes (a score column, original_width).
+        """
+        if input_columns is None:
+            read = {c for spec in self.stages for choice in spec.reads_one_of() for c in choice}
+            written = {c for cls in REGISTRY.values() for c in cls.writes}
+            input_columns = list(INPUT_SCHEMA.names) + sorted(read - written)
+        available = set(input_columns) | set(ALWAYS_READ)
         for i, spec in enumerate(self.stages):
-            cls = REGISTRY[spec.name]
-            missing = [c for c in cls.reads if c not in available]
-            if missing:
-                writers = sorted(n for n, s in REGISTRY.items() if set(missing) & set(s.writes))
-                hint = f"; add one of {writers} before it" if writers else ""
-                raise ConfigError(
-                    f"{self.source}: stages[{i}] ({spec.name}) reads column(s) {missing} that the input "
-                    f"and earlier stages do not provide{hint}"
-                )
-            available |= set(cls.writes)
+            choices = spec.reads_one_of()
+            if not any(set(choice) <= available for choice in choices):
+                raise ConfigError(f"{self.source}: stages[{i}] ({spec.name}) {_missing(spec, choices, available)}")
+            available |= set(REGISTRY[spec.name].writes)
+
+
+# columns every reader yields whatever the input (`image` too, but null when the input has none)
+ALWAYS_READ = ("uid", "url", "text")
+# the metadata form of a stage that reads images: how it runs without them
+METADATA_FORMS = {
+    "decode": "without it, image_size reads original_width/original_height",
+    "exact_dedup": "or use key: url_text",
+    "clip_score": "or set score_column to the input's precomputed score column",
+}
+
+
+def _missing(spec: StageSpec, choices: list[tuple[str, ...]], available: set[str]) -> str:
+    """What a stage lacks and how to fix it, for check_columns's error."""
+    if "image" not in available and all("image" in choice for choice in choices):
+        form = METADATA_FORMS.get(spec.name)
+        return ("needs image bytes (it reads the 'image' column), but the input holds none and no earlier stage "
+                "downloads them: this is a metadata run. Add a 'download' stage before it, give an input with images, "
+                "or remove the stage" + (f" ({form})" if form else ""))
+    wants = []
+    for choice in choices:
+        missing = [c for c in choice if c not in available]
+        writers = sorted(n for n, cls in REGISTRY.items() if set(missing) & set(cls.writes))
+        wants.append(f"{missing} (" + (f"add one of {writers} before it" if writers else "the input must hold them") + ")")
+    return f"reads column(s) {' or '.join(wants)} that the input and earlier stages do not provide"
 
 
 def load_pipeline(path: str | Path, overrides: list[str] = ()) -> Pipeline:

@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 
 from curate.engines.base import RunLayout, fingerprint
-from curate.io.readers import plan_inputs, read_task
+from curate.io.readers import InputTask, holds_images, plan_inputs, read_task
 from curate.config import ConfigError
 from curate.pipeline import Pipeline
+from curate.schema import INPUT_SCHEMA
 from curate.report import write_report
 
 
@@ -25,9 +26,7 @@ def run_pipeline(pipeline: Pipeline, engine, input_paths: str | list[str] | None
         raise ConfigError(f"{pipeline.source}: no input: set 'input' in the file or pass --input")
     if not output:
         raise ConfigError(f"{pipeline.source}: no output: set 'output' in the file or pass --output")
-    tasks = plan_inputs(input_paths)
-    first = next(read_task(tasks[0], 1), None)
-    pipeline.check_columns(first.table.column_names if first else [])
+    tasks = plan_checked(pipeline, input_paths)
     layout = RunLayout(output)
     written = [path for spec in pipeline.stages for path in spec.config.written_paths()]
     if layout.prepare(fingerprint(pipeline.raw, tasks, written), overwrite):
@@ -38,3 +37,16 @@ def run_pipeline(pipeline: Pipeline, engine, input_paths: str | list[str] | None
     write_report(layout, stats)
     layout.mark_complete()
     return stats
+
+
+def plan_checked(pipeline: Pipeline, input_paths: str | list[str]) -> list[InputTask]:
+    """The input's tasks, once every stage is checked against the input's columns (read from its
+    first batch), before any work; without image bytes in every input file the input is metadata,
+    and a stage that needs images fails here."""
+    tasks = plan_inputs(input_paths)
+    first = next(read_task(tasks[0], 1), None)
+    columns = first.table.column_names if first else list(INPUT_SCHEMA.names)
+    if not all(holds_images(task) for task in {task.path: task for task in tasks}.values()):
+        columns = [c for c in columns if c != "image"]
+    pipeline.check_columns(columns)
+    return tasks

@@ -84,12 +84,40 @@ def test_column_check_names_stage_and_fix(tmp_path):
     with pytest.raises(ConfigError) as err:
         pipeline.check_columns(["uid", "text", "image"])
     assert "stages[0] (image_size)" in str(err.value) and "decode" in str(err.value)
+    assert "['original_width', 'original_height'] (the input must hold them)" in str(err.value)
+    pipeline.check_columns(["uid", "text", "original_width", "original_height"])  # a metadata input
+
+
+def test_metadata_input_fails_where_a_stage_needs_images(tmp_path):
+    pipeline = load_pipeline(write(tmp_path, GOOD))
+    metadata = ["uid", "url", "text", "original_width", "original_height"]
+    with pytest.raises(ConfigError) as err:
+        pipeline.check_columns(metadata)
+    assert str(err.value).startswith(f"{tmp_path / 'p.yaml'}: stages[0] (decode) needs image bytes")
+    downloaded = load_pipeline(write(tmp_path, GOOD.replace("  - stage: decode", "  - stage: download\n  - stage: decode")))
+    downloaded.check_columns(metadata)  # a URL list, downloaded first
+
+
+def test_unknown_input_is_taken_to_hold_the_columns_no_stage_writes(tmp_path):
+    """Without an input (`curate validate` with no --input) a column only the input can hold is assumed;
+    one that a stage writes must come from an earlier stage."""
+    load_pipeline(RECIPES / "datacomp_basic_metadata.yaml").check_columns()
+    with pytest.raises(ConfigError, match=r"stages\[0\] \(concept_balance\) reads column\(s\) \['concepts'\]"):
+        load_pipeline(write(tmp_path, "name: t\nstages:\n  - stage: concept_balance\n    metadata: m.parquet\n    t: 5\n"
+                                      "  - stage: concept_match\n    metadata: m.parquet\n")).check_columns()
 
 
 @pytest.mark.parametrize("recipe", ["quickstart", "datacomp_basic", "laion_filter", "clip_score", "no_filter"])
 def test_shipped_recipes_validate(recipe):
     pipeline = load_pipeline(RECIPES / f"{recipe}.yaml")
     pipeline.check_columns(["uid", "text", "image"])
+
+
+def test_metadata_recipe_is_datacomp_basic_without_decode():
+    images = load_pipeline(RECIPES / "datacomp_basic.yaml")
+    metadata = load_pipeline(RECIPES / "datacomp_basic_metadata.yaml")
+    assert [s for s in images.stages if s.name != "decode"] == metadata.stages
+    metadata.check_columns(["uid", "url", "text", "original_width", "original_height"])
 
 
 def test_datacomp_basic_recipe_matches_the_paper():

@@ -117,6 +117,14 @@ def read_task(task: InputTask, batch_size: int) -> Iterator[Verdict]:
         yield _samples_to_verdict(batch, task)
 
 
+def holds_images(task: InputTask) -> bool:
+    """Whether the task's source has an image column (where it has none, the readers' `image` is
+    null): tars and image folders do, URL lists do not, a Parquet when it has image/jpg/png/webp."""
+    if task.kind == "parquet":
+        return bool({"image", "jpg", "png", "webp"} & set(_parquet_file(task.path).schema_arrow.names))
+    return task.kind != "url_list"
+
+
 def _url_list(task: InputTask) -> pa.Table:
     """A CSV/TSV or JSON-lines list of URLs and captions (img2dataset's input formats)."""
     import pyarrow.csv as pcsv

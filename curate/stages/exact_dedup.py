@@ -18,6 +18,10 @@ class ExactDedupConfig(StageConfig):
         "image", description="what makes two samples the same: image bytes, image bytes and caption, or url and caption"
     )
 
+    def reads_one_of(self) -> list[tuple[str, ...]]:
+        """url_text reads no image, so it runs on metadata (no image bytes)."""
+        return [("uid", "text", "url") if self.key == "url_text" else ("uid", "image", "text")]
+
 
 class ExactDedup(GlobalStage):
     """Keep one sample per identical key (image bytes, image+caption or url+caption); the smallest uid wins."""

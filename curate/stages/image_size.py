@@ -1,11 +1,17 @@
-"""Image size stage: shorter side, longer side and aspect ratio bounds."""
+"""Image size stage: shorter side, longer side and aspect ratio bounds, from the decoded size or,
+in a metadata run (no image bytes), from DataComp's `original_width`/`original_height`."""
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field
 
 from curate.stage import MapStage, StageConfig, Verdict
+
+# where the size comes from, preferred first: decode/resize (or the input), then DataComp's metadata
+SIZE_COLUMNS = (("width", "height"), ("original_width", "original_height"))
 
 
 class ImageSizeConfig(StageConfig):
@@ -15,28 +21,43 @@ class ImageSizeConfig(StageConfig):
     max_side: int | None = Field(None, gt=0, description="longer side at most this many pixels")
     max_aspect_ratio: float | None = Field(None, ge=1.0, description="long/short side at most this")
 
+    def reads_one_of(self) -> list[tuple[str, ...]]:
+        """The decoded width/height when a decode ran (or the input has them), else DataComp's
+        original_width/original_height."""
+        return list(SIZE_COLUMNS)
+
 
 class ImageSize(MapStage):
-    """Reject images whose shorter side, longer side or aspect ratio is out of bounds (needs decode)."""
+    """Reject images whose shorter side, longer side or aspect ratio is out of bounds (decoded size, else original_width/height)."""
 
     name = "image_size"
     Config = ImageSizeConfig
-    reads = ("width", "height")
-    reasons = ("image_too_small", "image_too_large", "aspect_ratio")
+    reads = SIZE_COLUMNS[0]
+    reasons = ("missing_size", "image_too_small", "image_too_large", "aspect_ratio")
 
     def process(self, table: pa.Table) -> Verdict:
         cfg = self.config
-        verdict = Verdict(table)
-        widths = table.column("width").to_pylist()
-        heights = table.column("height").to_pylist()
-        for i, (w, h) in enumerate(zip(widths, heights)):
-            if w is None or h is None:
-                raise ValueError(f"row uid={table.column('uid')[i]} has no width/height: run 'decode' before 'image_size'")
-            short, long = min(w, h), max(w, h)
-            if short < cfg.min_side:
-                verdict.reject(i, "image_too_small", f"{w}x{h}")
-            elif cfg.max_side is not None and long > cfg.max_side:
-                verdict.reject(i, "image_too_large", f"{w}x{h}")
-            elif cfg.max_aspect_ratio is not None and long > cfg.max_aspect_ratio * short:
-                verdict.reject(i, "aspect_ratio", f"{long / max(short, 1):.2f}")
-        return verdict
+        names = next((pair for pair in SIZE_COLUMNS if set(pair) <= set(table.column_names)), None)
+        if names is None:
+            raise ValueError(f"image_size needs width/height (run 'decode' before 'image_size') or "
+                             f"original_width/original_height (DataComp's metadata); the batch has {table.column_names}")
+        n = table.num_rows
+        unknown = pc.or_(pc.is_null(table.column(names[0])), pc.is_null(table.column(names[1])))
+        widths, heights = (table.column(name).cast(pa.int64()).fill_null(0) for name in names)
+        w, h = widths.to_numpy(), heights.to_numpy()
+        short, long = np.minimum(w, h), np.maximum(w, h)
+        sizes = pc.binary_join_element_wise(widths.cast(pa.string()), heights.cast(pa.string()), "x")
+        sizes = np.asarray(sizes.to_numpy(zero_copy_only=False), object)
+        wide = long > cfg.max_aspect_ratio * short if cfg.max_aspect_ratio is not None else np.zeros(n, bool)
+        ratios = np.full(n, None, object)
+        ratios[wide] = [f"{r:.2f}" for r in long[wide] / np.maximum(short[wide], 1)]
+        checks = [  # the first that holds is the row's reason
+            (unknown.to_numpy(zero_copy_only=False), "missing_size", np.full(n, f"no {names[0]}/{names[1]}", object)),
+            (short < cfg.min_side, "image_too_small", sizes),
+            (long > cfg.max_side if cfg.max_side is not None else np.zeros(n, bool), "image_too_large", sizes),
+            (wide, "aspect_ratio", ratios),
+        ]
+        masks = [mask for mask, _, _ in checks]
+        reasons = np.select(masks, [np.full(n, reason, object) for _, reason, _ in checks], None)
+        values = np.select(masks, [shown for _, _, shown in checks], None)
+        return Verdict(table, reasons.tolist(), values.tolist())

@@ -29,12 +29,26 @@ def test_image_size_bounds():
     table = pa.table({"uid": _uids(5), "width": [w for w, _ in sizes], "height": [h for _, h in sizes]})
     verdict = ImageSize(ImageSizeConfig(min_side=200, max_side=4096, max_aspect_ratio=3)).process(table)
     assert verdict.reasons == [None, "image_too_small", "aspect_ratio", "aspect_ratio", "image_too_large"]
+    assert verdict.values == [None, "199x500", "4.50", "3.00", "5000x4000"]
 
 
-def test_image_size_needs_decode():
-    table = pa.table({"uid": _uids(1), "width": pa.array([None], pa.int32()), "height": pa.array([None], pa.int32())})
-    with pytest.raises(ValueError, match="run 'decode' before 'image_size'"):
-        ImageSize(ImageSizeConfig()).process(table)
+def test_image_size_from_datacomp_original_sizes():
+    """No decode ran (a metadata run): DataComp's original_width/original_height decide; a row
+    without a size is rejected, not guessed; decoded sizes win where both are present."""
+    table = pa.table({"uid": _uids(4), "original_width": pa.array([300, None, 150, 1000], pa.int64()),
+                      "original_height": pa.array([300, 400, 300, 200], pa.int64())})
+    stage = ImageSize(ImageSizeConfig(min_side=200, max_aspect_ratio=3))
+    verdict = stage.process(table)
+    assert verdict.reasons == [None, "missing_size", "image_too_small", "aspect_ratio"]
+    assert verdict.values[1] == "no original_width/original_height"
+    decoded = table.append_column("width", pa.array([300] * 4, pa.int32())).append_column(
+        "height", pa.array([300] * 4, pa.int32()))
+    assert stage.process(decoded).reasons == [None] * 4
+
+
+def test_image_size_needs_a_size():
+    with pytest.raises(ValueError, match="run 'decode' before 'image_size'.*original_width"):
+        ImageSize(ImageSizeConfig()).process(pa.table({"uid": _uids(1), "text": ["a caption"]}))
 
 
 def test_file_size_laion_rule(real_jpeg):
