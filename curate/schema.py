@@ -49,8 +49,7 @@ def is_hex_uid(uid: str) -> bool:
 
 def uid_array(uids: list[str]) -> np.ndarray:
     """Sorted DataComp uid array (dtype u8,u8); ids that are not 32 hex chars are md5-hashed."""
-    hexes = [u if is_hex_uid(u) else hashlib.md5(u.encode("utf-8")).hexdigest() for u in uids]
-    arr = np.array([(int(h[:16], 16), int(h[16:], 16)) for h in hexes], dtype=UID_DTYPE)
+    arr = uid_array_unsorted(uids)
     arr.sort()
     return arr
 
@@ -105,3 +104,44 @@ def set_column(table: pa.Table, name: str, values, type: pa.DataType | None = No
     if name in table.column_names:
         return table.set_column(table.column_names.index(name), name, values)
     return table.append_column(name, values)
+
+
+_HEX_VALUES = np.full(256, 255, np.uint8)
+_HEX_VALUES[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16, dtype=np.uint8)
+_HEX_VALUES[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16, dtype=np.uint8)
+
+
+def uid_pairs(uids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Unsorted DataComp uid pairs (dtype u8,u8) of a uid column, as `uid_array` makes them:
+    32-hex uids are parsed in bulk (NumPy over the string bytes); any other uid is md5-hashed."""
+    uids = pa.concat_arrays(uids.chunks) if isinstance(uids, pa.ChunkedArray) else uids
+    uids = pc.cast(uids, pa.string())
+    out = np.zeros(len(uids), UID_DTYPE)
+    if not len(uids):
+        return out
+    lengths = pc.utf8_length(uids).to_numpy(zero_copy_only=False)
+    hex_rows = np.flatnonzero(lengths == 32)
+    if len(hex_rows):
+        data = uids.take(pa.array(hex_rows)).cast(pa.binary())  # a fresh array: offset 0
+        flat = np.frombuffer(data.buffers()[2], np.uint8)
+        starts = np.frombuffer(data.buffers()[1], np.int32)[: len(data)].astype(np.int64)
+        contiguous = np.array_equal(starts, np.arange(len(data), dtype=np.int64) * 32)
+        chars = flat[: 32 * len(data)].reshape(-1, 32) if contiguous else flat[starts[:, None] + np.arange(32)]
+        digits = _HEX_VALUES[chars]
+        valid = (digits != 255).all(axis=1)
+        halves = np.ascontiguousarray((digits[:, 0::2] << 4) | digits[:, 1::2]).view(">u8")  # 16 bytes -> 2 uint64
+        out["f0"][hex_rows[valid]], out["f1"][hex_rows[valid]] = halves[valid, 0], halves[valid, 1]
+        parsed = np.zeros(len(uids), bool)
+        parsed[hex_rows[valid]] = True
+        other = np.flatnonzero(~parsed)
+    else:
+        other = np.arange(len(uids))
+    if len(other):
+        out[other] = uid_array_unsorted(uids.take(pa.array(other)).to_pylist())
+    return out
+
+
+def uid_array_unsorted(uids: list[str]) -> np.ndarray:
+    """DataComp uid pairs of `uids`, in their order; ids that are not 32 hex chars are md5-hashed."""
+    hexes = [u if is_hex_uid(u) else hashlib.md5(u.encode("utf-8")).hexdigest() for u in uids]
+    return np.array([(int(h[:16], 16), int(h[16:], 16)) for h in hexes], dtype=UID_DTYPE)

@@ -13,7 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict
 
 from curate.schema import LEDGER_SCHEMA
@@ -35,7 +37,9 @@ class Verdict:
     """A stage's answer for a batch: the batch with the stage's columns, and a reason per row.
 
     `reasons[i]` is None when row i is kept; otherwise a short reason code, with
-    `values[i]` the offending value as text (the ledger's `value` column).
+    `values[i]` the offending value as text (the ledger's `value` column). Stages mark rows
+    one at a time (`reject`) or a whole mask at once (`reject_where`, for columnar stages);
+    either way the first reason a row gets is the one it keeps.
     """
 
     table: pa.Table
@@ -57,21 +61,40 @@ class Verdict:
             self.reasons[row] = reason
             self.values[row] = None if value is None else str(value)
 
+    def reject_where(self, mask, reason: str, values=None) -> None:
+        """Reject every row where `mask` (a boolean NumPy or Arrow array; nulls count as false)
+        is true and no earlier check rejected it; `values` (an array or list of the batch's length,
+        or None) gives each row's ledger value."""
+        if isinstance(mask, (pa.Array, pa.ChunkedArray)):
+            mask = mask.fill_null(False).to_numpy(zero_copy_only=False)
+        rows = np.flatnonzero(mask)
+        if not len(rows):
+            return
+        if isinstance(values, (pa.Array, pa.ChunkedArray)):
+            values = values.take(pa.array(rows)).to_pylist()
+        elif values is not None:
+            values = [values[i] for i in rows]
+        for k, row in enumerate(rows.tolist()):
+            if self.reasons[row] is None:
+                self.reasons[row] = reason
+                value = None if values is None else values[k]
+                self.values[row] = None if value is None else str(value)
+
     def split(self, stage: str) -> tuple[pa.Table, pa.Table]:
         """Kept rows, and ledger rows (uid, stage, reason, value) for the rejected ones."""
-        keep = pa.array([r is None for r in self.reasons], pa.bool_())
-        rejected_rows = [i for i, r in enumerate(self.reasons) if r is not None]
-        uids = self.table.column("uid").take(pa.array(rejected_rows, pa.int64()))
+        reasons = pa.array(self.reasons, pa.string())
+        rejected = reasons.is_valid()
+        uids = self.table.column("uid").filter(rejected)
         ledger = pa.Table.from_arrays(
             [
                 uids.cast(pa.string()),
-                pa.array([stage] * len(rejected_rows), pa.string()),
-                pa.array([self.reasons[i] for i in rejected_rows], pa.string()),
-                pa.array([self.values[i] for i in rejected_rows], pa.string()),
+                pa.array(np.full(len(uids), stage, dtype=object), pa.string()),
+                reasons.filter(rejected),
+                pa.array(self.values, pa.string()).filter(rejected),
             ],
             schema=LEDGER_SCHEMA,
         )
-        return self.table.filter(keep), ledger
+        return self.table.filter(pc.invert(rejected)), ledger
 
     def reason_counts(self) -> Counter:
         """How many rows were rejected for each reason."""
@@ -130,38 +153,110 @@ class MapStage(Stage):
         """Return the batch with this stage's columns and a verdict per row."""
 
 
-class GlobalStage(Stage):
-    """A stage that needs the whole dataset, run in two phases.
+ROW_COLUMN = "_row"  # a fit row's id: task index << 32 | position of the row in the task's pass output
+TASK_SHIFT = 32
 
-    Fit: `process` adds the columns the decision needs (a hash, an embedding id) and
-    `partial` folds a batch into a small partial state; `merge` combines partial states
-    (from batches, tasks or workers, in any grouping) into the final state.
-    Apply: `apply` decides each row of a batch given that state.
-    `merge` must be associative and give the same state whatever the grouping, so
-    every engine and worker count reaches the same answer.
+
+@dataclass(frozen=True)
+class Dataset:
+    """A distributed table: Parquet files (with their row counts), read and written by workers."""
+
+    files: tuple[str, ...]
+    rows: int
+
+    def __len__(self) -> int:
+        return self.rows
+
+
+@dataclass
+class Fitted:
+    """What a global stage's fit found: a small `state` every apply task reads (thresholds,
+    centroids, per-entry probabilities: NumPy arrays and JSON values, never pickles), and the
+    `rejected` rows as a Dataset of (_row, reason, value) that engines route to each row's task."""
+
+    state: dict[str, Any] = field(default_factory=dict)
+    rejected: Dataset | None = None
+
+
+REJECTED_SCHEMA = pa.schema([(ROW_COLUMN, pa.int64()), ("reason", pa.string()), ("value", pa.string())])
+
+
+class FitContext(ABC):
+    """The distributed operations a global stage's fit composes; every engine provides them with
+    its own workers and its own shuffle, over Datasets of narrow rows (never image bytes).
+
+    Functions handed to these operations run in workers: they must be picklable (module-level
+    functions, bound methods of a stage, `functools.partial` of those)."""
+
+    @abstractmethod
+    def aggregate(self, data: Dataset, partial: Callable[[pa.Table], Any], merge: Callable[[list], Any]) -> Any:
+        """`merge` of `partial` over every batch of `data`; partial states must be small (a
+        histogram, counts, a bounded sample), since the driver merges them. `merge` must be
+        associative and order-free."""
+
+    @abstractmethod
+    def map(self, data: Dataset, fn: Callable[[pa.Table], pa.Table], name: str) -> Dataset:
+        """`fn` over each batch of `data` (rows may be dropped or added; the schema must be fixed)."""
+
+    @abstractmethod
+    def group(self, data: Dataset, keys: list[str], decide: Callable[[pa.Table], pa.Table], name: str) -> Dataset:
+        """Shuffle `data` by the int64 columns `keys` so that every row of a key meets in one
+        partition; `decide` runs on each partition (whole groups, in no particular order) and its
+        output rows form the result. Partitions are bounded in size by the engine, not by the pool:
+        the largest group is the only bound."""
+
+    @abstractmethod
+    def collect(self, data: Dataset) -> pa.Table:
+        """Read a Dataset known to be small (a sample, a centroid table) into the driver."""
+
+
+class GlobalStage(Stage):
+    """A stage that needs the whole dataset: a distributed fit, then an apply per batch.
+
+    Fit pass: `process` adds the columns the decision needs (a hash, a score) and may reject
+    rows; `fit_rows` narrows each batch of kept rows, given with their `_row` id, to what the
+    decision reads (default: uid, `fit_columns` and `_row`; it may drop rows the decision
+    ignores), and the engine writes them as a Dataset. `fit`
+    composes the context's aggregate / map / group operations over it (statistics merged on the
+    driver, keyed decisions by the engine's shuffle) and returns a `Fitted`: a small state and
+    the rejected rows. Apply pass: `apply` decides each batch given the state and the rejections
+    of its rows. No process ever holds the pool's keys; results must not depend on the engine,
+    the worker count or how the data is partitioned.
     """
+
+    fit_columns: ClassVar[tuple[str, ...]] = ()
 
     def process(self, table: pa.Table) -> Verdict:
         """Compute the columns the fit phase needs; keeps every row by default."""
         return Verdict(table)
 
-    @abstractmethod
-    def partial(self, table: pa.Table) -> Any:
-        """Summarise a batch of kept rows into a partial state."""
+    def fit_rows(self, table: pa.Table) -> pa.Table:
+        """The narrow rows the fit reads, each with its `_row` (default: uid, fit_columns and _row)."""
+        return table.select(["uid", *self.fit_columns, ROW_COLUMN])
 
     @abstractmethod
-    def merge(self, partials: list[Any]) -> Any:
-        """Combine partial states into one."""
+    def fit(self, data: Dataset, context: FitContext) -> Fitted:
+        """Decide over the whole Dataset of fit rows (each with its `_row` id)."""
 
-    def finalize(self, state: Any) -> Any:
-        """Turn the fully merged state into what `apply` needs (default: unchanged)."""
-        return state
-
-    def fit_stats(self, state: Any) -> dict:
-        """A small JSON-able summary of the finalized state, for stats.json (`fits`) and the
-        report; made once, by the driver, so it is the same on every engine (default: none)."""
+    def fit_stats(self, state: dict[str, Any]) -> dict:
+        """A small JSON-able summary of the fitted state, for stats.json (`fits`) and the report;
+        made once, by the driver, so it is the same on every engine (default: none)."""
         return {}
 
-    @abstractmethod
-    def apply(self, table: pa.Table, state: Any) -> Verdict:
-        """Decide each row of a batch given the finalized state."""
+    def apply(self, table: pa.Table, state: dict[str, Any], rejected: pa.Table) -> Verdict:
+        """Decide each row of a batch: by default reject the rows the fit named. `rejected` holds
+        (position in this batch, reason, value) for this batch's rows."""
+        verdict = Verdict(table)
+        positions = rejected.column("position").to_pylist()
+        for row, reason, value in zip(positions, rejected.column("reason").to_pylist(),
+                                      rejected.column("value").to_pylist()):
+            verdict.reject(row, reason, value)
+        return verdict
+
+
+def rejections(rows: pa.Array | np.ndarray, reason: str | pa.Array, values: pa.Array | list | None = None) -> pa.Table:
+    """A table of rejected fit rows (REJECTED_SCHEMA) for a stage's `fit` to return."""
+    rows = pa.array(rows, pa.int64())
+    reasons = pa.array([reason] * len(rows), pa.string()) if isinstance(reason, str) else reason
+    values = pa.nulls(len(rows), pa.string()) if values is None else pa.array(values, pa.string())
+    return pa.Table.from_arrays([rows, reasons, values], schema=REJECTED_SCHEMA)

@@ -10,7 +10,7 @@ duplication. Engines differ only in how they map `run_task` over a pass's tasks.
 from __future__ import annotations
 
 import json
-import pickle
+import shutil
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
@@ -19,15 +19,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from curate.engines.base import Pass, RunLayout, StageStats, merge_stats, plan_passes, run_pass_on_batch
+from curate.engines.layout import RunLayout
+from curate.engines.plan import Pass, StageStats, merge_stats, plan_passes, run_pass_on_batch
+from curate.engines.shuffle import EngineFitContext
+from curate.io.assembly import write_sorted_uids
 from curate.io.readers import InputError, InputTask, read_task
-from curate.io.writers import PartWriter, atomic, remove_temp_files, write_json_atomic, write_table_atomic
-from curate.schema import INPUT_SCHEMA, LEDGER_SCHEMA
-from curate.stage import GlobalStage, Stage, Verdict
+from curate.io.state import load_state, save_state
+from curate.io.writers import PartWriter, remove_temp_files, write_json_atomic, write_table_atomic
+from curate.schema import INPUT_SCHEMA, LEDGER_SCHEMA, uid_pairs
+from curate.stage import REJECTED_SCHEMA, ROW_COLUMN, TASK_SHIFT, Dataset, GlobalStage, Stage, Verdict
 
 
 @dataclass(frozen=True)
@@ -42,7 +48,8 @@ class TaskJob:
 
 
 _WORKER_STAGES: dict[str, list[Stage]] = {}
-_WORKER_STATE: dict[tuple, Any] = {}
+_WORKER_STATE: dict[tuple, dict] = {}
+POSITION_MASK = (1 << TASK_SHIFT) - 1
 
 
 def stages_for(pipeline: Any) -> list[Stage]:
@@ -57,17 +64,34 @@ def stages_for(pipeline: Any) -> list[Stage]:
     return _WORKER_STAGES[key]
 
 
-def _state_for(path: str | None) -> Any:
+def _state_for(path: str | None) -> dict[str, Any]:
     """A global stage's fitted state, loaded once per worker; a rewritten file is loaded again."""
     if path is None:
-        return None
+        return {}
     stat = Path(path).stat()
     key = (path, stat.st_mtime_ns, stat.st_size)
     if key not in _WORKER_STATE:
-        _WORKER_STATE.clear()  # one state at a time: a dedup state can be large
-        with open(path, "rb") as handle:
-            _WORKER_STATE[key] = pickle.load(handle)
+        _WORKER_STATE.clear()
+        _WORKER_STATE[key] = load_state(Path(path))
     return _WORKER_STATE[key]
+
+
+class TaskRejections:
+    """The rows of one task that a fit rejected, handed out batch by batch (by position)."""
+
+    def __init__(self, path: Path | None):
+        table = pq.read_table(path) if path is not None and path.exists() else REJECTED_SCHEMA.empty_table()
+        self.positions = table.column(ROW_COLUMN).to_numpy() & POSITION_MASK
+        self.table = table
+        self.offset = 0
+
+    def next(self, rows: int) -> pa.Table:
+        """Rejections among the next `rows` rows, with their position in that batch."""
+        lo, hi = np.searchsorted(self.positions, [self.offset, self.offset + rows])
+        part = self.table.slice(lo, hi - lo)
+        positions = pa.array(self.positions[lo:hi] - self.offset, pa.int64())
+        self.offset += rows
+        return pa.table({"position": positions, "reason": part.column("reason"), "value": part.column("value")})
 
 
 def _batches(job: TaskJob, layout: RunLayout):
@@ -104,29 +128,54 @@ def _run_task(job: TaskJob) -> dict:
     stages = stages_for(job.pipeline)
     state = _state_for(job.state_path)
     pass_, task = job.pass_, job.task
+    rejections = TaskRejections(layout.task_decisions(pass_.index - 1, task.index)) if pass_.apply is not None else None
     out_parquet = layout.kept_parquet(task.index) if pass_.is_last else layout.intermediate(pass_.index, task.index)
     out_tar = layout.kept_tar(task.index) if pass_.is_last else None
     stats: list[dict[str, StageStats]] = []
-    ledgers, partials, rows_in = [], [], 0
+    ledgers, fit_parts, rows_in, kept_uids = [], [], 0, []
     with PartWriter(out_parquet, out_tar) as writer:
         for verdict in _batches(job, layout):
             rows_in += verdict.table.num_rows
-            result = run_pass_on_batch(stages, pass_, verdict, state, read_step=pass_.index == 0)
+            rejected = rejections.next(verdict.table.num_rows) if rejections is not None else None
+            result = run_pass_on_batch(stages, pass_, verdict, state, rejected, read_step=pass_.index == 0)
+            if pass_.fit is not None:
+                fit_parts.append(stages[pass_.fit].fit_rows(_with_row_ids(result.kept, task.index, writer.rows)))
             writer.write(result.kept)
             ledgers += result.ledger
             stats.append(result.stats)
-            if pass_.fit is not None:
-                partials.append(result.partial)
+            if pass_.is_last:
+                kept_uids.append(result.kept.select([c for c in ("uid", "parent_uid") if c in result.kept.column_names]))
     ledger = pa.concat_tables(ledgers) if ledgers else LEDGER_SCHEMA.empty_table()
     write_table_atomic(ledger, layout.ledger_part(pass_.index, task.index))
-    if pass_.fit is not None:
-        fit_stage = stages[pass_.fit]
-        path = layout.partial(pass_.index, task.index)
-        _write_pickle_atomic(fit_stage.merge(partials), path)
+    if fit_parts:
+        write_table_atomic(pa.concat_tables(fit_parts), layout.fit_rows(pass_.index, task.index))
+    if pass_.is_last:
+        _write_uid_parts(layout, task.index, pass_.index, kept_uids)
     marker = {"task": task.index, "rows_in": rows_in, "rows_out": writer.rows,
+              "fit_rows": sum(t.num_rows for t in fit_parts),
               "stats": {k: s.to_dict() for k, s in merge_stats(stats).items()}}
     write_json_atomic(marker, layout.marker(pass_.index, task.index))
     return marker
+
+
+def _with_row_ids(rows: pa.Table, task: int, start: int) -> pa.Table:
+    """Rows with their `_row` id: the task in the high bits, the position in the pass's output below."""
+    ids = (task << TASK_SHIFT) + start + np.arange(rows.num_rows, dtype=np.int64)
+    return rows.append_column(ROW_COLUMN, pa.array(ids, pa.int64()))
+
+
+def _write_uid_parts(layout: RunLayout, task: int, last_pass: int, kept: list[pa.Table]) -> None:
+    """The task's sorted uids: every sample it kept or rejected in any pass (for the uniqueness
+    check) and its kept input samples (not derived ones), for uids.npy."""
+    kept_table = pa.concat_tables(kept, promote_options="default") if kept else pa.table({"uid": pa.array([], pa.string())})
+    rejected = [pq.read_table(path, columns=["uid"]).column("uid") for k in range(last_pass + 1)
+                if (path := layout.ledger_part(k, task)).exists()]
+    every = pa.chunked_array([kept_table.column("uid").cast(pa.string())] + [c.cast(pa.string()) for c in rejected])
+    write_sorted_uids(uid_pairs(every), layout.uid_part("all", task))
+    pool = kept_table
+    if "parent_uid" in pool.column_names:
+        pool = pool.filter(pc.is_null(pool.column("parent_uid")))
+    write_sorted_uids(uid_pairs(pool.column("uid")), layout.uid_part("pool", task))
 
 
 class TaskEngine(ABC):
@@ -156,7 +205,7 @@ class TaskEngine(ABC):
                 state_path = str(layout.state(pass_.index - 1)) if pass_.apply is not None else None
                 markers.update(self._run_pass(pipeline, pass_, tasks, layout, state_path, len(passes)))
                 if pass_.fit is not None:
-                    self._fit(stages[pass_.fit], pass_, tasks, layout)
+                    self._fit(stages[pass_.fit], pass_, tasks, layout, markers, pipeline.settings.partition_rows)
         input_rows = sum(markers[(0, t.index)]["rows_in"] for t in tasks)
         task_stats = [{k: StageStats.from_dict(v) for k, v in m["stats"].items()} for m in markers.values()]
         elapsed = time.perf_counter() - started
@@ -196,24 +245,66 @@ class TaskEngine(ABC):
             raise RuntimeError(f"{self.name} engine returned no result for task(s) {missing} of pass {pass_.index}")
         return done
 
-    def _fit(self, stage: GlobalStage, pass_: Pass, tasks: list[InputTask], layout: RunLayout) -> None:
-        """Merge the tasks' partial states of a global stage and store the finalized state."""
-        path = layout.state(pass_.index)
-        if path.exists():
+    def _fit(self, stage: GlobalStage, pass_: Pass, tasks: list[InputTask], layout: RunLayout,
+             markers: dict[tuple[int, int], dict], partition_rows: int) -> None:
+        """Run a global stage's distributed fit over its tasks' fit rows; store its state and send
+        its rejections to their tasks. A fit cut short is redone whole (its folders cleared)."""
+        k = pass_.index
+        if layout.state(k).exists():
             return
-        partials = []
-        for task in tasks:
-            with open(layout.partial(pass_.index, task.index), "rb") as handle:
-                partials.append(pickle.load(handle))
-        state = stage.finalize(stage.merge(partials))
-        write_json_atomic(stage.fit_stats(state), layout.fit_stats(pass_.index))  # before the state, which marks the fit done
-        _write_pickle_atomic(state, path)
+        for folder in (layout.fit_work(k), layout.decisions(k)):
+            shutil.rmtree(folder, ignore_errors=True)
+        files = tuple(str(layout.fit_rows(k, t.index)) for t in tasks)
+        data = Dataset(files, sum(markers[(k, t.index)]["fit_rows"] for t in tasks))
+        context = EngineFitContext(self, layout.fit_work(k), partition_rows)
+        fitted = stage.fit(data, context)
+        if fitted.rejected is not None and fitted.rejected.rows:
+            context.route(fitted.rejected, layout.decisions(k))
+        write_json_atomic(stage.fit_stats(fitted.state), layout.fit_stats(k))  # before the state, which marks the fit done
+        save_state(fitted.state, layout.state(k))
+        shutil.rmtree(layout.fit_work(k), ignore_errors=True)
+
+    @abstractmethod
+    def map_calls(self, fn, items: list) -> list:
+        """`fn(item)` for every item, in the engine's workers; results in item order."""
+
+    @abstractmethod
+    def shuffle(self, data: Dataset, keys: list[str], partitions: int, reduce, work: Path) -> list[dict]:
+        """The engine's shuffle: every row with the same `keys` in one of `partitions`
+        partitions, `reduce(partition, rows)` on each partition with rows; their results."""
 
 
 def _load_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def _write_pickle_atomic(obj: Any, path: Path) -> None:
-    with atomic(path) as tmp:
-        tmp.write_bytes(pickle.dumps(obj))
+def run_global_stage(stage: GlobalStage, table: pa.Table, engine: TaskEngine, task_rows: int = 64,
+                     partition_rows: int = 1_000) -> tuple[Verdict, Verdict]:
+    """A global stage over one in-memory table, the way a run does it: `process`, fit rows cut
+    into tasks of `task_rows`, the distributed fit on `engine` (in its session) with small
+    partitions, its state through disk (JSON/NumPy), rejections routed to their tasks, `apply`.
+    Returns the process verdict and the apply verdict over the rows process kept (for tests,
+    notebooks and benchmarks of one stage)."""
+    import tempfile
+
+    stage.setup()
+    processed = stage.process(table)
+    kept, _ = processed.split(stage.name)
+    parts = [kept.slice(start, task_rows) for start in range(0, kept.num_rows, task_rows)] or [kept]
+    with tempfile.TemporaryDirectory() as tmp, engine.session():
+        root = Path(tmp)
+        files = []
+        for task, part in enumerate(parts):
+            files.append(str(root / f"fit-{task:05d}.parquet"))
+            write_table_atomic(stage.fit_rows(_with_row_ids(part, task, 0)), Path(files[-1]))
+        data = Dataset(tuple(files), sum(pq.ParquetFile(f).metadata.num_rows for f in files))
+        context = EngineFitContext(engine, root / "work", partition_rows)
+        fitted = stage.fit(data, context)
+        if fitted.rejected is not None and fitted.rejected.rows:
+            context.route(fitted.rejected, root / "decisions")
+        save_state(fitted.state, root / "state.json")
+        state = load_state(root / "state.json")
+        verdicts = [stage.apply(part, state, TaskRejections(root / "decisions" / f"task-{task:05d}.parquet")
+                                .next(part.num_rows)) for task, part in enumerate(parts)]
+    return processed, Verdict(pa.concat_tables([v.table for v in verdicts]),
+                              [r for v in verdicts for r in v.reasons], [x for v in verdicts for x in v.values])

@@ -1,15 +1,31 @@
-"""The local engine: a pool of worker processes on this machine (in-process for one worker)."""
+"""The local engine: a pool of worker processes on this machine (in-process for one worker).
+
+Its shuffle is an out-of-core hash partitioning: each worker spills its files' rows to one
+Parquet file per input, a row group per (batch, partition), and each partition is then read
+back from every spill file's row groups and reduced, one partition per worker at a time. Memory
+is a batch on the map side and a partition on the reduce side, whatever the data's size.
+"""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
 import sys
-from collections.abc import Iterable, Iterator
+import shutil
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from curate.engines.driver import TaskEngine, TaskJob, run_task
+from curate.engines.shuffle import Reducer, batches, partition_of
+from curate.io.writers import atomic
+from curate.stage import Dataset
 
 
 class LocalEngine(TaskEngine):
@@ -46,6 +62,57 @@ class LocalEngine(TaskEngine):
 
     def map_tasks(self, jobs: list[TaskJob]) -> Iterable[dict]:
         return self._executor.map(run_task, jobs) if self._executor else map(run_task, jobs)
+
+    def map_calls(self, fn: Callable, items: list) -> list:
+        return list(self._executor.map(fn, items) if self._executor else map(fn, items))
+
+    def shuffle(self, data: Dataset, keys: list[str], partitions: int, reduce: Reducer, work: Path) -> list[dict]:
+        spills = [(path, str(work / f"spill-{i:05d}.parquet")) for i, path in enumerate(data.files)]
+        layouts = self.map_calls(partial(spill, keys, partitions), spills)
+        sources: list[list[tuple[str, list[int]]]] = [[] for _ in range(partitions)]
+        for (_, target), groups in zip(spills, layouts):
+            for p in range(partitions):
+                mine = [g for g, owner in enumerate(groups) if owner == p]
+                if mine:
+                    sources[p].append((target, mine))
+        todo = [(p, found) for p, found in enumerate(sources) if found]
+        try:
+            return self.map_calls(partial(reduce_spilled, reduce), todo)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def spill(keys: list[str], partitions: int, paths: tuple[str, str]) -> list[int]:
+    """Map side: the rows of one file, hashed to partitions, written as one row group per
+    (batch, partition) to a spill file; returns the partition of each row group, in order."""
+    source, target = paths
+    owners: list[int] = []
+    with atomic(Path(target)) as tmp:
+        writer = None
+        for table in batches(source):
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema, compression="none")
+            parts = partition_of(table.column(keys[0]), partitions)
+            order = np.argsort(parts, kind="stable")
+            table, parts = table.take(pa.array(order)), parts[order]
+            counts = np.bincount(parts, minlength=partitions)
+            start = 0
+            for p in np.flatnonzero(counts):
+                writer.write_table(table.slice(start, counts[p]), row_group_size=int(counts[p]))
+                owners.append(int(p))
+                start += counts[p]
+        if writer is None:
+            pq.write_table(pq.read_schema(source).empty_table(), tmp)
+        else:
+            writer.close()
+    return owners
+
+
+def reduce_spilled(reduce: Reducer, job: tuple[int, list[tuple[str, list[int]]]]) -> dict:
+    """Reduce side: one partition's row groups from every spill file, reduced together."""
+    partition, sources = job
+    table = pa.concat_tables(pq.ParquetFile(path).read_row_groups(groups) for path, groups in sources)
+    return reduce(partition, table)
 
 
 def share_cores(threads: int) -> None:

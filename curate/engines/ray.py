@@ -1,4 +1,5 @@
-"""The Ray engine: Ray Data maps the pass's tasks over an actor pool.
+"""The Ray engine: Ray Data maps the pass's tasks over an actor pool, and global stages'
+shuffles are Ray Data's hash shuffle (a groupby on the partition column).
 
 Tasks run whole, with the shared driver, so the output layout, resume markers and results
 are those of the local engine. When a stage loads a model (`Stage.uses_model`), the tasks
@@ -13,10 +14,14 @@ from __future__ import annotations
 
 import json
 import pickle
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
 
 from curate.engines.driver import TaskEngine, TaskJob, run_task, stages_for
+from curate.engines.shuffle import PARTITION_COLUMN, Reducer, call, reduce_group, with_partition
+from curate.stage import Dataset
 
 
 BLOCKS_PER_WORKER = 3
@@ -83,3 +88,17 @@ class RayEngine(TaskEngine):
         )
         for row in dataset.iter_rows():
             yield json.loads(row["marker"])
+
+    def map_calls(self, fn: Callable, items: list) -> list:
+        import ray
+
+        remote = ray.remote(num_cpus=1)(call)
+        return ray.get([remote.remote(fn, item) for item in items])
+
+    def shuffle(self, data: Dataset, keys: list[str], partitions: int, reduce: Reducer, work: Path) -> list[dict]:
+        import ray
+
+        dataset = ray.data.read_parquet(list(data.files)).map_batches(
+            partial(with_partition, keys, partitions), batch_format="pyarrow")
+        grouped = dataset.groupby(PARTITION_COLUMN).map_groups(partial(reduce_group, reduce), batch_format="pyarrow")
+        return [{"path": row["path"], "rows": int(row["rows"])} for row in grouped.take_all()]

@@ -1,4 +1,5 @@
-"""The Spark engine: the pass's tasks as a DataFrame, run with `mapInArrow`.
+"""The Spark engine: the pass's tasks as a DataFrame, run with `mapInArrow`; global stages'
+shuffles are Spark's own (a groupBy on a hash of the key, each group through `applyInArrow`).
 
 Python workers are reused across tasks, so each builds and sets up the pipeline's stages
 once; tasks run with the shared driver, so the output layout, resume markers and results
@@ -13,12 +14,16 @@ import json
 import os
 import pickle
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
 
 import pyarrow as pa
 
 from curate.engines.driver import TaskEngine, TaskJob, run_task
+from curate.engines.shuffle import PARTITION_COLUMN, Reducer, reduce_group
+from curate.stage import Dataset
 
 
 PARTITIONS_PER_CORE = 3
@@ -74,3 +79,16 @@ class SparkEngine(TaskEngine):
         # collect, not toLocalIterator: the latter runs one partition (task) at a time
         for row in frame.mapInArrow(run_jobs, "marker string").collect():
             yield json.loads(row["marker"])
+
+    def map_calls(self, fn: Callable, items: list) -> list:
+        if not items:
+            return []
+        return self._spark.sparkContext.parallelize(items, len(items)).map(fn).collect()
+
+    def shuffle(self, data: Dataset, keys: list[str], partitions: int, reduce: Reducer, work: Path) -> list[dict]:
+        from pyspark.sql import functions as F
+
+        frame = self._spark.read.parquet(*data.files)
+        frame = frame.withColumn(PARTITION_COLUMN, F.pmod(F.xxhash64(F.col(keys[0])), F.lit(partitions)).cast("int"))
+        grouped = frame.groupBy(PARTITION_COLUMN).applyInArrow(partial(reduce_group, reduce), "path string, rows long")
+        return [{"path": row["path"], "rows": int(row["rows"])} for row in grouped.collect()]

@@ -1,22 +1,38 @@
-"""CLIP score stage: image-caption cosine similarity from a CLIP scorer, filtered by an absolute
-threshold, per-language thresholds (LAION) or a top fraction of the whole pool (DataComp)."""
+"""CLIP score stage: image-caption cosine similarity from a CLIP scorer (or a precomputed score
+column, as DataComp's metadata ships), filtered by an absolute threshold, per-language
+thresholds (LAION) or a top fraction of the whole pool (DataComp).
+
+The top fraction's threshold is the exact k-th largest score, found in bounded memory: scores
+map to order-preserving 32-bit keys, a first aggregate counts the keys' high 16 bits, a second
+the low 16 bits inside the one high bucket that holds the k-th score (two 65,536-bin histograms,
+whatever the pool's size)."""
 
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
 from curate.embeddings import EmbeddingConfig, Embeddings
 from curate.schema import set_column
-from curate.stage import GlobalStage, Verdict
+from curate.stage import Dataset, FitContext, Fitted, GlobalStage, Verdict
+
+BINS = 1 << 16
 
 
 class ClipScoreConfig(EmbeddingConfig):
-    """Parameters of the clip_score stage; set exactly one of threshold, thresholds, top_fraction."""
+    """Parameters of the clip_score stage: a scorer (checkpoint) or a score column; exactly one
+    of threshold, thresholds, top_fraction."""
 
+    checkpoint: str | None = Field(None, description="a CLIP checkpoint from `curate train clip`, or an open_clip "
+                                                     "weights file (or set score_column)")
+    score_column: str | None = Field(
+        None, description="read the score from this input column instead of a model (DataComp's metadata: "
+                          "clip_b32_similarity_score, clip_l14_similarity_score); no image is needed")
     threshold: float | None = Field(None, ge=-1, le=1, description="keep cosine >= this (DataComp B/32: 0.25)")
     thresholds: dict[str, float] | None = Field(
         None, description="per language (needs `language` first), with a `default`; LAION: {en: 0.28, default: 0.26}")
@@ -29,11 +45,53 @@ class ClipScoreConfig(EmbeddingConfig):
             raise ValueError(f"set exactly one of threshold, thresholds, top_fraction (got {rules or 'none'})")
         if self.thresholds is not None and "default" not in self.thresholds:
             raise ValueError("thresholds needs a 'default' entry for languages not listed")
+        if (self.checkpoint is None) == (self.score_column is None):
+            raise ValueError("set exactly one of checkpoint (score with a model) and score_column (read scores)")
         return self
+
+    def reads_one_of(self) -> list[tuple[str, ...]]:
+        """A score column needs no image: the stage runs on metadata."""
+        return [("uid", self.score_column)] if self.score_column else [("uid", "image", "text")]
+
+
+def score_keys(scores: np.ndarray) -> np.ndarray:
+    """Order-preserving uint32 keys of float32 scores (a larger score has a larger key)."""
+    bits = np.ascontiguousarray(scores, np.float32).view(np.uint32)
+    return np.where(bits & np.uint32(0x80000000), ~bits, bits | np.uint32(0x80000000))
+
+
+def key_score(key: int) -> float:
+    """The float32 score of a key made by `score_keys`."""
+    bits = np.uint32(key)
+    bits = bits & np.uint32(0x7FFFFFFF) if bits & np.uint32(0x80000000) else ~bits
+    return float(np.array([bits], np.uint32).view(np.float32)[0])
+
+
+def high_histogram(table: pa.Table) -> np.ndarray:
+    """Counts of the scores' keys by their high 16 bits."""
+    return np.bincount(score_keys(table.column("clip_score").to_numpy()) >> 16, minlength=BINS)
+
+
+def low_histogram(high: int, table: pa.Table) -> np.ndarray:
+    """Counts by the low 16 bits of the keys whose high 16 bits are `high`."""
+    keys = score_keys(table.column("clip_score").to_numpy())
+    return np.bincount(keys[(keys >> 16) == high] & np.uint32(0xFFFF), minlength=BINS)
+
+
+def sum_histograms(parts: list[np.ndarray]) -> np.ndarray:
+    """Histograms added up (an empty list is an empty histogram)."""
+    return np.sum(parts, axis=0, dtype=np.int64) if parts else np.zeros(BINS, np.int64)
+
+
+def kth_largest_bin(counts: np.ndarray, k: int) -> tuple[int, int]:
+    """The bin holding the k-th largest value (1-based) and how many values lie in higher bins."""
+    at_or_above = np.cumsum(counts[::-1])[::-1]  # values in each bin and the bins above it
+    bin_ = int(np.flatnonzero(at_or_above >= k)[-1])
+    return bin_, int(at_or_above[bin_] - counts[bin_])
 
 
 class ClipScore(GlobalStage):
-    """Score image-caption similarity with a CLIP; keep above a threshold, per-language thresholds or the pool's top fraction."""
+    """Score image-caption similarity with a CLIP (or read a score column); keep above a threshold, per-language thresholds or the pool's top fraction."""
 
     name = "clip_score"
     Config = ClipScoreConfig
@@ -41,48 +99,73 @@ class ClipScore(GlobalStage):
     writes = {"clip_score": pa.float32()}
     reasons = ("unscorable_image", "low_clip_score")
     uses_model = True
+    fit_columns = ("clip_score",)
 
     def setup(self) -> None:
-        self._embeddings = Embeddings(self.config)
+        self._embeddings = Embeddings(self.config) if self.config.checkpoint else None
 
     def process(self, table: pa.Table) -> Verdict:
+        if self.config.score_column:
+            return self._read_scores(table)
         embedded = self._embeddings.for_table(table)
-        scores: list[float | None] = [None] * table.num_rows
-        for row, score in zip(embedded.rows.tolist(), embedded.score.tolist()):
-            scores[row] = score
-        verdict = Verdict(set_column(table, "clip_score", scores, pa.float32()))
+        scores = np.full(table.num_rows, np.nan, np.float32)
+        scores[embedded.rows] = embedded.score
+        valid = np.zeros(table.num_rows, bool)
+        valid[embedded.rows] = True
+        verdict = Verdict(set_column(table, "clip_score", pa.array(scores, pa.float32(), mask=~valid)))
         for i, message in embedded.failures.items():
             verdict.reject(i, "unscorable_image", message)
         return verdict
 
-    def partial(self, table: pa.Table) -> np.ndarray:
-        if self.config.top_fraction is None:
-            return np.zeros(0, np.float32)
-        return table.column("clip_score").to_numpy().astype(np.float32)
+    def _read_scores(self, table: pa.Table) -> Verdict:
+        """Scores from the input's column; a row without one (null or NaN) is unscorable."""
+        column = self.config.score_column
+        if column not in table.column_names:
+            raise ValueError(f"clip_score: score_column {column!r} is not a column of the input "
+                             f"(columns: {table.column_names})")
+        scores = pc.cast(table.column(column), pa.float32())
+        verdict = Verdict(set_column(table, "clip_score", scores))
+        verdict.reject_where(pc.or_kleene(pc.is_null(scores), pc.is_nan(scores)).fill_null(True), "unscorable_image",
+                             [f"no {column}"] * table.num_rows)
+        return verdict
 
-    def merge(self, partials: list[np.ndarray]) -> np.ndarray:
-        return np.concatenate(partials) if partials else np.zeros(0, np.float32)
-
-    def finalize(self, scores: np.ndarray) -> float | dict[str, float]:
+    def fit(self, data: Dataset, context: FitContext) -> Fitted:
         """The threshold(s) to apply: given, or the exact score of the k-th best sample,
         k = ceil(top_fraction * n); ties at that score are all kept."""
         if self.config.top_fraction is None:
-            return self.config.thresholds if self.config.thresholds is not None else self.config.threshold
-        if len(scores) == 0:
-            return math.inf
-        k = math.ceil(self.config.top_fraction * len(scores))
-        return float(np.sort(scores)[::-1][k - 1])
+            if self.config.thresholds is not None:
+                return Fitted({"thresholds": self.config.thresholds})
+            return Fitted({"threshold": self.config.threshold})
+        if not data.rows:
+            return Fitted({"threshold": math.inf, "scored": 0})
+        k = math.ceil(self.config.top_fraction * data.rows)
+        high, above = kth_largest_bin(context.aggregate(data, high_histogram, sum_histograms), k)
+        low, _ = kth_largest_bin(context.aggregate(data, partial(low_histogram, high), sum_histograms), k - above)
+        return Fitted({"threshold": key_score((high << 16) | low), "scored": data.rows, "kept_at_least": k})
 
-    def apply(self, table: pa.Table, state: float | dict[str, float]) -> Verdict:
+    def fit_stats(self, state: dict) -> dict:
+        """The threshold a top fraction found."""
+        if "kept_at_least" not in state:
+            return {}
+        return {"kind": "clip_score_fraction", "threshold": state["threshold"], "scored": state["scored"],
+                "top_fraction": self.config.top_fraction, "kept_at_least": state["kept_at_least"]}
+
+    def apply(self, table: pa.Table, state: dict, rejected: pa.Table) -> Verdict:
         verdict = Verdict(table)
-        scores = table.column("clip_score").to_pylist()
-        if isinstance(state, dict):
+        scores = pc.cast(table.column("clip_score"), pa.float32())
+        if "thresholds" in state:
             if "lang" not in table.column_names:
                 raise ValueError("clip_score with per-language thresholds needs the `language` stage before it")
-            limits = [state.get(lang, state["default"]) for lang in table.column("lang").to_pylist()]
+            limits = np.full(table.num_rows, state["thresholds"]["default"], np.float32)
+            langs = table.column("lang")
+            for lang, limit in state["thresholds"].items():
+                if lang != "default":
+                    limits[pc.fill_null(pc.equal(langs, lang), False).to_numpy(zero_copy_only=False)] = limit
         else:
-            limits = [state] * table.num_rows
-        for i, (score, limit) in enumerate(zip(scores, limits)):
-            if np.float32(score) < np.float32(limit):
-                verdict.reject(i, "low_clip_score", f"{score:.4f} < {limit:.4f}")
+            limits = np.full(table.num_rows, state["threshold"], np.float32)
+        values = scores.to_numpy(zero_copy_only=False)
+        low = values < limits
+        messages = np.full(table.num_rows, None, object)
+        messages[low] = [f"{s:.4f} < {t:.4f}" for s, t in zip(values[low], limits[low])]
+        verdict.reject_where(low, "low_clip_score", messages)
         return verdict

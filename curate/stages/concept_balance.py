@@ -29,7 +29,7 @@ import pyarrow as pa
 from pydantic import Field, model_validator
 
 from curate.metadata import load_metadata, rank_profile
-from curate.stage import GlobalStage, StageConfig, Verdict
+from curate.stage import Dataset, FitContext, Fitted, GlobalStage, StageConfig, Verdict
 
 HEAD_ROWS = 20  # head entries listed in the fit summary (and the report)
 
@@ -83,18 +83,6 @@ class ConceptCounts:
     sample: list[tuple[float, str, tuple[int, ...]]]
 
 
-@dataclass
-class BalanceState:
-    """What apply needs: per-entry keep probability and t, plus the fit's figures for stats."""
-
-    t: int
-    entry_prob: np.ndarray
-    counts: dict[int, int]
-    samples: int
-    unmatched: int
-    expected_kept: float
-
-
 class ConceptBalance(GlobalStage):
     """Balance concepts (MetaCLIP): keep a sample with probability 1 - prod(1 - min(1, t / count)) over its entries."""
 
@@ -102,6 +90,7 @@ class ConceptBalance(GlobalStage):
     Config = ConceptBalanceConfig
     reads = ("uid", "concepts")
     reasons = ("no_concept", "concept_head_sampled")
+    fit_columns = ("concepts",)
 
     @cached_property
     def size(self) -> int:
@@ -155,31 +144,38 @@ class ConceptBalance(GlobalStage):
                 low = middle + 1
         return low
 
-    def finalize(self, fit: ConceptCounts) -> BalanceState:
+    def fit(self, data: Dataset, context: FitContext) -> Fitted:
+        """Entry counts over the pool (a small associative statistic), then t and each entry's
+        keep probability; the draw itself happens in apply."""
+        fit = context.aggregate(data, self.partial, self.merge)
         t = self.config.t if self.config.t is not None else self._solve_t(fit)
-        return BalanceState(t, entry_probabilities(fit.counts, t, self.size), dict(fit.counts), fit.samples,
-                            fit.unmatched, round(self.expected_kept(fit, t), 3))
+        ids = np.array(sorted(fit.counts), np.int64)
+        return Fitted({"t": t, "entry_prob": entry_probabilities(fit.counts, t, self.size), "count_ids": ids,
+                       "count_values": np.array([fit.counts[e] for e in ids], np.int64), "samples": fit.samples,
+                       "unmatched": fit.unmatched, "expected_kept": round(self.expected_kept(fit, t), 3)})
 
-    def apply(self, table: pa.Table, state: BalanceState) -> Verdict:
+    def apply(self, table: pa.Table, state: dict, rejected: pa.Table) -> Verdict:
         verdict = Verdict(table)
         for i, (uid, entries) in enumerate(zip(table.column("uid").to_pylist(), self._entries(table))):
             if not entries:
                 if self.config.unmatched == "drop":
                     verdict.reject(i, "no_concept")
                 continue
-            p = keep_probability(entries, state.entry_prob)
+            p = keep_probability(entries, state["entry_prob"])
             if unit_hash(uid, str(self.config.seed)) >= p:
                 verdict.reject(i, "concept_head_sampled", f"p={p:.6f}")
         return verdict
 
-    def fit_stats(self, state: BalanceState) -> dict:
+    def fit_stats(self, state: dict) -> dict:
         """t, pool and unmatched sizes, the rank-count curve before balancing and the head entries."""
         names = load_metadata(self.config.metadata)
-        head = sorted(state.counts.items(), key=lambda x: (-x[1], x[0]))[:HEAD_ROWS]
+        counts = dict(zip(state["count_ids"].tolist(), state["count_values"].tolist()))
+        head = sorted(counts.items(), key=lambda x: (-x[1], x[0]))[:HEAD_ROWS]
+        t = state["t"]
         return {
-            "kind": "concepts", "metadata": self.config.metadata, "entries": len(names), "t": state.t,
-            "target_size": self.config.target_size, "expected_kept": state.expected_kept, "samples": state.samples,
-            "unmatched": state.unmatched, "unmatched_policy": self.config.unmatched,
-            "matched_entries": len(state.counts), "rank_counts": rank_profile(list(state.counts.values())),
-            "head": [{"id": e, "entry": names[e], "count": n, "p": round(min(1.0, state.t / n), 6)} for e, n in head],
+            "kind": "concepts", "metadata": self.config.metadata, "entries": len(names), "t": t,
+            "target_size": self.config.target_size, "expected_kept": state["expected_kept"], "samples": state["samples"],
+            "unmatched": state["unmatched"], "unmatched_policy": self.config.unmatched,
+            "matched_entries": len(counts), "rank_counts": rank_profile(list(counts.values())),
+            "head": [{"id": e, "entry": names[e], "count": n, "p": round(min(1.0, t / n), 6)} for e, n in head],
         }

@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from curate.engines.base import plan_passes, run_pass_on_batch
+from curate.engines.plan import plan_passes, run_pass_on_batch
 from curate.engines.local import LocalEngine, share_cores
 from curate.pipeline import load_pipeline
 from curate.runner import run_pipeline

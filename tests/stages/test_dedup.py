@@ -6,20 +6,16 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
+from curate.engines.driver import run_global_stage
+from curate.engines.local import LocalEngine
 from curate.stages.exact_dedup import ExactDedup, ExactDedupConfig
 from curate.stages.near_dedup import NearDedup, NearDedupConfig, find_near_duplicates
 
 
-def run_global(stage, table, batch_rows=7):
-    """Fit over batches (partials merged in two groups, as tasks would be), then apply."""
-    stage.setup()
-    processed = stage.process(table)
-    kept, _ = processed.split(stage.name)
-    batches = [kept.slice(i, batch_rows) for i in range(0, kept.num_rows, batch_rows)]
-    parts = [stage.partial(b) for b in batches]
-    half = len(parts) // 2
-    state = stage.finalize(stage.merge([stage.merge(parts[:half]), stage.merge(parts[half:])]))
-    return processed, stage.apply(kept, state)
+def run_global(stage, table, batch_rows=7, workers=1):
+    """Fit as a run does (tasks of `batch_rows`, a shuffle of small partitions on the local
+    engine, the state through disk), then apply."""
+    return run_global_stage(stage, table, LocalEngine(workers, progress=False), task_rows=batch_rows, partition_rows=5)
 
 
 def test_exact_dedup_keeps_the_smallest_uid(pool_table):

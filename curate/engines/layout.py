@@ -1,0 +1,175 @@
+"""The output layout of a run: where outputs, intermediates, fit data and resume markers live,
+the run's fingerprint, and the final assembly (ledger, uids.npy, stats, the accounting check)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from curate.engines.plan import Pass, StageStats, merge_stats, stage_key
+from curate.io.readers import READ_STAGE
+from curate.io.assembly import concat_parquet, merge_uids, repeated_uids
+from curate.io.writers import write_json_atomic
+from curate.schema import LEDGER_SCHEMA
+from curate.stage import Stage
+
+
+class RunLayout:
+    """Where a run's outputs and its resume state live inside the output folder."""
+
+    def __init__(self, output: str | Path):
+        self.root = Path(output)
+        self.shards = self.root / "shards"
+        self.parquet = self.root / "parquet"
+        self.rejected = self.root / "rejected.parquet"
+        self.stats = self.root / "stats.json"
+        self.report = self.root / "report.html"
+        self.uids = self.root / "uids.npy"
+        self.work = self.root / "_work"
+        self.run_file = self.work / "run.json"
+
+    def part_name(self, task: int) -> str:
+        return f"part-{task:05d}"
+
+    def kept_parquet(self, task: int) -> Path:
+        return self.parquet / f"{self.part_name(task)}.parquet"
+
+    def kept_tar(self, task: int) -> Path:
+        return self.shards / f"{self.part_name(task)}.tar"
+
+    def intermediate(self, pass_index: int, task: int) -> Path:
+        return self.work / f"pass{pass_index}" / f"{self.part_name(task)}.parquet"
+
+    def ledger_part(self, pass_index: int, task: int) -> Path:
+        return self.work / "ledger" / f"pass{pass_index}-{self.part_name(task)}.parquet"
+
+    def fit_rows(self, pass_index: int, task: int) -> Path:
+        """The narrow rows (uid, the decision's columns, _row) a task gives the fit of its pass's global stage."""
+        return self.work / f"fit{pass_index}" / f"{self.part_name(task)}.parquet"
+
+    def fit_work(self, pass_index: int) -> Path:
+        """Where a fit's distributed operations write their Datasets (shuffle outputs)."""
+        return self.work / f"fitwork{pass_index}"
+
+    def decisions(self, pass_index: int) -> Path:
+        """The fit's rejected rows, one file per task that has any (`task-NNNNN.parquet`)."""
+        return self.work / f"decisions{pass_index}"
+
+    def task_decisions(self, pass_index: int, task: int) -> Path:
+        return self.decisions(pass_index) / f"task-{task:05d}.parquet"
+
+    def state(self, pass_index: int) -> Path:
+        """A fit's state: JSON, with its arrays in a .npz beside it; written last, it marks the fit done."""
+        return self.work / f"state-pass{pass_index}.json"
+
+    def fit_stats(self, pass_index: int) -> Path:
+        return self.work / f"fit-pass{pass_index}.json"
+
+    def uid_part(self, kind: str, task: int) -> Path:
+        """A task's sorted 128-bit uids: `all` (kept and rejected, for the uniqueness check) or
+        `pool` (kept input samples, for uids.npy)."""
+        return self.work / "uids" / f"{kind}-{self.part_name(task)}.npy"
+
+    def marker(self, pass_index: int, task: int) -> Path:
+        return self.work / "done" / f"pass{pass_index}-{self.part_name(task)}.json"
+
+    def outputs(self) -> list[Path]:
+        return [self.shards, self.parquet, self.rejected, self.stats, self.report, self.uids, self.work]
+
+    def prepare(self, fingerprint: dict, overwrite: bool) -> bool:
+        """Claim the output folder for this run; returns True when a finished identical run is there.
+
+        A folder holding another run (or unrelated files) is refused unless `overwrite`; the same
+        run, finished or interrupted, is reused either way.
+        """
+        previous = json.loads(self.run_file.read_text()) if self.run_file.exists() else None
+        if previous is not None and previous["fingerprint"] == fingerprint["fingerprint"]:
+            return bool(previous.get("complete"))
+        occupied = self.root.exists() and any(self.root.iterdir())
+        if occupied and not overwrite:
+            what = "a run of a different pipeline or input" if previous else "files that are not a curate run"
+            raise FileExistsError(f"{self.root} holds {what}; pass --overwrite or choose another --output")
+        for path in self.outputs():
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+        write_json_atomic({**fingerprint, "complete": False}, self.run_file)
+        return False
+
+    def finish(self, stages: list[Stage], task_stats: list[dict[str, StageStats]], input_rows: int,
+               tasks: list[int], passes: list[Pass], extra: dict) -> dict:
+        """Assemble rejected.parquet, uids.npy, stats.json and check kept + rejected == input, all
+        streaming: ledger parts are copied row group by row group, uids merged from sorted parts."""
+        ledger_parts = [p for k in range(len(passes)) for t in tasks if (p := self.ledger_part(k, t)).exists()]
+        rejected = concat_parquet(ledger_parts, self.rejected, LEDGER_SCHEMA)
+        kept = sum(pq.ParquetFile(self.kept_parquet(t)).metadata.num_rows for t in tasks)
+        repeats, examples = repeated_uids([self.uid_part("all", t) for t in tasks])
+        if repeats:
+            raise ValueError(f"{repeats} uid(s) occur more than once in the input (e.g. {examples}, as 128-bit hex "
+                             "ids): uids must be unique; drop the uid column to have curate make them")
+        pool = merge_uids([self.uid_part("pool", t) for t in tasks], self.uids)
+        totals = merge_stats(task_stats)
+        derived = sum(s.derived for s in totals.values())  # samples stages made from input samples
+        if kept + rejected != input_rows + derived:
+            raise RuntimeError(f"accounting error: {kept} kept + {rejected} rejected != "
+                               f"{input_rows} input rows + {derived} derived samples")
+        order = [READ_STAGE] + [k for i, s in enumerate(stages) for k in (stage_key(i, s) + ":fit", stage_key(i, s))]
+        stage_rows = []
+        for key in order:
+            if key not in totals:
+                continue
+            entry = totals[key].to_dict()
+            entry["key"] = key
+            stage_rows.append(entry)
+        fit_files = {stage_key(p.fit, stages[p.fit]): self.fit_stats(p.index) for p in passes if p.fit is not None}
+        fits = {key: fit for key, path in fit_files.items() if path.exists() and (fit := json.loads(path.read_text()))}
+        stats = {"input": input_rows, "kept": kept, "rejected": rejected, "derived": derived,
+                 "kept_fraction": round(pool / input_rows, 6) if input_rows else 0.0,
+                 "stages": stage_rows, **({"fits": fits} if fits else {}), **extra}
+        write_json_atomic(stats, self.stats)
+        return stats
+
+    def mark_complete(self) -> None:
+        """Record the run as finished and drop intermediates (markers and fit states stay, for reruns)."""
+        for sub in self.work.iterdir():
+            if sub.is_dir() and sub.name not in ("done", "ledger"):
+                shutil.rmtree(sub, ignore_errors=True)
+        run = json.loads(self.run_file.read_text())
+        write_json_atomic({**run, "complete": True}, self.run_file)
+
+
+def _file_stamps(path: Path) -> list:
+    """(path, size, mtime_ns) of a file, or of every file under a folder."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
+def _named_paths(value) -> list[Path]:
+    """Existing files or folders named by strings in a config value (a blocklist, eval data...)."""
+    if isinstance(value, str):
+        try:
+            return [Path(value)] if Path(value).exists() else []
+        except (OSError, ValueError):  # a regular expression or caption text, not a path
+            return []
+    if isinstance(value, dict):
+        return [p for v in value.values() for p in _named_paths(v)]
+    if isinstance(value, list):
+        return [p for v in value for p in _named_paths(v)]
+    return []
+
+
+def fingerprint(pipeline_raw: dict, tasks: list, written: list[str] = ()) -> dict:
+    """A hash of everything that determines a run's output, to detect reuse of a folder: the
+    pipeline, every input file, and the files its stages read (named in their configs; paths
+    the stages write, `written`, are not inputs)."""
+    inputs = [[task.path, task.row_group] for task in tasks]
+    named = set(_named_paths(pipeline_raw.get("stages", []))) - {Path(p) for p in written}
+    paths = {Path(task.path) for task in tasks} | named
+    stamps = [stamp for path in sorted(paths) for stamp in _file_stamps(path)]
+    blob = json.dumps({"pipeline": pipeline_raw, "inputs": inputs, "files": stamps}, sort_keys=True, default=str)
+    return {"fingerprint": hashlib.sha256(blob.encode()).hexdigest(), "pipeline": pipeline_raw.get("name")}

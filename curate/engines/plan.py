@@ -1,0 +1,135 @@
+"""The pass plan and the per-batch logic every engine shares.
+
+A pipeline is cut at its global stages. Pass k applies the decision of the global stage that
+ended pass k-1 (if any), runs the map stages that follow, and ends with the `process` of the
+next global stage (if any), whose narrow fit rows are written beside the pass's output.
+Engines decide where batches run; this module decides what happens to a batch, so all engines
+give the same answer.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from curate.io.readers import READ_STAGE
+from curate.stage import GlobalStage, Stage, Verdict
+
+
+@dataclass(frozen=True)
+class Pass:
+    """One sweep over the data: apply a global state, run map stages, fit a global stage."""
+
+    index: int
+    apply: int | None  # stage index whose fitted state is applied first
+    maps: tuple[int, ...]  # map stage indices, in order
+    fit: int | None  # global stage index whose process + partial end the pass
+
+    @property
+    def is_last(self) -> bool:
+        return self.fit is None
+
+
+def plan_passes(stages: list[Stage]) -> list[Pass]:
+    """Cut the stage list at global stages."""
+    passes: list[Pass] = []
+    apply, maps = None, []
+    for i, stage in enumerate(stages):
+        if isinstance(stage, GlobalStage):
+            passes.append(Pass(len(passes), apply, tuple(maps), i))
+            apply, maps = i, []
+        else:
+            maps.append(i)
+    passes.append(Pass(len(passes), apply, tuple(maps), None))
+    return passes
+
+
+@dataclass
+class StageStats:
+    """Rows in and out of one stage and the count of each rejection reason; a stage that derives
+    extra samples from its input (one per extra caption, say) has more rows out than in minus rejected."""
+
+    name: str
+    rows_in: int = 0
+    rows_out: int = 0
+    reasons: Counter = field(default_factory=Counter)
+
+    def add(self, other: "StageStats") -> None:
+        self.rows_in += other.rows_in
+        self.rows_out += other.rows_out
+        self.reasons.update(other.reasons)
+
+    @property
+    def derived(self) -> int:
+        return self.rows_out + sum(self.reasons.values()) - self.rows_in
+
+    def to_dict(self) -> dict:
+        derived = {"derived": self.derived} if self.derived else {}
+        return {"name": self.name, "in": self.rows_in, "out": self.rows_out, "rejected": sum(self.reasons.values()),
+                **derived, "reasons": dict(sorted(self.reasons.items()))}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "StageStats":
+        return cls(data["name"], data["in"], data["out"], Counter(data["reasons"]))
+
+
+@dataclass
+class BatchResult:
+    """What a pass made of one batch: kept rows, ledger rows and per-stage stats."""
+
+    kept: pa.Table
+    ledger: list[pa.Table]
+    stats: dict[str, StageStats]
+
+
+def stage_key(index: int, stage: Stage) -> str:
+    """Stable key of a stage in stats: position and name (a stage may appear twice)."""
+    return f"{index}:{stage.name}"
+
+
+def run_pass_on_batch(stages: list[Stage], pass_: Pass, verdict: Verdict, state: dict[str, Any],
+                      rejected: pa.Table | None, read_step: bool) -> BatchResult:
+    """Run one pass's stages over one batch. `read_step` marks a batch fresh from a reader,
+    whose verdict may hold read failures (ledger stage 'read'); `state` and `rejected` (rows of
+    this batch by position, with reason and value) are the fit of the global stage applied first."""
+    ledger: list[pa.Table] = []
+    stats: dict[str, StageStats] = {}
+
+    def record(key: str, stage: Stage | None, v: Verdict, rows_in: int) -> pa.Table:
+        name = stage.name if stage else READ_STAGE
+        kept, rejected = v.split(name)
+        made = kept.num_rows + rejected.num_rows - rows_in
+        if made < 0 or made and not stage.derives_samples:
+            raise RuntimeError(f"stage {key} answered {v.table.num_rows} rows for {rows_in}: every row must be kept "
+                               "or rejected (only a stage that derives samples may add rows)")
+        stats[key] = StageStats(name, rows_in, kept.num_rows, v.reason_counts())
+        if rejected.num_rows:
+            ledger.append(rejected)
+        return kept
+
+    table = record(READ_STAGE, None, verdict, verdict.table.num_rows) if read_step else verdict.table
+    if pass_.apply is not None:
+        stage = stages[pass_.apply]
+        decided = stage.apply(table, state, rejected)
+        table = record(stage_key(pass_.apply, stage), stage, decided, table.num_rows)
+    for i in pass_.maps:
+        table = record(stage_key(i, stages[i]), stages[i], stages[i].process(table), table.num_rows)
+    if pass_.fit is not None:
+        stage = stages[pass_.fit]
+        # the fit stage's own rejections (e.g. an unhashable image) are counted with its apply step
+        table = record(stage_key(pass_.fit, stage) + ":fit", stage, stage.process(table), table.num_rows)
+    return BatchResult(table, ledger, stats)
+
+
+def merge_stats(parts: list[dict[str, StageStats]]) -> dict[str, StageStats]:
+    """Sum per-stage stats from tasks or batches."""
+    total: dict[str, StageStats] = {}
+    for part in parts:
+        for key, s in part.items():
+            total.setdefault(key, StageStats(s.name)).add(s)
+    return total
+
+
