@@ -43,21 +43,23 @@ class ImageSize(MapStage):
                              f"original_width/original_height (DataComp's metadata); the batch has {table.column_names}")
         n = table.num_rows
         unknown = pc.or_(pc.is_null(table.column(names[0])), pc.is_null(table.column(names[1])))
-        widths, heights = (table.column(name).cast(pa.int64()).fill_null(0) for name in names)
-        w, h = widths.to_numpy(), heights.to_numpy()
+        w, h = (table.column(name).cast(pa.int64()).fill_null(0).to_numpy() for name in names)
         short, long = np.minimum(w, h), np.maximum(w, h)
-        sizes = pc.binary_join_element_wise(widths.cast(pa.string()), heights.cast(pa.string()), "x")
-        sizes = np.asarray(sizes.to_numpy(zero_copy_only=False), object)
-        wide = long > cfg.max_aspect_ratio * short if cfg.max_aspect_ratio is not None else np.zeros(n, bool)
-        ratios = np.full(n, None, object)
-        ratios[wide] = [f"{r:.2f}" for r in long[wide] / np.maximum(short[wide], 1)]
-        checks = [  # the first that holds is the row's reason
-            (unknown.to_numpy(zero_copy_only=False), "missing_size", np.full(n, f"no {names[0]}/{names[1]}", object)),
-            (short < cfg.min_side, "image_too_small", sizes),
-            (long > cfg.max_side if cfg.max_side is not None else np.zeros(n, bool), "image_too_large", sizes),
-            (wide, "aspect_ratio", ratios),
+        never = np.zeros(n, bool)
+        checks = [  # in the order of REASONS: the first that holds is the row's reason
+            unknown.to_numpy(zero_copy_only=False),
+            short < cfg.min_side,
+            long > cfg.max_side if cfg.max_side is not None else never,
+            long > cfg.max_aspect_ratio * short if cfg.max_aspect_ratio is not None else never,
         ]
-        masks = [mask for mask, _, _ in checks]
-        reasons = np.select(masks, [np.full(n, reason, object) for _, reason, _ in checks], None)
-        values = np.select(masks, [shown for _, _, shown in checks], None)
-        return Verdict(table, reasons.tolist(), values.tolist())
+        code = np.select(checks, np.arange(1, len(checks) + 1), 0)
+        values = np.full(n, None, object)
+        values[code == 1] = f"no {names[0]}/{names[1]}"
+        sized = np.flatnonzero((code == 2) | (code == 3))
+        values[sized] = [f"{a}x{b}" for a, b in zip(w[sized].tolist(), h[sized].tolist())]
+        wide = np.flatnonzero(code == 4)
+        values[wide] = [f"{r:.2f}" for r in (long[wide] / np.maximum(short[wide], 1)).tolist()]
+        return Verdict(table, _REASONS[code].tolist(), values.tolist())
+
+
+_REASONS = np.array([None, *ImageSize.reasons], object)  # reason code 0 keeps the row
