@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from curate.engines.base import RunLayout, fingerprint
+from curate.engines.layout import RunLayout, fingerprint
 from curate.io.readers import InputTask, holds_images, plan_inputs, read_task
 from curate.config import ConfigError
 from curate.pipeline import Pipeline
