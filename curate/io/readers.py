@@ -3,13 +3,17 @@
 A task is the unit of work and of resume: one Parquet row group, one tar, or one
 img2dataset `files` subfolder. Reading a task yields `Verdict`s in the core schema, so a
 sample that cannot be read whole (a tar cut off mid-member) still reaches the ledger.
+Inputs are local paths or URLs (s3://, gs://, hf://, ...; see curate.io.paths), with globs
+and brace ranges (`s3://bucket/shards/{00000..00099}.tar`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import tarfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curate.io.paths import StorageError, expand, files_in, files_under, is_folder, is_url, open_input, read_files, readable
 from curate.schema import INPUT_NEEDS, make_uid, normalize
 from curate.stage import Verdict
 
@@ -25,10 +30,9 @@ URL_LIST_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
 # img2dataset's parquet output names the image column after its format and the text "caption"
 COLUMN_ALIASES = {"caption": "text", "jpg": "image", "png": "image", "webp": "image"}
 READ_STAGE = "read"
+METADATA_THREADS = 16  # Parquet footers on object storage read at once while planning (each a round trip)
 
-
-class InputError(ValueError):
-    """An input path cannot be read; the message names it and says what was expected."""
+InputError = StorageError  # an input path or URL cannot be read; the message names it and says what was expected
 
 
 @dataclass(frozen=True)
@@ -46,52 +50,73 @@ class InputTask:
 
 
 def plan_inputs(paths: str | list[str]) -> list[InputTask]:
-    """Expand input paths into tasks, checking every file can be opened before work starts."""
+    """Expand input paths, URLs and patterns into tasks, checking every file can be opened before work starts."""
     paths = [paths] if isinstance(paths, str) else list(paths)
     if not paths:
         raise InputError("no input given: set 'input' in the pipeline or pass --input")
+    found = [item for raw in paths for name in expand(raw) for item in _expand(name)]
+    parquets = [path for kind, path in found if kind == "parquet"]
+    if any(is_url(path) for path in parquets):
+        with ThreadPoolExecutor(min(METADATA_THREADS, len(parquets))) as pool:
+            metadata = dict(zip(parquets, pool.map(_parquet_metadata, parquets)))
+    else:  # a local footer is read in microseconds: no threads to start
+        metadata = {path: _parquet_metadata(path) for path in parquets}
     tasks: list[InputTask] = []
-    for raw in paths:
-        for kind, path in _expand(Path(raw)):
-            if kind == "parquet":
-                try:
-                    meta = pq.ParquetFile(path).metadata
-                except (pa.ArrowInvalid, OSError) as exc:
-                    raise InputError(f"{path}: not a readable Parquet file (half-written?): {exc}") from exc
-                names = set(meta.schema.names)
-                if not ({"text", "caption"} & names and {"image", "jpg", "png", "webp", "url"} & names):
-                    raise InputError(f"{path}: missing column(s): an input needs {INPUT_NEEDS}, found {sorted(names)}")
-                for rg in range(meta.num_row_groups):
-                    tasks.append(InputTask(len(tasks), kind, str(path), rg, meta.row_group(rg).num_rows))
-            else:
-                tasks.append(InputTask(len(tasks), kind, str(path)))
+    for kind, path in found:
+        if kind == "parquet":
+            meta = metadata[path]
+            for rg in range(meta.num_row_groups):
+                tasks.append(InputTask(len(tasks), kind, path, rg, meta.row_group(rg).num_rows))
+        else:
+            tasks.append(InputTask(len(tasks), kind, path))
     if not tasks:
         raise InputError(f"no Parquet files, tars or image folders found under {paths}")
     return tasks
 
 
-def _expand(path: Path) -> list[tuple[str, Path]]:
-    if not path.exists():
-        raise InputError(f"{path}: no such file or folder")
-    if path.is_file():
-        if path.suffix == ".parquet":
+def _parquet_metadata(path: str) -> pq.FileMetaData:
+    try:
+        with readable(path) as source:
+            meta = pq.ParquetFile(source).metadata
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"{path}: not a readable Parquet file (half-written?): {exc}") from exc
+    names = set(meta.schema.names)
+    if not ({"text", "caption"} & names and {"image", "jpg", "png", "webp", "url"} & names):
+        raise InputError(f"{path}: missing column(s): an input needs {INPUT_NEEDS}, found {sorted(names)}")
+    return meta
+
+
+def _expand(raw: str) -> list[tuple[str, str]]:
+    """(kind, path) of each input a file or folder holds."""
+    path = raw if is_url(raw) else str(Path(raw))
+    if not is_folder(path):
+        suffix = os.path.splitext(path)[1]
+        if suffix == ".parquet":
             return [("parquet", path)]
-        if path.suffix == ".tar":
+        if suffix == ".tar":
             return [("tar", path)]
-        if path.suffix in URL_LIST_SUFFIXES:
+        if suffix in URL_LIST_SUFFIXES:
             return [("url_list", path)]
         raise InputError(f"{path}: expected a .parquet file, a .tar WebDataset shard, a URL list "
                          f"({', '.join(URL_LIST_SUFFIXES)}) or a folder")
-    tars = sorted(path.rglob("*.tar"))
+    by_suffix: dict[str, list[str]] = {}
+    for file in files_under(path):
+        by_suffix.setdefault(os.path.splitext(file)[1], []).append(file)
+    tars = _sorted(by_suffix.get(".tar", []))
     if tars:  # img2dataset's webdataset output also has per-shard .parquet metadata: the tars hold the samples
         return [("tar", p) for p in tars]
-    parquets = sorted(p for p in path.rglob("*.parquet") if not p.name.startswith((".", "_")))
+    parquets = _sorted(f for f in by_suffix.get(".parquet", []) if not f.rpartition("/")[2].startswith((".", "_")))
     if parquets:
         return [("parquet", p) for p in parquets]
-    folders = sorted({p.parent for ext in IMAGE_EXTENSIONS for p in path.rglob(f"*.{ext}")})
+    folders = _sorted({f.rpartition("/")[0] for ext in IMAGE_EXTENSIONS for f in by_suffix.get(f".{ext}", [])})
     if folders:
         return [("files", p) for p in folders]
-    return [("url_list", p) for p in sorted(path.rglob("*")) if p.suffix in URL_LIST_SUFFIXES]
+    return [("url_list", p) for p in _sorted(f for ext in URL_LIST_SUFFIXES for f in by_suffix.get(ext, []))]
+
+
+def _sorted(paths) -> list[str]:
+    """Paths in pathlib's order (part by part), for local paths and URLs alike."""
+    return sorted(paths, key=lambda p: p.split("/"))
 
 
 def read_task(task: InputTask, batch_size: int) -> Iterator[Verdict]:
@@ -106,7 +131,7 @@ def read_task(task: InputTask, batch_size: int) -> Iterator[Verdict]:
         for start in range(0, max(table.num_rows, 1), batch_size):  # an empty task still yields its schema
             yield Verdict(table.slice(start, batch_size))
         return
-    samples = _tar_samples(task.path) if task.kind == "tar" else _folder_samples(Path(task.path))
+    samples = _tar_samples(task.path) if task.kind == "tar" else _folder_samples(task.path)
     batch: list[dict] = []
     for sample in samples:
         batch.append(sample)
@@ -130,29 +155,31 @@ def _url_list(task: InputTask) -> pa.Table:
     import pyarrow.csv as pcsv
     import pyarrow.json as pjson
 
-    path = Path(task.path)
+    suffix = os.path.splitext(task.path)[1]
     try:
-        if path.suffix in (".csv", ".tsv"):
-            options = pcsv.ParseOptions(delimiter="\t" if path.suffix == ".tsv" else ",")
+        if suffix in (".csv", ".tsv"):
+            options = pcsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ",")
+            with readable(task.path) as source:
+                header = pcsv.open_csv(source, parse_options=options).schema.names
             # every column as text: a caption of digits must stay a caption
-            return pcsv.read_csv(path, parse_options=options,
-                                 convert_options=pcsv.ConvertOptions(column_types=_all_strings(path, options)))
-        return pjson.read_json(path)
+            strings = pcsv.ConvertOptions(column_types={name: pa.string() for name in header})
+            with readable(task.path) as source:
+                return pcsv.read_csv(source, parse_options=options, convert_options=strings)
+        with readable(task.path) as source:
+            return pjson.read_json(source)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise InputError(f"{path}: not a readable URL list: {exc}") from exc
+        raise InputError(f"{task.path}: not a readable URL list: {exc}") from exc
 
 
-def _all_strings(path: Path, options) -> dict:
-    import pyarrow.csv as pcsv
-
-    header = pcsv.open_csv(path, parse_options=options).schema.names
-    return {name: pa.string() for name in header}
+def _parquet_file(path: str) -> pq.ParquetFile:
+    """An open Parquet file, kept while its row groups are read one task after another."""
+    return _open_parquet(path, os.getpid())
 
 
 @lru_cache(maxsize=8)
-def _parquet_file(path: str) -> pq.ParquetFile:
-    """An open Parquet file, kept while its row groups are read one task after another."""
-    return pq.ParquetFile(path)
+def _open_parquet(path: str, pid: int) -> pq.ParquetFile:
+    """Keyed by process too: a URL's open file does not survive a fork into a worker."""
+    return pq.ParquetFile(path if not is_url(path) else open_input(path))
 
 
 def _alias(column: str, columns: list[str]) -> str:
@@ -194,7 +221,7 @@ def _tar_samples(path: str) -> Iterator[dict]:
     sample flagged `truncated_shard` instead of an exception (webdataset would drop it)."""
     key, files = None, {}
     try:
-        with tarfile.open(path, "r|") as tar:
+        with open_input(path) as handle, tarfile.open(fileobj=handle, mode="r|") as tar:
             for member in tar:
                 if not member.isfile() or "." not in Path(member.name).name:
                     continue
@@ -220,12 +247,12 @@ def _split_key(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), ext
 
 
-def _folder_samples(folder: Path) -> Iterator[dict]:
+def _folder_samples(folder: str) -> Iterator[dict]:
     """Samples of an img2dataset `files` folder: {key}.jpg beside {key}.txt and {key}.json."""
+    paths = [p for p in files_in(folder) if "." in p.rpartition("/")[2]]
     groups: dict[str, dict[str, bytes]] = {}
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and "." in path.name:
-            stem, ext = _split_key(path.name)
-            groups.setdefault(stem, {})[ext.lower()] = path.read_bytes()
+    for path, data in zip(paths, read_files(paths)):
+        stem, ext = _split_key(path.rpartition("/")[2])
+        groups.setdefault(stem, {})[ext.lower()] = data
     for key, files in groups.items():
         yield _sample(key, files)
