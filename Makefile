@@ -15,8 +15,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 DJ_VENV := bench/.venv-dj
 CR_VENV := bench/.venv-cr
+DUCKDB_VENV := bench/.venv-duckdb
 
-.PHONY: demo test setup pool bench bench-dj bench-cr clean
+.PHONY: demo test setup pool bench bench-dj bench-cr bench-duckdb clean
 
 setup: $(STAMP)
 
@@ -78,6 +79,15 @@ $(CR_VENV)/.installed:
 	touch $@
 
 bench-cr: $(CR_VENV)/.installed
+
+# DuckDB, the peer of the scale benchmark (bench/scale.py: the same filter, dedup and top fraction in SQL), in its own venv
+$(DUCKDB_VENV)/.installed:
+	test -x $(DUCKDB_VENV)/bin/python || $(PYTHON) -m venv $(DUCKDB_VENV)
+	$(DUCKDB_VENV)/bin/pip install -q --upgrade pip
+	$(DUCKDB_VENV)/bin/pip install -q duckdb
+	touch $@
+
+bench-duckdb: $(DUCKDB_VENV)/.installed
 
 bench: $(STAMP) $(POOL) bench-dj
 	$(BIN)/python bench/heuristics.py
