@@ -1,4 +1,5 @@
-"""Local paths and URLs (s3://, gs://, hf://, ...): expand patterns, open, list, read, stamp.
+"""Local paths and URLs (s3://, gs://, hf://, ...): expand patterns, open, list, read, stamp,
+and write atomically.
 
 A local path takes the road it took before URLs were supported (pathlib, the built-in open,
 pyarrow's own reader); only a URL goes through fsspec. S3 settings come from the AWS SDK's
@@ -12,6 +13,8 @@ from __future__ import annotations
 import glob
 import os
 import re
+import secrets
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -178,3 +181,72 @@ def _version(info: dict) -> str | None:
         if info.get(key):
             return str(info[key])
     return None
+
+
+def exists(path: str | Path) -> bool:
+    """Whether a file or folder (a prefix holding objects, for a URL) is at `path`."""
+    if not is_url(path):
+        return os.path.exists(path)
+    fs, inner = filesystem(str(path))
+    fs.invalidate_cache(inner)
+    with explained(str(path)):
+        return fs.exists(inner)
+
+
+def read_bytes(path: str | Path) -> bytes:
+    """A whole file's content."""
+    return read_files([str(path)])[0]
+
+
+@contextmanager
+def atomic_output(path: str | Path) -> Iterator[IO[bytes]]:
+    """A binary file to write that appears at `path` whole, and only when the block succeeds. Local:
+    a temporary file of this writer's own (`NAME.PID-RANDOM.tmp`) renamed into place. URL: an
+    upload completed when the block ends (an object store has no rename, but an object is never seen
+    half-written: a multipart upload appears at its completion) and aborted when the block fails,
+    leaving no object and no pending parts."""
+    if not is_url(path):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+        try:
+            with open(tmp, "wb") as handle:
+                yield handle
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return
+    fs, inner = filesystem(str(path))
+    with explained(str(path), "a location to write"):
+        handle = fs.open(inner, "wb", autocommit=False)
+    try:
+        yield handle
+        with explained(str(path), "a location to write"):
+            handle.close()  # uploads the last part; the object does not exist yet
+            handle.commit()
+    except BaseException:
+        handle.discard()
+        handle.closed = True
+        raise
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write a whole file atomically (see atomic_output)."""
+    with atomic_output(path) as handle:
+        handle.write(data)
+
+
+def remove(path: str | Path) -> None:
+    """Delete a file, or a folder (a prefix, for a URL) with everything under it; nothing there is fine."""
+    if not is_url(path):
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.unlink(path)
+        return
+    fs, inner = filesystem(str(path))
+    fs.invalidate_cache(inner)
+    with explained(str(path)):
+        found = fs.find(inner)  # the object itself, or the objects under the prefix `inner/`
+        if found:
+            fs.rm(found)

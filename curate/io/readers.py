@@ -21,7 +21,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.io.paths import StorageError, expand, files_in, files_under, is_folder, is_url, open_input, read_files, readable
+from curate.io.paths import (StorageError, expand, files_in, files_under, is_folder, is_url, open_input, read_files,
+                             readable)
 from curate.schema import INPUT_NEEDS, make_uid, normalize
 from curate.stage import Verdict
 

@@ -1,17 +1,20 @@
-"""Inputs on object storage, against a real S3 API (moto's server on 127.0.0.1): a run from s3://
-equals the same run from local files; globs and brace ranges name the right objects; a missing
-object, a file that is not Parquet and missing credentials are errors naming the URL."""
+"""Object storage, against a real S3 API (moto's server on 127.0.0.1): a run from s3:// equals the
+same run from local files; globs and brace ranges name the right objects; a missing object, a file
+that is not Parquet and missing credentials are errors naming the URL; outputs written atomically
+(whole or not at all), markers listed, outputs removed."""
 
 import json
 import shutil
 
+import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import s3fs
 
 from curate.engines.local import LocalEngine
-from curate.io.paths import expand, file_stamp
+from curate.io.paths import (atomic_output, exists, expand, file_stamp, files_under, is_url, read_bytes, remove,
+                             write_bytes)
 from curate.io.readers import InputError, plan_inputs, read_task
 from curate.pipeline import load_pipeline
 from curate.runner import run_pipeline
@@ -194,3 +197,54 @@ def test_file_stamp_follows_the_object(bucket, tmp_path):
     local = tmp_path / "f.txt"
     local.write_text("abc")
     assert file_stamp(local) == [[str(local), 3, local.stat().st_mtime_ns]]
+
+
+@pytest.fixture()
+def small_parts(s3_endpoint):
+    """s3fs uploading in 5 MiB parts (S3's smallest), so a test's writes span a multipart upload."""
+    s3fs.S3FileSystem.clear_instance_cache()
+    fsspec.config.conf["s3"] = {"default_block_size": 5 * 2**20}
+    yield
+    del fsspec.config.conf["s3"]
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def pending_uploads(fs, bucket) -> list:
+    return fs.call_s3("list_multipart_uploads", Bucket=bucket.removeprefix("s3://")).get("Uploads", [])
+
+
+def test_atomic_output_appears_whole_or_not_at_all(bucket, small_parts, tmp_path):
+    fs = s3fs.S3FileSystem()
+    chunk = bytes(range(256)) * (4 * 2**12)  # 4 MiB
+    for target in (f"{bucket}/out/part.tar", tmp_path / "out" / "part.tar"):
+        with atomic_output(target) as handle:
+            handle.write(chunk)
+            handle.write(chunk)  # past one part: on S3, a part is uploaded now
+            assert not exists(target)
+            assert not is_url(target) or len(pending_uploads(fs, bucket)) == 1
+            handle.write(chunk)
+        assert read_bytes(target) == chunk * 3
+        with pytest.raises(RuntimeError, match="worker died"):
+            with atomic_output(target) as handle:
+                handle.write(b"new" * 2**21)
+                raise RuntimeError("worker died")
+        assert read_bytes(target) == chunk * 3  # the old content, untouched
+    assert pending_uploads(fs, bucket) == []  # the aborted upload left no parts behind
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["part.tar"]  # nor a temporary file
+
+
+def test_markers_listed_and_outputs_removed(bucket, tmp_path):
+    for root in (f"{bucket}/run", str(tmp_path / "run")):
+        for task in range(3):
+            write_bytes(f"{root}/_work/done/pass0-part-{task:05d}.json", json.dumps({"rows": task}).encode())
+        write_bytes(f"{root}/parquet/part-00000.parquet", b"x")
+        write_bytes(f"{root}-other/keep.json", b"{}")
+        done = sorted(files_under(f"{root}/_work/done"))
+        assert [d.rpartition("/")[2] for d in done] == [f"pass0-part-{t:05d}.json" for t in range(3)]
+        assert json.loads(read_bytes(done[2])) == {"rows": 2}
+        assert files_under(f"{root}/_work/nothing") == []
+        remove(f"{root}/_work")
+        remove(f"{root}/parquet/part-00000.parquet")
+        remove(f"{root}/never-written")
+        assert not exists(f"{root}/_work") and not exists(f"{root}/parquet/part-00000.parquet")
+        assert exists(f"{root}-other/keep.json")  # a prefix is a folder: run-other is not under run
