@@ -1,6 +1,7 @@
 """FAISS over unit-norm embeddings (cosine = inner product): the index choice, a thresholded
-k-nearest-neighbour search, grouping into connected components and spherical k-means, shared
-by embedding dedup, SemDeDup, the image-based filter and decontamination.
+k-nearest-neighbour search, grouping into connected components, spherical k-means and the
+nearest centroid of a row, shared by embedding dedup, SemDeDup, the image-based filter and
+decontamination.
 
 FAISS runs on the GPU when `faiss.get_num_gpus() > 0` (the faiss-gpu package), else on the
 CPU; the code is the same. Results are a function of the vectors and their order: callers
@@ -19,6 +20,8 @@ from curate.stage import StageConfig
 
 FLAT_MAX_ROWS = 100_000  # `index: auto` searches exactly (flat) up to this many vectors, IVF above
 QUERY_CHUNK = 16_384  # queries per FAISS call, which bounds the result arrays' memory
+SAMPLE_PER_CLUSTER, SAMPLE_MIN, SAMPLE_MAX = 256, 100_000, 1_000_000  # default k-means sample size bounds
+TIE_CANDIDATES, TIE_TOLERANCE = 4, 1e-5  # near ties of centroid cosines settled in float64 among this many
 
 
 class SearchConfig(StageConfig):
@@ -32,6 +35,21 @@ class SearchConfig(StageConfig):
     nlist: int | None = Field(None, gt=0, description="IVF lists (default: 4 * sqrt(n))")
     nprobe: int = Field(32, gt=0, description="IVF lists visited per query")
     ef_search: int = Field(128, gt=0, description="HNSW candidate list size per query")
+
+
+class KMeansConfig(StageConfig):
+    """How a stage's spherical k-means is fitted: on a bounded uniform sample of the pool."""
+
+    niter: int = Field(20, gt=0, description="k-means iterations")
+    seed: int = Field(0, description="k-means seed")
+    fit_sample: int | None = Field(
+        None, gt=0, description=f"rows k-means is fitted on: those with the smallest hashes of their uid (a uniform "
+                                f"sample that does not depend on partitioning); default {SAMPLE_PER_CLUSTER} per "
+                                f"cluster, at least {SAMPLE_MIN:,} and at most {SAMPLE_MAX:,}")
+
+    def sample_rows(self, clusters: int) -> int:
+        """The sample size for `clusters` clusters: `fit_sample`, or the default bounds."""
+        return self.fit_sample or min(max(SAMPLE_PER_CLUSTER * clusters, SAMPLE_MIN), SAMPLE_MAX)
 
 
 def _gpu():
@@ -118,3 +136,24 @@ def spherical_kmeans(vectors: np.ndarray, k: int, seed: int, niter: int) -> tupl
     finally:
         faiss.omp_set_num_threads(threads)
     return kmeans.centroids, assignment[:, 0].astype(np.int64)
+
+
+def nearest_centroid(vectors: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Each row's nearest centroid (largest cosine; the smaller index on a tie), by FAISS over a
+    flat index of the centroids. FAISS rounds a batch of queries differently from a few (BLAS
+    for many, SIMD loops for few), so rows whose best two cosines lie within TIE_TOLERANCE are
+    settled in float64 among the TIE_CANDIDATES best: a row's cluster does not depend on the
+    rows it is searched with."""
+    if not len(vectors):
+        return np.zeros(0, np.int64)
+    k = min(TIE_CANDIDATES, len(centroids))
+    index = build_index(np.ascontiguousarray(centroids, np.float32), SearchConfig(index="flat"))
+    scores, labels = index.search(np.ascontiguousarray(vectors, np.float32), k)
+    nearest = labels[:, 0].astype(np.int64)
+    close = np.flatnonzero(scores[:, 0] - scores[:, 1] <= TIE_TOLERANCE) if k > 1 else np.zeros(0, np.int64)
+    if len(close):
+        candidates = labels[close]
+        exact = (vectors[close, None, :].astype(np.float64) * centroids[candidates].astype(np.float64)).sum(axis=-1)
+        best = np.lexsort((candidates, -exact), axis=-1)[:, 0]
+        nearest[close] = candidates[np.arange(len(close)), best]
+    return nearest

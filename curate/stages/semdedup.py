@@ -1,24 +1,31 @@
 """SemDeDup stage (Abbas et al., 2023): spherical k-means on CLIP image embeddings, then
-within each cluster drop samples semantically too close to another one."""
+within each cluster drop samples semantically too close to another one.
+
+Distributed: k-means is fitted on a bounded uniform sample of the pool (`fit_sample`), every
+row gets its nearest centroid in a map, and each cluster is decided whole in the engine's
+group, so no process holds more than a sample and its largest clusters."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
+import pyarrow as pa
 from pydantic import Field
 
-from curate.embeddings import StoredEmbeddingConfig, StoredEmbeddingsStage
-from curate.neighbours import spherical_kmeans
+from curate.embeddings import (CLUSTER_COLUMN, VECTOR_COLUMN, StoredEmbeddingConfig, StoredEmbeddingsStage,
+                               cluster_runs, column_vectors, with_clusters)
+from curate.neighbours import KMeansConfig
+from curate.stage import ROW_COLUMN, Dataset, FitContext, Fitted, rejections
 
 BLOCK = 4096  # the within-cluster similarity matrix is computed in BLOCK x BLOCK tiles
 
 
-class SemDedupConfig(StoredEmbeddingConfig):
+class SemDedupConfig(StoredEmbeddingConfig, KMeansConfig):
     """Parameters of the semdedup stage."""
 
     clusters: int = Field(100, gt=0, description="k-means clusters (the paper: 50,000 for LAION-440M)")
     epsilon: float = Field(0.07, gt=0, lt=1, description="drop a sample whose cosine to an earlier one is > 1 - epsilon")
-    niter: int = Field(20, gt=0, description="k-means iterations")
-    seed: int = Field(0, description="k-means seed")
 
 
 class SemDedup(StoredEmbeddingsStage):
@@ -28,24 +35,41 @@ class SemDedup(StoredEmbeddingsStage):
     Config = SemDedupConfig
     reasons = StoredEmbeddingsStage.reasons + ("semantic_duplicate",)
 
-    def decide(self, uids: list[str], vectors: np.ndarray, scores: np.ndarray) -> dict[str, tuple[str, str]]:
-        """The reference implementation's rule (keep_hard): a cluster's members are ordered by
-        cosine distance to the centroid, farthest first (ties: smaller uid first); member j is
-        dropped when its largest cosine to any member before it exceeds 1 - epsilon, with that
-        member's uid as the value."""
-        centroids, assignment = spherical_kmeans(vectors, self.config.clusters, self.config.seed, self.config.niter)
-        dropped = {}
-        for cluster in range(len(centroids)):
-            members = np.flatnonzero(assignment == cluster)
-            closeness = vectors[members] @ centroids[cluster]
-            members = members[np.lexsort((members, closeness))]  # farthest from the centroid first
-            member_vectors = vectors[members]
-            for lo in range(1, len(members), BLOCK):
-                hi = min(lo + BLOCK, len(members))
-                best, closest = nearest_earlier(member_vectors, lo, hi)
-                for col in np.flatnonzero(closest > 1 - self.config.epsilon):
-                    dropped[uids[members[lo + col]]] = ("semantic_duplicate", uids[members[best[col]]])
-        return dropped
+    def fit(self, data: Dataset, context: FitContext) -> Fitted:
+        """Centroids from the sample, each row's cluster (a map), each cluster decided by
+        `drop_semantic_duplicates` in the engine's group."""
+        if not data.rows:
+            return Fitted()
+        centroids, sample_rows = self.fit_centroids(data, context, self.config.clusters)
+        assigned = context.map(data, partial(with_clusters, centroids), "clusters")
+        decide = partial(drop_semantic_duplicates, centroids, self.config.epsilon)
+        rejected = context.group(assigned, [CLUSTER_COLUMN], decide, "semantic_duplicates")
+        return Fitted({"centroids": centroids, "clusters": len(centroids), "sample_rows": sample_rows}, rejected)
+
+
+def drop_semantic_duplicates(centroids: np.ndarray, epsilon: float, table: pa.Table) -> pa.Table:
+    """The reference implementation's rule (keep_hard) on a partition's whole clusters: a
+    cluster's members are ordered by cosine distance to the centroid, farthest first (ties:
+    smaller uid first); member j is dropped when its largest cosine to any member before it
+    exceeds 1 - epsilon, with that member's uid as the value."""
+    table, runs = cluster_runs(table)
+    vectors = column_vectors(table.column(VECTOR_COLUMN))
+    clusters = table.column(CLUSTER_COLUMN).to_numpy()
+    dropped, earlier = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for start, end in runs:
+        members = np.arange(start, end)  # in uid order
+        closeness = vectors[start:end] @ centroids[clusters[start]]
+        members = members[np.lexsort((members, closeness))]  # farthest from the centroid first
+        member_vectors = vectors[members]
+        for lo in range(1, len(members), BLOCK):
+            hi = min(lo + BLOCK, len(members))
+            best, closest = nearest_earlier(member_vectors, lo, hi)
+            columns = np.flatnonzero(closest > 1 - epsilon)
+            dropped.append(members[lo + columns])
+            earlier.append(members[best[columns]])
+    dropped, earlier = np.concatenate(dropped), np.concatenate(earlier)
+    return rejections(table.column(ROW_COLUMN).take(pa.array(dropped)), "semantic_duplicate",
+                      table.column("uid").take(pa.array(earlier)))
 
 
 def nearest_earlier(vectors: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
