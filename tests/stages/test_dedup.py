@@ -4,12 +4,17 @@ import io
 
 import numpy as np
 import pyarrow as pa
+import pytest
 from PIL import Image
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from curate.engines.driver import run_global_stage
 from curate.engines.local import LocalEngine
+from curate.stage import Verdict
+from curate.stages import near_dedup
 from curate.stages.exact_dedup import ExactDedup, ExactDedupConfig
-from curate.stages.near_dedup import NearDedup, NearDedupConfig, find_near_duplicates
+from curate.stages.near_dedup import NearDedup, NearDedupConfig, hamming
 
 
 def run_global(stage, table, batch_rows=7, workers=1):
@@ -81,20 +86,88 @@ def test_planted_near_duplicates_are_found(pool_table):
         assert bin((hashes[uid] ^ hashes[dropped[uid]]) & (2**64 - 1)).count("1") <= 6
 
 
-def test_faiss_search_matches_brute_force_at_the_radius():
+class GivenHashes(NearDedup):
+    """near_dedup over a table that already has its phash column (random hashes, no images)."""
+
+    def process(self, table: pa.Table) -> Verdict:
+        return Verdict(table)
+
+
+def _flip(hash_: np.uint64, bits, rng) -> np.uint64:
+    """`hash_` with `bits` random bits flipped."""
+    return hash_ ^ np.uint64(sum(1 << int(b) for b in rng.choice(64, size=bits, replace=False)))
+
+
+@pytest.fixture(scope="module")
+def planted_hashes():
+    """3,000 random 64-bit hashes (half of them sharing their first 12 bits, a bucket of 1,500
+    that is verified in tiles) with planted pairs at exactly radius 4 and 5 bits, a chain
+    a~b~c~d of 4-bit steps (a and d 12 bits apart), and identical copies, uids in random order."""
     rng = np.random.default_rng(0)
-    hashes = rng.integers(0, 2**63, size=3000, dtype=np.int64).astype(np.uint64)
-    for i in range(0, 60, 3):  # plant pairs at distance exactly radius and radius + 1
-        flip = rng.choice(64, size=5 if i % 2 else 4, replace=False)
-        hashes[i + 1] = hashes[i] ^ np.uint64(sum(1 << int(b) for b in flip))
-    uids = [f"{i:032x}" for i in range(len(hashes))]
-    got = find_near_duplicates(uids, hashes, radius=4)
+    hashes = rng.integers(0, 2**64, size=3000, dtype=np.uint64)
+    hashes[:1500] = (hashes[:1500] & np.uint64(2**52 - 1)) | np.uint64(0xA5C << 52)
+    pairs = {}
+    for i in range(0, 60, 3):
+        hashes[i + 1] = _flip(hashes[i], 5 if i % 2 else 4, rng)
+        pairs[i] = 5 if i % 2 else 4
+    chain = [2000, 2001, 2002, 2003]
+    for a, b in zip(chain, chain[1:]):
+        while True:  # each step moves 4 new bits, so the ends drift apart
+            step = _flip(hashes[a], 4, rng)
+            if bin(int(step ^ hashes[chain[0]])).count("1") == 4 * (b - chain[0]):
+                hashes[b] = step
+                break
+    hashes[2500:2503] = hashes[2000]  # copies of the chain's start
+    hashes[2600:2604] = hashes[2600]  # copies of an isolated hash
+    uids = np.array([f"{i:032x}" for i in rng.permutation(len(hashes))], dtype=object)
+    table = pa.table({"uid": pa.array(uids, pa.string()), "phash": pa.array(hashes.view(np.int64))})
+    return table, pairs, chain
+
+
+def brute_force_components(table: pa.Table, radius: int) -> dict[str, str]:
+    """The reference: every pair within `radius`, connected components, each keeps its smallest uid."""
+    hashes, uids = table.column("phash").to_numpy(), np.array(table.column("uid").to_pylist(), dtype=object)
+    a, b = np.nonzero(np.triu(hamming(hashes[:, None], hashes[None, :]) <= radius, k=1))
+    _, component = connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(len(uids),) * 2), directed=False)
     expected = {}
-    for i in range(len(hashes)):  # greedy keep-smallest-uid, all pairs
-        if uids[i] in expected:
-            continue
-        for j in range(i + 1, len(hashes)):
-            if uids[j] not in expected and bin(int(hashes[i] ^ hashes[j])).count("1") <= 4:
-                expected[uids[j]] = uids[i]
-    assert got == expected
-    assert len(got) >= 10
+    for members in np.split(np.argsort(component, kind="stable"), np.flatnonzero(np.diff(np.sort(component))) + 1):
+        kept = min(uids[members])
+        expected.update({uids[m]: kept for m in members if uids[m] != kept})
+    return expected
+
+
+def _near_duplicates(table: pa.Table, radius: int, workers: int, partition_rows: int) -> dict[str, str]:
+    _, verdict = run_global_stage(GivenHashes(NearDedupConfig(radius=radius)), table, LocalEngine(workers, progress=False),
+                                  task_rows=64, partition_rows=partition_rows)
+    assert set(verdict.reasons) <= {None, "near_duplicate"}
+    return {u: v for u, r, v in zip(verdict.table.column("uid").to_pylist(), verdict.reasons, verdict.values) if r}
+
+
+def test_components_match_brute_force_at_the_radius(planted_hashes):
+    table, pairs, chain = planted_hashes
+    uids = table.column("uid").to_pylist()
+    expected = brute_force_components(table, radius=4)
+    got = {workers: _near_duplicates(table, 4, workers, partition_rows=200) for workers in (1, 2)}
+    assert got[1] == got[2] == expected
+    dropped = got[1]
+    for i, bits in pairs.items():  # at the radius merged, one bit past it apart
+        assert ((uids[i] in dropped) or (uids[i + 1] in dropped)) == (bits == 4), (i, bits)
+    # the chain is one component: its ends merge though 12 bits apart, and so do the start's copies
+    members = [uids[i] for i in chain + [2500, 2501, 2502]]
+    assert {dropped.get(u, u) for u in members} == {min(members)}
+    copies = [uids[i] for i in range(2600, 2604)]
+    assert {u: dropped[u] for u in copies if u != min(copies)} == {u: min(copies) for u in copies if u != min(copies)}
+
+
+def test_radius_zero_merges_identical_hashes_only(planted_hashes):
+    table, _, _ = planted_hashes
+    assert _near_duplicates(table, 0, 1, partition_rows=500) == brute_force_components(table, radius=0)
+
+
+def test_bucket_tiles_and_forest_limits_do_not_change_the_result(planted_hashes, monkeypatch):
+    table, _, _ = planted_hashes
+    expected = brute_force_components(table, radius=4)
+    monkeypatch.setattr(near_dedup, "TILE", 100)  # workers=1 runs in this process, so these apply
+    monkeypatch.setattr(near_dedup, "SMALL_BUCKET", 3)
+    monkeypatch.setattr(near_dedup, "EDGE_LIMIT", 2)
+    assert _near_duplicates(table, 4, 1, partition_rows=100_000) == expected
