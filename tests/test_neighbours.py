@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from curate.neighbours import SearchConfig, components, similar_pairs, spherical_kmeans
+from curate.neighbours import SearchConfig, components, nearest_centroid, similar_pairs, spherical_kmeans
 
 
 def planted(n=4000, dim=32, pairs=100, noise=0.15, seed=0):
@@ -68,3 +68,16 @@ def test_spherical_kmeans_does_not_depend_on_the_thread_count():
     finally:
         faiss.omp_set_num_threads(threads)
     assert np.array_equal(answers[0][1], answers[1][1]) and np.array_equal(answers[0][0], answers[1][0])
+
+
+def test_nearest_centroid_is_the_largest_cosine_whatever_the_batch():
+    vectors = planted(n=3000, pairs=0)
+    centroids, _ = spherical_kmeans(vectors, 16, seed=1, niter=5)
+    bulk = nearest_centroid(vectors, centroids)
+    assert np.array_equal(bulk, np.argmax(vectors @ centroids.T, axis=1))
+    one_by_one = np.concatenate([nearest_centroid(vectors[i : i + 1], centroids) for i in range(0, 3000, 7)])
+    assert np.array_equal(one_by_one, bulk[::7])  # FAISS's few-query kernel, the same answers
+    axes = np.eye(4, dtype=np.float32)
+    tie = np.array([[0, 0.6, 0, 0.8], [0, 0.8, 0, 0.6], [0.5, 0.5, 0.5, 0.5]], np.float32)
+    assert nearest_centroid(tie, axes[::-1]).tolist() == [0, 2, 0]  # exact ties: the smaller centroid index
+    assert nearest_centroid(np.zeros((0, 4), np.float32), axes).shape == (0,)

@@ -12,7 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageFilter
 
-from curate.embeddings import EmbeddingConfig, Embeddings, EmbeddingStore, file_fingerprint, sample_keys
+from curate import embeddings as embeddings_module
+from curate.embeddings import EmbeddingConfig, Embeddings, EmbeddingStore, file_fingerprint, sample_keys, uid_hash
+from curate.engines import LocalEngine
+from curate.engines.driver import run_global_stage
 from curate.neighbours import components, spherical_kmeans
 from curate.sample.near_copies import jpeg, near_copies
 from curate.stages.decontaminate_embedding import DecontaminateEmbedding, DecontaminateEmbeddingConfig
@@ -164,6 +167,70 @@ def test_semdedup_decides_the_same_in_small_tiles(planted, embedding_checkpoint,
     monkeypatch.setattr(semdedup, "BLOCK", 4)  # clusters of ~25 members: several tiles each way
     _, tiled = run_global(SemDedup(config), planted)
     assert dropped(tiled) == dropped(whole) and len(dropped(whole)) > 0
+
+
+def test_cluster_decisions_do_not_depend_on_workers_or_partitioning(planted, embedding_checkpoint, tmp_path):
+    """SemDeDup, embed_dedup split into k-means clusters and the image-based filter give the same
+    decisions on 1 and 2 local workers, with other tasks and shuffle partitions."""
+    target = tmp_path / "target"
+    target.mkdir()
+    pq.write_table(planted.slice(20, 3).select(["uid", "text", "image"]), target / "t.parquet")
+    store = str(tmp_path / "s")
+    table = planted.append_column("clip_score", pa.array(np.linspace(1, 0, planted.num_rows), pa.float32()))
+    stages = {
+        "semdedup": SemDedup(SemDedupConfig(checkpoint=str(embedding_checkpoint), store=store, clusters=5,
+                                            epsilon=0.01)),
+        "embed_dedup": EmbedDedup(EmbedDedupConfig(checkpoint=str(embedding_checkpoint), store=store,
+                                                   threshold=0.995, index="flat", cluster_rows=25)),
+        "image_based_filter": ImageBasedFilter(ImageBasedFilterConfig(
+            checkpoint=str(embedding_checkpoint), store=store, target=[str(target)], clusters=8)),
+    }
+    runs = {(name, workers): dropped(run_global_stage(stage, table, LocalEngine(workers, progress=False),
+                                                      task_rows=task_rows, partition_rows=partition_rows)[1])
+            for name, stage in stages.items() for workers, task_rows, partition_rows in ((1, 7, 5), (2, 16, 11))}
+    for name in stages:
+        assert runs[(name, 1)] == runs[(name, 2)] and 0 < len(runs[(name, 1)]) < table.num_rows, name
+    # embed_dedup in 4 clusters finds a subset of the whole pool's groups: each dropped sample names
+    # a keeper of its brute-force group; exact copies (cosine 1) share a cluster, so one at most survives
+    config = stages["embed_dedup"].config
+    uids = table["uid"].to_pylist()
+    vectors, _ = vectors_of(config, table)
+    group = components(len(uids), *np.nonzero(np.triu(vectors @ vectors.T >= 0.995, k=1)))
+    index = {u: i for i, u in enumerate(uids)}
+    assert all(group[index[uid]] == group[index[keeper]] for uid, keeper in runs[("embed_dedup", 1)].items())
+    for i in range(10):
+        assert len({f"0{i:031x}", f"f0{i:030x}"} - set(runs[("embed_dedup", 1)])) <= 1
+
+
+def test_kmeans_fits_on_a_bounded_sample(planted, embedding_checkpoint, tmp_path, monkeypatch):
+    """With fit_sample below the pool's size k-means sees exactly the rows with the smallest uid
+    hashes (whatever the tasks), and every row, sampled or not, gets a cluster and a decision."""
+    fitted = []
+    original = embeddings_module.spherical_kmeans
+    monkeypatch.setattr(embeddings_module, "spherical_kmeans",
+                        lambda vectors, *args: fitted.append((vectors, *original(vectors, *args))) or fitted[-1][1:])
+    config = SemDedupConfig(checkpoint=str(embedding_checkpoint), store=str(tmp_path / "s"), clusters=4,
+                            epsilon=0.01, fit_sample=30)
+    _, verdict = run_global(SemDedup(config), planted)
+    _, again = run_global(SemDedup(config), planted, batch_rows=13)
+    assert dropped(again) == dropped(verdict)
+    uids = planted["uid"].to_pylist()
+    vectors, _ = vectors_of(config, planted)
+    sample = sorted(np.argsort(uid_hash(planted["uid"]), kind="stable")[:30], key=lambda i: uids[i])
+    (seen, centroids, _), (seen_again, centroids_again, _) = fitted
+    assert np.array_equal(seen, vectors[sample]) and np.array_equal(seen_again, seen)
+    assert np.array_equal(centroids, centroids_again) and len(centroids) == 4
+    assert verdict.table.num_rows == planted.num_rows  # every row decided: kept or rejected
+    got = dropped(verdict)
+    assignment = np.argmax(vectors @ centroids.T, axis=1)
+    index = {u: i for i, u in enumerate(uids)}
+    for uid, value in got.items():
+        assert assignment[index[uid]] == assignment[index[value]]
+        assert vectors[index[uid]] @ vectors[index[value]] > 1 - 0.01
+    kept = [i for i, u in enumerate(uids) if u not in got]
+    same = assignment[kept][:, None] == assignment[kept][None, :]
+    assert not np.any(np.triu((vectors[kept] @ vectors[kept].T > 1 - 0.01) & same, k=1))
+    assert set(got) - {uids[i] for i in sample}  # rows outside the sample were decided too
 
 
 def test_image_based_filter_keeps_the_targets_clusters(planted, embedding_checkpoint, tmp_path):
