@@ -6,15 +6,19 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections import Counter
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import pyarrow as pa  # noqa: E402
 import pyarrow.dataset as ds  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from curate.io.writers import atomic  # noqa: E402
+
+SAMPLE_ROWS = 200_000  # kept rows the distribution plots are drawn from
 
 
 def _png(fig) -> str:
@@ -136,11 +140,11 @@ def _concepts(fit: dict, parts: list) -> str:
 
     from curate.metadata import rank_profile
 
-    after: dict[int, int] = {}
+    after: Counter = Counter()
     if parts and "concepts" in pq.read_schema(parts[0]).names:
-        ids = pc.list_flatten(ds.dataset(parts, format="parquet").to_table(columns=["concepts"]).column("concepts"))
-        counted = pc.value_counts(ids)
-        after = dict(zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist()))
+        for batch in ds.dataset(parts, format="parquet").to_batches(columns=["concepts"]):  # streamed: counts stay small
+            counted = pc.value_counts(pc.list_flatten(batch.column("concepts")))
+            after.update(dict(zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist())))
     fig, ax = _figure()
     for label, curve in (("before balancing", fit["rank_counts"]), ("kept", rank_profile(list(after.values())))):
         if curve:
@@ -164,13 +168,25 @@ def _concepts(fit: dict, parts: list) -> str:
             f"<th>p = min(1, t/count)</th><th>kept</th><th>cut</th></tr>{rows}</table>")
 
 
+def sample_rows(parts: list, columns: list[str], limit: int = SAMPLE_ROWS):
+    """At most about `limit` kept rows, every k-th of the whole output, read batch by batch (the
+    report's distributions are drawn from this sample, whatever the run's size)."""
+    dataset = ds.dataset(parts, format="parquet")
+    step = max(1, -(-dataset.count_rows() // limit))
+    pieces, seen = [], 0
+    for batch in dataset.to_batches(columns=columns):
+        first = (-seen) % step
+        pieces.append(batch.take(list(range(first, batch.num_rows, step))))
+        seen += batch.num_rows
+    return pa.Table.from_batches(pieces, schema=dataset.schema.select(columns)) if pieces else None
+
+
 def write_report(layout, stats: dict) -> None:
     """Write OUTPUT/report.html from stats.json's content and the kept Parquet parts."""
     parts = sorted(layout.parquet.glob("*.parquet"))
     if parts:
         names = set(pq.read_schema(parts[0]).names)
-        columns = [c for c in ("text", "width", "height", "lang") if c in names]
-        kept = ds.dataset(parts, format="parquet").to_table(columns=columns)
+        kept = sample_rows(parts, [c for c in ("text", "width", "height", "lang") if c in names])
     else:
         kept = None
     rows = "".join(

@@ -114,7 +114,7 @@ _HEX_VALUES[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16, dtype=np.uin
 def uid_pairs(uids: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """Unsorted DataComp uid pairs (dtype u8,u8) of a uid column, as `uid_array` makes them:
     32-hex uids are parsed in bulk (NumPy over the string bytes); any other uid is md5-hashed."""
-    uids = pa.concat_arrays(uids.chunks) if isinstance(uids, pa.ChunkedArray) else uids
+    uids = uids.combine_chunks() if isinstance(uids, pa.ChunkedArray) else uids
     uids = pc.cast(uids, pa.string())
     out = np.zeros(len(uids), UID_DTYPE)
     if not len(uids):

@@ -243,10 +243,12 @@ class GlobalStage(Stage):
         made once, by the driver, so it is the same on every engine (default: none)."""
         return {}
 
-    def apply(self, table: pa.Table, state: dict[str, Any], rejected: pa.Table) -> Verdict:
+    def apply(self, table: pa.Table, state: dict[str, Any], rejected: pa.Table | None = None) -> Verdict:
         """Decide each row of a batch: by default reject the rows the fit named. `rejected` holds
         (position in this batch, reason, value) for this batch's rows."""
         verdict = Verdict(table)
+        if rejected is None:
+            return verdict
         positions = rejected.column("position").to_pylist()
         for row, reason, value in zip(positions, rejected.column("reason").to_pylist(),
                                       rejected.column("value").to_pylist()):

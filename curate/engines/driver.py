@@ -170,7 +170,8 @@ def _write_uid_parts(layout: RunLayout, task: int, last_pass: int, kept: list[pa
     kept_table = pa.concat_tables(kept, promote_options="default") if kept else pa.table({"uid": pa.array([], pa.string())})
     rejected = [pq.read_table(path, columns=["uid"]).column("uid") for k in range(last_pass + 1)
                 if (path := layout.ledger_part(k, task)).exists()]
-    every = pa.chunked_array([kept_table.column("uid").cast(pa.string())] + [c.cast(pa.string()) for c in rejected])
+    columns = [kept_table.column("uid"), *rejected]
+    every = pa.chunked_array([chunk.cast(pa.string()) for column in columns for chunk in column.chunks], pa.string())
     write_sorted_uids(uid_pairs(every), layout.uid_part("all", task))
     pool = kept_table
     if "parent_uid" in pool.column_names:

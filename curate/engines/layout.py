@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 from curate.engines.plan import Pass, StageStats, merge_stats, stage_key
 from curate.io.readers import READ_STAGE
 from curate.io.assembly import concat_parquet, merge_uids, repeated_uids
+from curate.io.paths import file_stamp
 from curate.io.writers import write_json_atomic
 from curate.schema import LEDGER_SCHEMA
 from curate.stage import Stage
@@ -143,12 +144,6 @@ class RunLayout:
         write_json_atomic({**run, "complete": True}, self.run_file)
 
 
-def _file_stamps(path: Path) -> list:
-    """(path, size, mtime_ns) of a file, or of every file under a folder."""
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
-
-
 def _named_paths(value) -> list[Path]:
     """Existing files or folders named by strings in a config value (a blocklist, eval data...)."""
     if isinstance(value, str):
@@ -169,7 +164,7 @@ def fingerprint(pipeline_raw: dict, tasks: list, written: list[str] = ()) -> dic
     the stages write, `written`, are not inputs)."""
     inputs = [[task.path, task.row_group] for task in tasks]
     named = set(_named_paths(pipeline_raw.get("stages", []))) - {Path(p) for p in written}
-    paths = {Path(task.path) for task in tasks} | named
-    stamps = [stamp for path in sorted(paths) for stamp in _file_stamps(path)]
+    paths = {task.path for task in tasks} | {str(p) for p in named}  # strings: Path would mangle s3://
+    stamps = [stamp for path in sorted(paths, key=lambda p: p.split("/")) for stamp in file_stamp(path)]
     blob = json.dumps({"pipeline": pipeline_raw, "inputs": inputs, "files": stamps}, sort_keys=True, default=str)
     return {"fingerprint": hashlib.sha256(blob.encode()).hexdigest(), "pipeline": pipeline_raw.get("name")}

@@ -16,7 +16,6 @@ import pickle
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
@@ -90,5 +89,15 @@ class SparkEngine(TaskEngine):
 
         frame = self._spark.read.parquet(*data.files)
         frame = frame.withColumn(PARTITION_COLUMN, F.pmod(F.xxhash64(F.col(keys[0])), F.lit(partitions)).cast("int"))
-        grouped = frame.groupBy(PARTITION_COLUMN).applyInArrow(partial(reduce_group, reduce), "path string, rows long")
+        grouped = frame.groupBy(PARTITION_COLUMN).applyInArrow(_grouped(reduce), "path string, rows long")
         return [{"path": row["path"], "rows": int(row["rows"])} for row in grouped.collect()]
+
+
+def _grouped(reduce: Reducer) -> Callable[[pa.Table], pa.Table]:
+    """`reduce_group` as a plain annotated function: Spark picks the grouped-map flavour from the
+    function's type hints, which a functools.partial does not have."""
+
+    def run(table: pa.Table) -> pa.Table:
+        return reduce_group(reduce, table)
+
+    return run

@@ -150,7 +150,7 @@ class ClipScore(GlobalStage):
         return {"kind": "clip_score_fraction", "threshold": state["threshold"], "scored": state["scored"],
                 "top_fraction": self.config.top_fraction, "kept_at_least": state["kept_at_least"]}
 
-    def apply(self, table: pa.Table, state: dict, rejected: pa.Table) -> Verdict:
+    def apply(self, table: pa.Table, state: dict, rejected: pa.Table | None = None) -> Verdict:
         verdict = Verdict(table)
         scores = pc.cast(table.column("clip_score"), pa.float32())
         if "thresholds" in state:

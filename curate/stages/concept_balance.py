@@ -147,14 +147,18 @@ class ConceptBalance(GlobalStage):
     def fit(self, data: Dataset, context: FitContext) -> Fitted:
         """Entry counts over the pool (a small associative statistic), then t and each entry's
         keep probability; the draw itself happens in apply."""
-        fit = context.aggregate(data, self.partial, self.merge)
+        return Fitted(self.finalize(context.aggregate(data, self.partial, self.merge)))
+
+    def finalize(self, fit: ConceptCounts) -> dict:
+        """The state apply needs from the merged counts: t, each entry's keep probability, and
+        the counts and sizes for the fit summary."""
         t = self.config.t if self.config.t is not None else self._solve_t(fit)
         ids = np.array(sorted(fit.counts), np.int64)
-        return Fitted({"t": t, "entry_prob": entry_probabilities(fit.counts, t, self.size), "count_ids": ids,
+        return {"t": t, "entry_prob": entry_probabilities(fit.counts, t, self.size), "count_ids": ids,
                        "count_values": np.array([fit.counts[e] for e in ids], np.int64), "samples": fit.samples,
-                       "unmatched": fit.unmatched, "expected_kept": round(self.expected_kept(fit, t), 3)})
+                       "unmatched": fit.unmatched, "expected_kept": round(self.expected_kept(fit, t), 3)}
 
-    def apply(self, table: pa.Table, state: dict, rejected: pa.Table) -> Verdict:
+    def apply(self, table: pa.Table, state: dict, rejected: pa.Table | None = None) -> Verdict:
         verdict = Verdict(table)
         for i, (uid, entries) in enumerate(zip(table.column("uid").to_pylist(), self._entries(table))):
             if not entries:

@@ -68,8 +68,6 @@ def upload(local, url) -> None:
     s3fs.S3FileSystem().put(str(local), url, recursive=True)
 
 
-@pytest.mark.xfail(strict=True, raises=FileNotFoundError,
-                   reason="the run's fingerprint stamps inputs by local stat until it calls curate.io.paths.file_stamp")
 def test_a_run_from_s3_equals_the_run_from_local_files(local_inputs, bucket, tmp_path):
     pipeline_file = tmp_path / "s3.yaml"
     pipeline_file.write_text(PIPELINE)

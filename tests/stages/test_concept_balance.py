@@ -36,6 +36,11 @@ def fit(stage: ConceptBalance, table: pa.Table, batch: int = 32):
     return stage.finalize(stage.merge(parts))
 
 
+def counts_of(state: dict) -> dict[int, int]:
+    """The fitted samples per entry."""
+    return dict(zip(state["count_ids"].tolist(), state["count_values"].tolist()))
+
+
 def kept_counts(stage: ConceptBalance, table: pa.Table, state) -> tuple[Counter, int]:
     """Samples kept per entry, and samples kept, after apply."""
     verdict = stage.apply(table, state)
@@ -48,8 +53,8 @@ def test_counts_merge_in_any_grouping(matched, concept_metadata):
     expected = Counter(e for entries in matched.column("concepts").to_pylist() for e in entries)
     states = [fit(stage, matched, batch) for batch in (7, 40, matched.num_rows)]
     for state in states:
-        assert state.counts == dict(expected)
-        assert state.unmatched == sum(1 for c in matched.column("concepts").to_pylist() if not c)
+        assert counts_of(state) == dict(expected)
+        assert state["unmatched"] == sum(1 for c in matched.column("concepts").to_pylist() if not c)
     parts = [stage.partial(matched.slice(i, 20)) for i in range(0, matched.num_rows, 20)]
     left = stage.merge([stage.merge(parts[:3]), stage.merge(parts[3:])])
     right = stage.merge([stage.merge(parts[::-1][:2]), stage.merge(parts[::-1][2:])])
@@ -61,12 +66,12 @@ def test_entries_at_or_below_t_keep_every_sample(matched, concept_metadata):
     t = 4
     stage = balance(concept_metadata, t=t)
     state = fit(stage, matched)
-    tail = {e for e, n in state.counts.items() if n <= t}
-    assert tail and any(n > t for n in state.counts.values())
+    tail = {e for e, n in counts_of(state).items() if n <= t}
+    assert tail and any(n > t for n in counts_of(state).values())
     for seed in range(20):
         stage = balance(concept_metadata, t=t, seed=seed)
         counts, _ = kept_counts(stage, matched, state)
-        assert all(counts[e] == state.counts[e] for e in tail)
+        assert all(counts[e] == counts_of(state)[e] for e in tail)
 
 
 def test_single_entry_samples_follow_min_count_t_in_expectation(matched, concept_metadata):
@@ -74,13 +79,13 @@ def test_single_entry_samples_follow_min_count_t_in_expectation(matched, concept
     single = matched.filter(pa.array([len(c) == 1 for c in matched.column("concepts").to_pylist()]))
     t = 1
     state = fit(balance(concept_metadata, t=t), single)
-    head = {e: n for e, n in state.counts.items() if n > t}
+    head = {e: n for e, n in counts_of(state).items() if n > t}
     assert len(head) >= 3, head
     totals = Counter()
     for seed in range(SEEDS):
         counts, _ = kept_counts(balance(concept_metadata, t=t, seed=seed), single, state)
         totals.update(counts)
-    for entry, count in state.counts.items():
+    for entry, count in counts_of(state).items():
         mean = totals[entry] / SEEDS
         q = min(1.0, t / count)
         sd = math.sqrt(count * q * (1 - q) / SEEDS)
@@ -93,7 +98,7 @@ def test_all_samples_follow_metaclip_rule_in_expectation(matched, concept_metada
     t = 3
     state = fit(balance(concept_metadata, t=t), matched)
     rows = matched.column("concepts").to_pylist()
-    probs = [1 - math.prod(1 - min(1.0, t / state.counts[e]) for e in entries) if entries else 0.0 for entries in rows]
+    probs = [1 - math.prod(1 - min(1.0, t / counts_of(state)[e]) for e in entries) if entries else 0.0 for entries in rows]
     expected, variance = Counter(), Counter()
     for entries, p in zip(rows, probs):
         for e in entries:
@@ -104,12 +109,12 @@ def test_all_samples_follow_metaclip_rule_in_expectation(matched, concept_metada
         counts, kept = kept_counts(balance(concept_metadata, t=t, seed=seed), matched, state)
         totals.update(counts)
         kept_total += kept
-    for entry, count in state.counts.items():
+    for entry, count in counts_of(state).items():
         assert expected[entry] >= min(count, t) - 1e-9
         mean, sd = totals[entry] / SEEDS, math.sqrt(variance[entry] / SEEDS)
         assert abs(mean - expected[entry]) <= 4.5 * sd + 1e-9, (entry, count, mean, expected[entry])
     assert abs(kept_total / SEEDS - sum(probs)) <= 4.5 * math.sqrt(sum(p * (1 - p) for p in probs) / SEEDS)
-    assert sum(probs) < len(rows) - state.unmatched  # balancing cut something
+    assert sum(probs) < len(rows) - state["unmatched"]  # balancing cut something
 
 
 @pytest.mark.parametrize("policy", ["drop", "keep"])
@@ -147,12 +152,12 @@ def test_t_from_target_size(matched, concept_metadata):
     stage = balance(concept_metadata, target_size=target)
     fit_state = stage.merge([stage.partial(matched)])
     state = stage.finalize(fit_state)
-    assert state.expected_kept >= target
-    assert state.t == 1 or stage.expected_kept(fit_state, state.t - 1) < target  # the smallest such t
+    assert state['expected_kept'] >= target
+    assert state['t'] == 1 or stage.expected_kept(fit_state, state['t'] - 1) < target  # the smallest such t
     sizes = [kept_counts(balance(concept_metadata, target_size=target, seed=s), matched, state)[1] for s in range(50)]
-    assert abs(np.mean(sizes) - state.expected_kept) < 3 * np.std(sizes) / math.sqrt(50) + 0.5
+    assert abs(np.mean(sizes) - state['expected_kept']) < 3 * np.std(sizes) / math.sqrt(50) + 0.5
     unreachable = balance(concept_metadata, target_size=matched.num_rows * 10)
-    assert unreachable.finalize(unreachable.merge([unreachable.partial(matched)])).t == max(state.counts.values())
+    assert unreachable.finalize(unreachable.merge([unreachable.partial(matched)]))["t"] == max(counts_of(state).values())
 
 
 def test_exactly_one_of_t_and_target(concept_metadata):
