@@ -176,7 +176,7 @@ def sample_rows(parts: list, columns: list[str], limit: int = SAMPLE_ROWS):
     pieces, seen = [], 0
     for batch in dataset.to_batches(columns=columns):
         first = (-seen) % step
-        pieces.append(batch.take(list(range(first, batch.num_rows, step))))
+        pieces.append(batch.take(pa.array(range(first, batch.num_rows, step), pa.int64())))  # typed: an empty take too
         seen += batch.num_rows
     return pa.Table.from_batches(pieces, schema=dataset.schema.select(columns)) if pieces else None
 
