@@ -178,7 +178,7 @@ def sample_rows(parts: list, columns: list[str], limit: int = SAMPLE_ROWS):
         first = (-seen) % step
         pieces.append(batch.take(pa.array(range(first, batch.num_rows, step), pa.int64())))  # typed: an empty take too
         seen += batch.num_rows
-    return pa.Table.from_batches(pieces, schema=dataset.schema.select(columns)) if pieces else None
+    return pa.Table.from_batches(pieces) if pieces else None
 
 
 def write_report(layout, stats: dict) -> None:
