@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field
 
 from curate.stage import MapStage, StageConfig, Verdict
@@ -31,14 +33,21 @@ class Caption(MapStage):
     def process(self, table: pa.Table) -> Verdict:
         cfg = self.config
         verdict = Verdict(table)
-        for i, text in enumerate(table.column("text").to_pylist()):
-            stripped = (text or "").strip()
-            if not stripped:
-                verdict.reject(i, "empty_caption", repr(text))
-            elif len(stripped.split()) < cfg.min_words:
-                verdict.reject(i, "too_few_words", len(stripped.split()))
-            elif len(stripped) < cfg.min_chars:
-                verdict.reject(i, "too_few_chars", len(stripped))
-            elif cfg.max_chars is not None and len(stripped) > cfg.max_chars:
-                verdict.reject(i, "caption_too_long", len(stripped))
+        text = table.column("text")
+        # Arrow's Unicode whitespace is Python's str.isspace (checked over every code point in the tests)
+        stripped = pc.utf8_trim_whitespace(text.fill_null(""))
+        chars = pc.utf8_length(stripped).to_numpy(zero_copy_only=False)
+        empty = chars == 0
+        if empty.any():  # the ledger shows the caption as Python writes it ('None', '  ')
+            rows = np.flatnonzero(empty)
+            shown = np.full(table.num_rows, None, dtype=object)
+            shown[rows] = [repr(t) for t in text.take(pa.array(rows)).to_pylist()]
+            verdict.reject_where(empty, "empty_caption", shown)
+        if cfg.min_words > 1:  # split no further than needed: a caption of fewer words is split whole
+            words = pc.list_value_length(pc.utf8_split_whitespace(stripped, max_splits=cfg.min_words - 1))
+            words = words.to_numpy(zero_copy_only=False)
+            verdict.reject_where(words < cfg.min_words, "too_few_words", words)
+        verdict.reject_where(chars < cfg.min_chars, "too_few_chars", chars)
+        if cfg.max_chars is not None:
+            verdict.reject_where(chars > cfg.max_chars, "caption_too_long", chars)
         return verdict

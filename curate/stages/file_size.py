@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
@@ -26,10 +27,18 @@ class FileSize(MapStage):
 
     def process(self, table: pa.Table) -> Verdict:
         verdict = Verdict(table)
-        sizes = pc.fill_null(pc.binary_length(table.column("image")), 0).to_pylist()
-        for i, size in enumerate(sizes):
-            if size < self.config.min_bytes:
-                verdict.reject(i, "file_too_small", f"{size} B")
-            elif self.config.max_bytes is not None and size > self.config.max_bytes:
-                verdict.reject(i, "file_too_large", f"{size} B")
+        sizes = pc.binary_length(table.column("image")).fill_null(0).to_numpy(zero_copy_only=False)
+        small = sizes < self.config.min_bytes
+        large = sizes > self.config.max_bytes if self.config.max_bytes is not None else np.zeros(len(sizes), bool)
+        shown = _shown(sizes, small | large)
+        verdict.reject_where(small, "file_too_small", shown)
+        verdict.reject_where(large, "file_too_large", shown)
         return verdict
+
+
+def _shown(sizes: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The ledger value ("4999 B") where `rows` is true, else None."""
+    shown = np.full(len(sizes), None, dtype=object)
+    picked = np.flatnonzero(rows)
+    shown[picked] = [f"{size} B" for size in sizes[picked].tolist()]
+    return shown

@@ -5,10 +5,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
 from curate.stage import MapStage, StageConfig, Verdict
+from curate.textmatch import WordMatcher, re2_form
 
 
 class TextFilterConfig(StageConfig):
@@ -41,7 +44,7 @@ class TextFilter(MapStage):
 
     def setup(self) -> None:
         flags = re.IGNORECASE if self.config.ignore_case else 0
-        self._patterns = [re.compile(p, flags) for p in self.config.patterns]
+        self._patterns = [(p, re2_form(p)) for p in (re.compile(p, flags) for p in self.config.patterns)]
         words = list(self.config.blocklist)
         if self.config.blocklist_file:
             lines = Path(self.config.blocklist_file).read_text(encoding="utf-8").splitlines()
@@ -51,15 +54,31 @@ class TextFilter(MapStage):
             if words
             else None
         )
+        self._words = WordMatcher(words, self.config.ignore_case)
 
     def process(self, table: pa.Table) -> Verdict:
         verdict = Verdict(table)
-        for i, text in enumerate(table.column("text").to_pylist()):
-            text = text or ""
-            for pattern in self._patterns:
-                if pattern.search(text):
-                    verdict.reject(i, "pattern", pattern.pattern)
-                    break
-            if self._blocklist is not None and (match := self._blocklist.search(text)):
-                verdict.reject(i, "blocklist", match.group(0))
+        texts = table.column("text").fill_null("").combine_chunks()
+        everywhere = np.ones(len(texts), bool)
+        # RE2 decides the non-empty ASCII rows (where it and Python agree), Python the others
+        ascii = pc.and_(pc.string_is_ascii(texts), pc.greater(pc.binary_length(texts), 0)).to_numpy(zero_copy_only=False)
+        for pattern, form in self._patterns:
+            found = np.zeros(len(texts), bool)
+            by_python = everywhere if form is None else ~ascii
+            if form is not None:
+                found[ascii] = pc.match_substring_regex(texts, form).to_numpy(zero_copy_only=False)[ascii]
+            found[by_python] = _search(pattern, texts, by_python, lambda match: match is not None)
+            verdict.reject_where(found, "pattern", np.full(len(texts), pattern.pattern, dtype=object))
+        if self._blocklist is not None:
+            if self._words.usable:
+                words = self._words.first_matches(texts)
+            else:
+                words = np.full(len(texts), None, dtype=object)
+                words[:] = _search(self._blocklist, texts, everywhere, lambda match: match and match.group(0))
+            verdict.reject_where(np.not_equal(words, None), "blocklist", words)
         return verdict
+
+
+def _search(pattern: re.Pattern, texts: pa.Array, rows: np.ndarray, answer) -> list:
+    """`answer(pattern.search(text))` for each text where `rows` is true, in order."""
+    return [answer(pattern.search(t)) for t in texts.filter(pa.array(rows)).to_pylist()]
