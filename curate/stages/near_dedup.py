@@ -9,9 +9,11 @@ The fit works on narrow rows (uid, phash, _row), and no process holds the pool's
    chunk value). Two hashes within `radius` bits agree on at least one whole chunk, so they
    share a bucket: no pair is missed.
 2. Buckets meet (group by key): every pair of a bucket is verified, popcount(a ^ b) <= radius,
-   in TILE x TILE blocks (memory does not grow with the bucket). The verified pairs of a
-   partition are reduced to a spanning forest (one star per local component, rooted at its
-   smallest uid), so a partition emits at most one edge per node however dense its buckets.
+   in blocks of about TILE x TILE (small buckets many at a time, padded to a power of two; big
+   ones in tiles: memory does not grow with the bucket). The verified pairs of a partition are
+   reduced to a spanning forest (one star per local component, rooted at its smallest uid), so
+   a partition emits at most one edge per node however dense its buckets, and the graph has at
+   most radius+1 edges a node.
 3. Connected components by min-label propagation over those edges: a node's label starts as
    its own uid; each round (a group by node) a node takes the smallest label among its own and
    the messages sent to it, and a node whose label fell sends the new one to its neighbours.
@@ -48,8 +50,7 @@ from curate.schema import set_column
 from curate.stage import ROW_COLUMN, Dataset, FitContext, Fitted, GlobalStage, StageConfig, Verdict, map_rows, rejections
 
 HASH_BITS = 64
-TILE = 1024  # a big bucket's pairs are verified TILE x TILE at a time
-SMALL_BUCKET = 32  # buckets up to this size are verified together, by offsets within the bucket
+TILE = 512  # pairs are verified about TILE x TILE at a time (a bucket up to TILE rows in one block)
 EDGE_LIMIT = 1 << 22  # verified pairs a partition holds before it reduces them to a forest
 
 FIT_SCHEMA = pa.schema([("uid", pa.string()), ("phash", pa.int64()), (ROW_COLUMN, pa.int64())])
@@ -119,25 +120,30 @@ def hash_chunks(radius: int, table: pa.Table) -> pa.Table:
 
 def _pairs_within(radius: int, keys: np.ndarray, hashes: np.ndarray, nodes: np.ndarray):
     """Node pairs within `radius` bits among rows sorted by key (whole buckets), yielded in
-    bounded pieces: buckets up to SMALL_BUCKET rows all at once by offsets inside a bucket,
-    bigger ones in TILE x TILE blocks."""
+    pieces of about TILE x TILE verified pairs: buckets up to TILE rows many at a time, padded to
+    the next power of two; bigger ones in TILE x TILE blocks."""
     starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if len(keys) else np.zeros(0, np.int64)
-    ends = np.r_[starts[1:], len(keys)]
-    sizes = ends - starts
-    small = np.repeat(sizes <= SMALL_BUCKET, sizes)
-    row_end = np.repeat(ends, sizes)
-    rows = np.flatnonzero(small)
-    for offset in range(1, int(sizes[sizes <= SMALL_BUCKET].max(initial=1))):
-        rows = rows[rows + offset < row_end[rows]]
-        close = rows[hamming(hashes[rows], hashes[rows + offset]) <= radius]
-        yield nodes[close], nodes[close + offset]
-    for start, end in zip(starts[sizes > SMALL_BUCKET], ends[sizes > SMALL_BUCKET]):
-        for i in range(start, end, TILE):
-            for j in range(i, end, TILE):
-                close = hamming(hashes[i:min(i + TILE, end), None], hashes[None, j:min(j + TILE, end)]) <= radius
-                if i == j:
-                    close = np.triu(close, k=1)
-                a, b = np.nonzero(close)
+    sizes = np.r_[starts[1:], len(keys)] - starts
+    width = np.left_shift(1, np.ceil(np.log2(np.maximum(sizes, 2))).astype(np.int64))
+    for size in np.unique(width[(sizes > 1) & (sizes <= TILE)]):
+        buckets = np.flatnonzero((width == size) & (sizes > 1))
+        upper = np.triu(np.ones((size, size), bool), k=1)
+        step = max(1, TILE * TILE // (size * size))
+        for first in range(0, len(buckets), step):
+            chosen = buckets[first:first + step]
+            rows = np.minimum(starts[chosen, None] + np.arange(size), len(keys) - 1)
+            block = hashes[rows]
+            close = (hamming(block[:, :, None], block[:, None, :]) <= radius) & upper
+            close &= (np.arange(size) < sizes[chosen, None])[:, None, :]  # i < j < the bucket's size
+            found, i, j = np.unravel_index(np.flatnonzero(close), close.shape)
+            yield nodes[rows[found, i]], nodes[rows[found, j]]
+    for start, size in zip(starts[sizes > TILE], sizes[sizes > TILE]):
+        for i in range(start, start + size, TILE):
+            for j in range(i, start + size, TILE):
+                left, right = hashes[i:min(i + TILE, start + size)], hashes[j:min(j + TILE, start + size)]
+                a, b = np.unravel_index(np.flatnonzero(hamming(left[:, None], right[None, :]) <= radius),
+                                        (len(left), len(right)))
+                a, b = (a, b) if i != j else (a[a < b], b[a < b])
                 yield nodes[i + a], nodes[j + b]
 
 
@@ -227,7 +233,7 @@ def kept_names(table: pa.Table) -> pa.Table:
     own uid, a FIT_SCHEMA row naming that kept uid (no `_row`: -1)."""
     own = table.filter(table.column("uid").is_valid())
     named = own.filter(pc.not_equal(own.column("label"), own.column("uid")))
-    return pa.Table.from_arrays([named.column("label").cast(pa.string()), named.column("node"),
+    return pa.Table.from_arrays([named.column("label"), named.column("node"),
                                  pa.array(np.full(named.num_rows, -1, np.int64))], schema=FIT_SCHEMA)
 
 

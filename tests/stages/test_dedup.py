@@ -167,7 +167,6 @@ def test_radius_zero_merges_identical_hashes_only(planted_hashes):
 def test_bucket_tiles_and_forest_limits_do_not_change_the_result(planted_hashes, monkeypatch):
     table, _, _ = planted_hashes
     expected = brute_force_components(table, radius=4)
-    monkeypatch.setattr(near_dedup, "TILE", 100)  # workers=1 runs in this process, so these apply
-    monkeypatch.setattr(near_dedup, "SMALL_BUCKET", 3)
+    monkeypatch.setattr(near_dedup, "TILE", 8)  # workers=1 runs in this process, so these apply
     monkeypatch.setattr(near_dedup, "EDGE_LIMIT", 2)
     assert _near_duplicates(table, 4, 1, partition_rows=100_000) == expected
