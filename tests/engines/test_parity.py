@@ -1,4 +1,5 @@
-"""Parity: the same pipelines on the same input give the same output on local, Ray and Spark."""
+"""Parity: the same pipelines on the same input give the same output on local, Ray and Spark, with
+global stages fitted through each engine's own shuffle over many small partitions."""
 
 import json
 import os
@@ -44,6 +45,7 @@ PIPELINES = {
 }
 DOWNLOAD_PATHS = ["/img/0.jpg", "/img/1.jpg", "/img/2.jpg", "/img/3.jpg", "/missing.jpg", "/page.jpg", "/loop.jpg",
                   "/truncated.jpg", "/huge.jpg"]
+PARTITION_ROWS = 8
 ENGINES = {
     "ray": lambda: RayEngine(workers=2, progress=False),
     "spark": lambda: SparkEngine(workers=2, progress=False),
@@ -80,7 +82,9 @@ def test_engine_matches_local(engine, name, faulty_input, image_server, pool_roo
 
     def pipeline(run: str):
         stages = json.loads(text.replace("STORE", str(tmp_path / f"store-{run}")))
-        return parse_pipeline({"name": name, "batch_size": 16, "stages": stages}, f"<{name}>")
+        # small shuffle partitions: every global stage's fit shuffles ~20 partitions over the workers
+        return parse_pipeline({"name": name, "batch_size": 16, "partition_rows": PARTITION_ROWS, "stages": stages},
+                              f"<{name}>")
 
     source = faulty_input
     if name == "download":
