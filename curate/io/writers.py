@@ -7,7 +7,6 @@ crashed run never leaves a half-written output behind.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import re
@@ -26,6 +25,9 @@ from curate.schema import uid_array
 TMP_SUFFIX = ".tmp"
 _SAFE_KEY = re.compile(r"[0-9A-Za-z_-]+")
 _MAGIC = ((b"\xff\xd8\xff", "jpg"), (b"\x89PNG", "png"), (b"GIF8", "gif"), (b"BM", "bmp"))
+_NAME_BYTES = 100  # a USTAR member name
+MAX_KEY = _NAME_BYTES - len(".json")  # the longest extension written is 4 letters (json, webp)
+_JSON = json.JSONEncoder(ensure_ascii=False, default=str)  # one encoder: json.dumps with options makes one a call
 
 
 def image_extension(data: bytes) -> str:
@@ -39,9 +41,10 @@ def image_extension(data: bytes) -> str:
 
 
 def file_key(uid: str) -> str:
-    """A file name stem for a sample: its uid when that is a plain name (letters, digits, _ and -), else
-    the uid's md5 (a WebDataset key ends at the first dot, and a path must not escape its folder)."""
-    return uid if _SAFE_KEY.fullmatch(uid) else hashlib.md5(uid.encode()).hexdigest()
+    """A file name stem for a sample: its uid when that is a plain name (letters, digits, _ and -) of at
+    most MAX_KEY characters, else the uid's md5 (a WebDataset key ends at the first dot, a path must not
+    escape its folder, and a tar member's name holds 100 bytes)."""
+    return uid if len(uid) <= MAX_KEY and _SAFE_KEY.fullmatch(uid) else hashlib.md5(uid.encode()).hexdigest()
 
 
 def temp_path(path: Path) -> Path:
@@ -70,14 +73,13 @@ class PartWriter:
         self.rows = 0
         self._parquet: pq.ParquetWriter | None = None
         self._schema: pa.Schema | None = None
-        self._tar = None
+        self._tar: TarShard | None = None
 
     def __enter__(self) -> "PartWriter":
         self.parquet_path.parent.mkdir(parents=True, exist_ok=True)
         if self.tar_path is not None:
-            # plain tarfile in WebDataset's layout: importing webdataset imports torch (seconds per worker)
             self.tar_path.parent.mkdir(parents=True, exist_ok=True)
-            self._tar = tarfile.open(temp_path(self.tar_path), "w", format=tarfile.USTAR_FORMAT)
+            self._tar = TarShard(temp_path(self.tar_path))
         return self
 
     def write(self, table: pa.Table) -> None:
@@ -94,19 +96,19 @@ class PartWriter:
         self.rows += table.num_rows
 
     def _write_tar(self, table: pa.Table) -> None:
+        """Each row as WebDataset members: {key}.{jpg,png,...} (when it has an image), {key}.txt, {key}.json."""
         meta_columns = [f.name for f in table.schema if not pa.types.is_binary(f.type) and not pa.types.is_large_binary(f.type)]
         metas = table.select(meta_columns).to_pylist()
-        for image, meta in zip(table.column("image").to_pylist(), metas):
+        images = _binary_views(table.column("image")) if "image" in table.column_names else [None] * table.num_rows
+        names, payloads = [], []
+        for image, meta in zip(images, metas):
             key = file_key(meta["uid"])  # the json keeps the uid
             if image is not None:
-                self._add(f"{key}.{image_extension(image)}", image)
-            self._add(f"{key}.txt", (meta["text"] or "").encode("utf-8"))
-            self._add(f"{key}.json", json.dumps(meta, ensure_ascii=False, default=str).encode("utf-8"))
-
-    def _add(self, name: str, data: bytes) -> None:
-        info = tarfile.TarInfo(name)
-        info.size, info.mode, info.mtime = len(data), 0o444, 0
-        self._tar.addfile(info, io.BytesIO(data))
+                names.append(f"{key}.{image_extension(bytes(image[:12]))}")
+                payloads.append(image)
+            names += (f"{key}.txt", f"{key}.json")
+            payloads += ((meta["text"] or "").encode("utf-8"), _JSON.encode(meta).encode("utf-8"))
+        self._tar.add(names, payloads)
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self._tar is not None:
@@ -122,6 +124,100 @@ class PartWriter:
                 os.replace(tmp, path)
             elif tmp.exists():
                 tmp.unlink()
+
+
+def _binary_views(column: pa.ChunkedArray) -> list[memoryview | None]:
+    """The values of a binary column as views into its Arrow buffers (None where null), not copies."""
+    if pa.types.is_null(column.type):
+        return [None] * len(column)
+    views: list[memoryview | None] = []
+    for chunk in column.chunks:
+        if not len(chunk):
+            continue
+        wide = pa.types.is_large_binary(chunk.type)
+        _, offsets, data = chunk.buffers()
+        ends = np.frombuffer(offsets, np.int64 if wide else np.int32)[chunk.offset : chunk.offset + len(chunk) + 1].tolist()
+        data = memoryview(data) if data is not None else memoryview(b"")
+        valid = chunk.is_valid().to_numpy(zero_copy_only=False).tolist()
+        views += [data[start:end] if ok else None for start, end, ok in zip(ends, ends[1:], valid)]
+    return views
+
+
+_BLOCK = 512
+_RECORD = 20 * _BLOCK  # tarfile ends an archive padded to a whole record
+_SIZE, _CHECKSUM = slice(124, 136), slice(148, 156)  # header fields: 11 octal digits and a NUL; 6, a NUL, a space
+_MAX_SIZE = 8**11 - 1
+
+
+def _ustar_template() -> np.ndarray:
+    """The header Python's tarfile writes for a read-only (0444) regular file of mtime 0, with the
+    name, size and checksum fields blank (the checksum field counts as eight spaces)."""
+    info = tarfile.TarInfo("")
+    info.mode, info.mtime = 0o444, 0
+    header = np.frombuffer(info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape"), np.uint8).copy()
+    header[_SIZE] = 0
+    header[_CHECKSUM] = ord(" ")
+    return header
+
+
+_TEMPLATE = _ustar_template()
+_ZEROS = bytes(_RECORD)
+_PADS = [bytes(n) for n in range(_BLOCK)]  # the zeros after a member of each size mod 512
+_WRITE_BUFFER = 1 << 20  # fewer, larger writes: 30% less CPU a member than the default 8 KiB
+
+
+def _octal(values: np.ndarray, digits: int) -> np.ndarray:
+    """Each value as `digits` zero-padded ASCII octal digits: a (len(values), digits) byte array."""
+    shifts = 3 * np.arange(digits - 1, -1, -1, dtype=np.int64)
+    return ((values[:, None] >> shifts) & 7).astype(np.uint8) + ord("0")
+
+
+def ustar_headers(names: list[str], sizes: np.ndarray) -> np.ndarray:
+    """USTAR headers (one 512-byte row each) for regular files `names` of `sizes` bytes: the bytes
+    Python's tarfile writes for them (mode 0444, mtime 0, no owner), made all at once with NumPy."""
+    try:
+        encoded = np.array(names, dtype=np.bytes_)
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"tar member names must be ASCII: {exc}") from exc
+    if encoded.dtype.itemsize > _NAME_BYTES:
+        bad = names[int(np.argmax(np.char.str_len(encoded)))]
+        raise ValueError(f"tar member name {bad!r} is longer than USTAR's {_NAME_BYTES} bytes")
+    if len(sizes) and sizes.max() > _MAX_SIZE:
+        raise ValueError(f"a tar member of {sizes.max()} bytes is larger than USTAR's {_MAX_SIZE}")
+    headers = np.tile(_TEMPLATE, (len(names), 1))
+    headers[:, :_NAME_BYTES] = np.frombuffer(encoded.astype(f"S{_NAME_BYTES}").tobytes(), np.uint8).reshape(-1, _NAME_BYTES)
+    headers[:, _SIZE.start : _SIZE.stop - 1] = _octal(sizes, 11)
+    checksums = headers.sum(axis=1, dtype=np.int64)
+    headers[:, _CHECKSUM.start : _CHECKSUM.stop - 2] = _octal(checksums, 6)
+    headers[:, _CHECKSUM.stop - 2] = 0
+    return headers
+
+
+class TarShard:
+    """A tar file written a batch of members at a time, byte for byte as Python's tarfile writes the
+    same members in USTAR format (readable by tarfile, webdataset and curate's reader), without
+    its cost of ~70 us a member: the headers are built in bulk (`ustar_headers`)."""
+
+    def __init__(self, path: Path):
+        self._file = open(path, "wb", buffering=_WRITE_BUFFER)
+        self._offset = 0
+
+    def add(self, names: list[str], payloads: list[bytes]) -> None:
+        """Append members `names[i]` holding `payloads[i]`, in order."""
+        sizes = np.fromiter(map(len, payloads), np.int64, len(payloads))
+        headers = memoryview(ustar_headers(names, sizes).tobytes())
+        pads = (-sizes % _BLOCK).tolist()
+        pieces = []
+        for i, (payload, pad) in enumerate(zip(payloads, pads)):
+            pieces += (headers[i * _BLOCK : (i + 1) * _BLOCK], payload, _PADS[pad])
+        self._file.writelines(pieces)
+        self._offset += len(names) * _BLOCK + int(sizes.sum()) + sum(pads)
+
+    def close(self) -> None:
+        """End the archive (two zero blocks, then zeros to a whole record) and close the file."""
+        end = self._offset + 2 * _BLOCK
+        self._file.write(_ZEROS[: 2 * _BLOCK + (-end % _RECORD)])
+        self._file.close()
 
 
 def _compression(schema: pa.Schema) -> dict[str, str]:

@@ -10,7 +10,7 @@ import webdataset as wds
 from PIL import Image
 
 from curate.engines.local import LocalEngine
-from curate.io.writers import PartWriter, atomic, image_extension
+from curate.io.writers import PartWriter, TarShard, atomic, file_key, image_extension, ustar_headers
 from curate.pipeline import load_pipeline
 from curate.runner import run_pipeline
 from curate.schema import UID_DTYPE
@@ -100,3 +100,91 @@ def test_atomic_writers_of_one_file_at_once_do_not_collide(tmp_path):
             second.write_bytes(b"second")
     assert target.read_bytes() == b"first"
     assert [p.name for p in tmp_path.iterdir()] == ["shard.npy"]
+
+
+def _tarfile_reference(path, members):
+    """The tar Python's tarfile writes for `members` (name, bytes), as the writer did before it built headers in bulk."""
+    import tarfile
+
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o444, 0
+            tar.addfile(info, io.BytesIO(data))
+    return path.read_bytes()
+
+
+def test_tar_shard_is_byte_for_byte_what_tarfile_writes(tmp_path):
+    import random
+
+    rng = random.Random(7)
+    members = [(f"{'k' * rng.randint(1, 95)}.{rng.choice(['jpg', 'txt', 'json', 'webp'])}",
+                rng.randbytes(rng.choice([0, 1, 511, 512, 513, 1024, 10_241, rng.randint(0, 3000)]))) for _ in range(120)]
+    shard = TarShard(tmp_path / "bulk.tar")
+    for start, stop in ((0, 0), (0, 1), (1, 50), (50, 120)):  # batches of 0, 1 and many members
+        shard.add([n for n, _ in members[start:stop]], [d for _, d in members[start:stop]])
+    shard.close()
+    assert (tmp_path / "bulk.tar").read_bytes() == _tarfile_reference(tmp_path / "reference.tar", members)
+    empty = TarShard(tmp_path / "empty.tar")
+    empty.close()
+    assert (tmp_path / "empty.tar").read_bytes() == _tarfile_reference(tmp_path / "empty-reference.tar", [])
+
+
+def test_member_names_must_fit_ustar():
+    ustar_headers(["a" * 100], np.array([0]))
+    with pytest.raises(ValueError, match="longer than USTAR's 100 bytes"):
+        ustar_headers(["a.txt", "b" * 101], np.array([0, 0]))
+    with pytest.raises(ValueError, match="must be ASCII"):
+        ustar_headers(["caf\u00e9.txt"], np.array([0]))
+
+
+def test_part_tar_reads_back_member_for_member(tmp_path, real_jpeg):
+    """Long, unsafe and unicode uids, empty and null captions, rows without images, two batches: tarfile,
+    webdataset and curate's reader all see exactly the members a per-row tarfile writer made."""
+    import hashlib
+    import tarfile
+
+    import pyarrow as pa
+
+    from curate.io.readers import plan_inputs, read_task
+
+    png = io.BytesIO()
+    Image.open(io.BytesIO(real_jpeg)).save(png, format="PNG")
+    long_uid = "u" * 120  # a plain name, but {key}.json would not fit a 100-byte member name
+    rows = [
+        {"uid": "a" * 32, "text": "a red fox", "image": real_jpeg, "score": 0.25},
+        {"uid": long_uid, "text": "", "image": png.getvalue(), "score": None},
+        {"uid": "img.001/a", "text": None, "image": None, "score": 1.5},
+        {"uid": "b" * 95, "text": "\u6771\u4eac caf\u00e9 \u2014 \U0001f98a", "image": real_jpeg, "score": -1.0},
+        {"uid": "c" * 32, "text": "line one\nline two", "image": b"", "score": 0.0},
+    ]
+    schema = pa.schema([("uid", pa.string()), ("text", pa.string()), ("image", pa.binary()), ("score", pa.float32())])
+    table = pa.Table.from_pylist(rows, schema)
+    with PartWriter(tmp_path / "p.parquet", tmp_path / "p.tar") as writer:
+        writer.write(table.slice(0, 2))
+        writer.write(table.slice(2))
+    assert file_key(long_uid) == hashlib.md5(long_uid.encode()).hexdigest() and file_key("b" * 95) == "b" * 95
+
+    expected = []  # the members, as the writer made them one tarfile member at a time
+    for row in table.to_pylist():
+        key, meta = file_key(row["uid"]), {k: v for k, v in row.items() if k != "image"}
+        if row["image"] is not None:
+            expected.append((f"{key}.{image_extension(row['image'])}", row["image"]))
+        expected += [(f"{key}.txt", (row["text"] or "").encode()), (f"{key}.json", json.dumps(meta, ensure_ascii=False).encode())]
+    assert (tmp_path / "p.tar").read_bytes() == _tarfile_reference(tmp_path / "reference.tar", expected)
+
+    with tarfile.open(tmp_path / "p.tar") as tar:
+        assert [(m.name, m.size, tar.extractfile(m).read()) for m in tar] == [(n, len(d), d) for n, d in expected]
+    samples = list(wds.WebDataset(str(tmp_path / "p.tar"), shardshuffle=False))
+    by_key: dict[str, dict] = {}
+    for name, data in expected:
+        key, _, ext = name.partition(".")
+        by_key.setdefault(key, {})[ext] = data
+    assert [s["__key__"] for s in samples] == list(by_key)
+    assert [{k: v for k, v in s.items() if not k.startswith("__")} for s in samples] == list(by_key.values())
+    assert [json.loads(s["json"])["uid"] for s in samples] == [r["uid"] for r in rows]
+    read = pa.concat_tables(v.table for task in plan_inputs(str(tmp_path / "p.tar")) for v in read_task(task, 2))
+    assert read.column("uid").to_pylist() == [r["uid"] for r in rows]
+    assert read.column("text").to_pylist() == [r["text"] or "" for r in rows]
+    # (an empty image is written as {key}.img, an extension no reader takes for an image, as before)
+    assert read.column("image").to_pylist() == [r["image"] or None for r in rows]
