@@ -8,14 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from curate.config import ConfigError, load_yaml, validate
 from curate.schema import INPUT_SCHEMA
 from curate.stage import Stage, StageConfig
 from curate.stages import REGISTRY
+
+
+OUTPUTS = ("parquet", "webdataset", "uids")  # what a run can write, and by default does
 
 
 class PipelineSettings(BaseModel):
@@ -29,6 +32,19 @@ class PipelineSettings(BaseModel):
     batch_size: int = Field(256, gt=0, description="rows per batch handed to a stage")
     partition_rows: int = Field(
         500_000, gt=0, description="rows per partition of a global stage's shuffle (bounds each worker's memory)")
+    outputs: list[Literal["parquet", "webdataset", "uids"]] = Field(
+        default_factory=lambda: list(OUTPUTS), description="what a run writes besides the ledger, stats and report: "
+        "kept rows as Parquet parts, as WebDataset tars (shards/), DataComp's uids.npy")
+
+    @field_validator("outputs")
+    @classmethod
+    def _outputs(cls, outputs: list[str]) -> list[str]:
+        if "parquet" not in outputs:
+            raise ValueError("must include parquet: the kept Parquet parts are what stats, the report and resume "
+                             "read; choose webdataset and uids beside it (e.g. [parquet, uids] for a metadata run)")
+        if len(set(outputs)) != len(outputs):
+            raise ValueError("names an output more than once")
+        return outputs
 
 
 @dataclass(frozen=True)

@@ -130,7 +130,7 @@ def _run_task(job: TaskJob) -> dict:
     pass_, task = job.pass_, job.task
     rejections = TaskRejections(layout.task_decisions(pass_.index - 1, task.index)) if pass_.apply is not None else None
     out_parquet = layout.kept_parquet(task.index) if pass_.is_last else layout.intermediate(pass_.index, task.index)
-    out_tar = layout.kept_tar(task.index) if pass_.is_last else None
+    out_tar = layout.kept_tar(task.index) if pass_.is_last and "webdataset" in job.pipeline.settings.outputs else None
     stats: list[dict[str, StageStats]] = []
     ledgers, fit_parts, rows_in, kept_uids = [], [], 0, []
     with PartWriter(out_parquet, out_tar) as writer:
