@@ -125,3 +125,17 @@ def test_datacomp_basic_recipe_matches_the_paper():
     assert stages["language"].languages == ["en"]
     assert (stages["caption"].min_words, stages["caption"].min_chars) == (3, 6)
     assert (stages["image_size"].min_side, stages["image_size"].max_aspect_ratio) == (200, 3)
+
+
+def test_outputs_default_to_all_and_are_validated(tmp_path):
+    assert load_pipeline(write(tmp_path, GOOD)).settings.outputs == ["parquet", "webdataset", "uids"]
+    assert load_pipeline(write(tmp_path, GOOD + "outputs: [parquet, uids]\n")).settings.outputs == ["parquet", "uids"]
+    path = write(tmp_path, GOOD + "outputs: [parquet, tar]\n")
+    with pytest.raises(ConfigError) as err:
+        load_pipeline(path)
+    assert str(err.value) == f"{path}: outputs[1]: Input should be 'parquet', 'webdataset' or 'uids' (got 'tar')"
+    with pytest.raises(ConfigError, match=r"outputs: .*must include parquet.*\[parquet, uids\] for a metadata run"):
+        load_pipeline(write(tmp_path, GOOD + "outputs: [webdataset, uids]\n"))
+    with pytest.raises(ConfigError, match="outputs: .*names an output more than once"):
+        load_pipeline(write(tmp_path, GOOD + "outputs: [parquet, uids, uids]\n"))
+    assert load_pipeline(write(tmp_path, GOOD), ["outputs=[parquet]"]).settings.outputs == ["parquet"]

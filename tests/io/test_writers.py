@@ -188,3 +188,24 @@ def test_part_tar_reads_back_member_for_member(tmp_path, real_jpeg):
     assert read.column("text").to_pylist() == [r["text"] or "" for r in rows]
     # (an empty image is written as {key}.img, an extension no reader takes for an image, as before)
     assert read.column("image").to_pylist() == [r["image"] or None for r in rows]
+
+
+def test_a_metadata_run_without_webdataset_writes_no_tars(tmp_path):
+    """outputs: [parquet, uids] on a metadata input (uid, url, text; no image column): kept Parquet
+    parts and uids.npy, and not one tar."""
+    import pyarrow as pa
+
+    from curate.pipeline import parse_pipeline
+
+    texts = ["a red fox", "x", "two words", None, "a drawing of a cat"] * 10
+    table = pa.table({"uid": [f"{i:032x}" for i in range(len(texts))], "url": [f"http://e.test/{i}" for i in range(len(texts))],
+                      "text": pa.array(texts, pa.string())})
+    (tmp_path / "in").mkdir()
+    pq.write_table(table, tmp_path / "in" / "meta.parquet", row_group_size=20)
+    raw = {"name": "meta", "outputs": ["parquet", "uids"], "stages": [{"stage": "caption", "min_words": 2}]}
+    stats = run_pipeline(parse_pipeline(raw, "meta.yaml"), LocalEngine(progress=False), [str(tmp_path / "in")], tmp_path / "out")
+    out = tmp_path / "out"
+    kept = [u for p in sorted((out / "parquet").glob("*.parquet")) for u in pq.read_table(p)["uid"].to_pylist()]
+    assert len(kept) == stats["kept"] == 30 and stats["kept"] + stats["rejected"] == len(texts)
+    assert len(np.load(out / "uids.npy")) == 30
+    assert not list(out.rglob("*.tar")) and not list(out.rglob("*.tar.tmp"))
