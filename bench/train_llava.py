@@ -33,7 +33,8 @@ from common import ROOT
 sys.path.insert(0, str(ROOT))
 
 from train.llava.config import load_llava_config  # noqa: E402
-from train.llava.data import LlavaBatches, load_conversations  # noqa: E402
+from train.data import StreamSettings  # noqa: E402
+from train.llava.data import llava_loader, llava_source  # noqa: E402
 from train.llava.model import load_checkpoint  # noqa: E402
 
 CONFIG = ROOT / "train" / "configs" / "llava_tiny.yaml"
@@ -61,9 +62,10 @@ def run_batches(run: Path, overrides: list[str], steps: int, device: torch.devic
     """The run's model and its first `steps` batches, collated and on the device."""
     config = load_llava_config(CONFIG, overrides)
     model, _ = load_checkpoint(run / "last.pt", device)
-    batches = LlavaBatches(load_conversations(config.data), model.input_format(), config.batch_size, 1, 0, 1,
-                           config.seed)
-    return config, model, [{k: v.to(device) for k, v in batches.micro_batch(step).items()} for step in range(steps)]
+    settings = StreamSettings.from_config(config.model_copy(update={"workers": 0}))
+    batches = llava_loader(llava_source(config.stage, config.data), model.input_format(), config.caption_prompt,
+                           settings, 0, 1).from_step(0)
+    return config, model, [{k: v.to(device) for k, v in next(batches).items()} for _ in range(steps)]
 
 
 def limit(args, run: Path, overrides: list[str]) -> float:

@@ -22,12 +22,21 @@ class TrainConfig(BaseModel):
     checkpoint_every: int = Field(100, gt=0, description="optimizer steps between checkpoints")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast (GPU); fp32 on CPU")
     seed: int = 0
-    workers: int = Field(0, ge=0, description="data loader processes per rank")
+    workers: int = Field(0, ge=0, description="data loader processes per rank (at most lanes / ranks)")
+    lanes: int = Field(8, gt=0, description="streams the shards are dealt to; the order depends on it, not on "
+                                            "the number of ranks or loader workers, which share the lanes out")
+    shuffle_block: int = Field(1000, gt=0, description="samples a lane reads whole, then serves in a seeded order "
+                                                       "(a rank holds lanes / ranks of these blocks)")
+    resampled: bool = Field(False, description="draw shards with replacement, no epochs (open_clip's "
+                                               "--dataset-resampled)")
 
     @model_validator(mode="after")
     def _check_budget(self):
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size {self.batch_size} must be a multiple of grad_accum {self.grad_accum}")
+        if (self.batch_size // self.grad_accum) % self.lanes:
+            raise ValueError(f"batch_size / grad_accum = {self.batch_size // self.grad_accum} must be a multiple of "
+                             f"lanes {self.lanes} (each lane gives every micro-batch the same number of samples)")
         if self.samples_seen < self.batch_size:
             raise ValueError(f"samples_seen {self.samples_seen} is less than one batch ({self.batch_size})")
         return self

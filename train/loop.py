@@ -2,8 +2,8 @@
 cosine decay, gradient accumulation, checkpoints with exact resume, JSONL logs.
 
 A trainer supplies an `Objective` (the trainable module and how a batch becomes a loss) and
-a batch source that can start at any step; the loop does the rest, the same way for CLIP
-and LLaVA.
+a batch source that can start at any step (train.data's streaming loader); the loop does the
+rest, the same way for CLIP and LLaVA.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from curate.io.writers import atomic
 from train.config import TrainConfig
+from train.data.stream import to_device
 
 
 class Objective(Protocol):
@@ -40,6 +41,17 @@ class Objective(Protocol):
 
     def after_step(self) -> None:
         """Called after each optimizer step (e.g. to clamp a temperature)."""
+
+
+class Batches(Protocol):
+    """Micro-batches that can start at any optimizer step (train.data.StreamLoader)."""
+
+    def from_step(self, step: int, states: list[dict] | None = None) -> Iterator[Any]:
+        """Micro-batches from optimizer step `step` on; `states` are every rank's `state()` at that
+        step in an earlier run (a checkpoint's), or None."""
+
+    def state(self) -> dict:
+        """Where this rank's stream stands after the micro-batches taken so far."""
 
 
 @dataclass(frozen=True)
@@ -127,9 +139,18 @@ def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
 
 
+def _gathered(state: dict, dist_info: Distributed) -> list[dict]:
+    """Every rank's data state, in rank order."""
+    if dist_info.world_size == 1:
+        return [state]
+    states: list[dict] = [{} for _ in range(dist_info.world_size)]
+    dist.all_gather_object(states, state)
+    return states
+
+
 def train_loop(
     objective: Objective,
-    batches_from: Callable[[int], Iterator[Any]],
+    batches: Batches,
     settings: LoopSettings,
     run_dir: Path,
     dist_info: Distributed,
@@ -140,10 +161,10 @@ def train_loop(
 ) -> dict:
     """Train to `settings.total_steps` optimizer steps.
 
-    `batches_from(step)` yields micro-batches starting at optimizer step `step` (so a
-    resumed run sees the data an uninterrupted one would). `save(path, state)` writes a
-    checkpoint with the loop `state` (optimizer, step, RNG) beside the model. A
-    `resume_state` from such a checkpoint continues exactly where it stopped.
+    `batches.from_step(step, states)` yields micro-batches starting at optimizer step `step`
+    (so a resumed run sees the data an uninterrupted one would). `save(path, state)` writes a
+    checkpoint with the loop `state` (optimizer, step, RNG, every rank's data state) beside the
+    model. A `resume_state` from such a checkpoint continues exactly where it stopped.
     """
     module = objective.module
     trainable = module
@@ -161,7 +182,7 @@ def train_loop(
         kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= start_step]
         log_path.write_text("".join(line + "\n" for line in kept))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=settings.precision == "bf16")
-    batches = batches_from(start_step)
+    stream = batches.from_step(start_step, resume_state.get("data") if resume_state is not None else None)
     bar = tqdm(total=settings.total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                disable=not (progress and dist_info.is_main))
     last: dict[str, float] = {}
@@ -172,7 +193,7 @@ def train_loop(
         optimizer.zero_grad(set_to_none=True)
         totals: dict[str, float] = {}
         for micro in range(settings.grad_accum):
-            batch = next(batches)
+            batch = to_device(next(stream), device)
             sync = micro == settings.grad_accum - 1 or dist_info.world_size == 1
             context = trainable.no_sync() if not sync and hasattr(trainable, "no_sync") else nullcontext()
             with context, autocast:
@@ -193,10 +214,13 @@ def train_loop(
             bar.set_postfix(loss=f"{totals['loss']:.4f}")
             bar.update(1)
         done = step + 1 == settings.total_steps
-        if dist_info.is_main and (done or (step + 1) % settings.checkpoint_every == 0):
-            checkpoint = run_dir / f"step-{step + 1:06d}.pt"
-            save(checkpoint, {"optimizer": optimizer.state_dict(), "step": step + 1, "rng": _rng_state()})
-            with atomic(run_dir / "last.pt") as tmp:
-                shutil.copyfile(checkpoint, tmp)
+        if done or (step + 1) % settings.checkpoint_every == 0:
+            data_state = _gathered(batches.state(), dist_info)  # every rank takes part
+            if dist_info.is_main:
+                checkpoint = run_dir / f"step-{step + 1:06d}.pt"
+                save(checkpoint, {"optimizer": optimizer.state_dict(), "step": step + 1, "rng": _rng_state(),
+                                  "data": data_state})
+                with atomic(run_dir / "last.pt") as tmp:
+                    shutil.copyfile(checkpoint, tmp)
     bar.close()
     return last

@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from train.clip.config import ClipTrainConfig, load_clip_config
-from train.clip.data import ClipBatches, load_samples
+from train.clip.data import clip_loader
 from train.clip.model import create_clip, load_checkpoint, save_checkpoint
 from train.clip.objective import ClipObjective
+from train.data import StreamSettings
 from train.loop import LoopSettings, train_loop
 from train.run import open_run, run_overrides, run_parser, saver, training_job
 
@@ -22,16 +23,11 @@ def train_clip(config: ClipTrainConfig, run_dir: str | Path, progress: bool = Tr
             config, run_dir, dist_info, lambda path: load_checkpoint(path, device=str(device)),
             lambda: create_clip(config.model, config.pretrained, device, siglip=config.loss == "siglip"))
         image_size = clip.model.visual.image_size
-        batches = ClipBatches(load_samples(config.data), clip.preprocess_train, clip.tokenizer, config.batch_size,
-                              config.grad_accum, dist_info.rank, dist_info.world_size, config.seed,
-                              max(image_size) if isinstance(image_size, (tuple, list)) else image_size)
+        batches = clip_loader(config.data, clip.preprocess_train, clip.tokenizer,
+                              max(image_size) if isinstance(image_size, (tuple, list)) else image_size,
+                              StreamSettings.from_config(config), dist_info.rank, dist_info.world_size)
         objective = ClipObjective(clip, config.loss, dist_info.rank, dist_info.world_size)
-
-        def batches_from(step: int):
-            for images, texts in batches.from_step(step, config.workers):
-                yield images.to(device), texts.to(device)
-
-        return train_loop(objective, batches_from, LoopSettings.from_config(config), run_dir, dist_info, device,
+        return train_loop(objective, batches, LoopSettings.from_config(config), run_dir, dist_info, device,
                             saver(save_checkpoint, clip, config), state, progress)
 
 

@@ -79,20 +79,21 @@ def caption_command(checkpoint, inputs, output, num_captions, strategy, prompt, 
     from tqdm import tqdm
 
     from curate.io.writers import atomic, write_table_atomic
-    from train.clip.data import load_samples
+    from train.data import ShardSource
     from train.llava.generate import Captioner
 
     try:
         captioner = Captioner.load(checkpoint, device)
-        tables = [load_samples(path) for path in inputs]
+        sources = [ShardSource(path) for path in inputs]
         if strategy == "beam" and num_captions > num_beams:
             raise ValueError(f"--num-captions {num_captions} is more than --num-beams {num_beams}")
     except (ValueError, FileNotFoundError) as exc:
         raise LlavaError(str(exc)) from exc
     rows: dict[str, list] = {"uid": [], "caption_index": [], "text": []}
     chunk = batch_size * 4
-    with tqdm(total=sum(t.num_rows for t in tables), unit="image", disable=quiet) as bar:
-        for table in tables:
+    sizes = [task.rows for source in sources for task in source.tasks]  # Parquet's are known, a tar's are not
+    with tqdm(total=None if None in sizes else sum(sizes), unit="image", disable=quiet) as bar:
+        for table in (table for source in sources for table in source.tables()):  # streamed, shard by shard
             for start in range(0, table.num_rows, chunk):
                 part = table.slice(start, chunk)
                 uids = part["uid"].to_pylist()
@@ -106,6 +107,8 @@ def caption_command(checkpoint, inputs, output, num_captions, strategy, prompt, 
                     rows["caption_index"] += list(range(len(captions)))
                     rows["text"] += captions
                 bar.update(len(uids))
+    if not rows["uid"]:
+        raise LlavaError(f"{', '.join(inputs)}: no samples with an image and a caption to caption")
     target = output / f"captions.{fmt}"
     if fmt == "parquet":
         write_table_atomic(pa.table({"uid": pa.array(rows["uid"], pa.string()),

@@ -1,19 +1,19 @@
-"""Training data: stage 1's caption pairs from curated shards (read through curate.io) and
-stage 2's conversations in LLaVA-Instruct JSON/JSONL, served in a seeded order that a
-resumed run repeats."""
+"""Training data: stage 1's caption pairs from curated shards and stage 2's conversations in
+LLaVA-Instruct JSON/JSONL (records in memory, images read when used), both streamed by
+train.data in a seeded order that a resumed run repeats."""
 
 from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from PIL import Image
 
-from train.clip.data import ClipBatches, load_samples
-from train.llava.format import IMAGE, LlavaFormat
+from train.data import Pair, RecordSource, ShardSource, StreamLoader, StreamSettings
+from train.llava.format import IMAGE, Encoded, LlavaFormat
 
 
 @dataclass(frozen=True)
@@ -33,13 +33,10 @@ class Sample:
             raise ValueError(f"{self.source}: unreadable image: {exc}") from exc
 
 
-def caption_pairs(path: str | Path, prompt: str) -> list[Sample]:
-    """Stage 1: every curated sample as `<image>\\n{prompt}` answered by its caption."""
-    table = load_samples(path)
-    return [Sample([{"from": "human", "value": f"{IMAGE}\n{prompt}"}, {"from": "gpt", "value": text}], [image],
-                   f"{path}: uid {uid}")
-            for uid, text, image in zip(table["uid"].to_pylist(), table["text"].to_pylist(),
-                                        table["image"].to_pylist())]
+def caption_pair(pair: Pair, prompt: str) -> Sample:
+    """Stage 1: a curated sample as `<image>\\n{prompt}` answered by its caption."""
+    return Sample([{"from": "human", "value": f"{IMAGE}\n{prompt}"}, {"from": "gpt", "value": pair.text}],
+                  [pair.image], f"uid {pair.uid}")
 
 
 def _records(path: Path) -> list:
@@ -88,25 +85,34 @@ def load_conversations(path: str | Path) -> list[Sample]:
     return samples
 
 
-class LlavaBatches(ClipBatches):
-    """Collated micro-batches for one rank, in the CLIP trainer's seeded order (global sample g is
-    row perm_e[g mod N] of epoch e; a rank's micro-batch is a contiguous slice of the step)."""
+class LlavaTransform:
+    """A sample encoded for the model (stage 1: a shard's pair as a caption conversation)."""
 
-    def __init__(self, samples: list[Sample], fmt: LlavaFormat, batch_size: int, grad_accum: int, rank: int,
-                 world_size: int, seed: int):
-        if batch_size % (grad_accum * world_size):
-            raise ValueError(f"batch_size {batch_size} is not divisible by grad_accum x ranks = "
-                             f"{grad_accum * world_size}")
-        self.images = samples  # what ClipBatches.row counts and permutes
-        self.format = fmt
-        self.batch_size, self.grad_accum = batch_size, grad_accum
-        self.rank, self.world_size, self.seed = rank, world_size, seed
-        self.micro = batch_size // (grad_accum * world_size)
-        self._perms = {}
+    def __init__(self, fmt: LlavaFormat, prompt: str):
+        self.format, self.prompt = fmt, prompt
 
-    def micro_batch(self, index: int) -> dict[str, torch.Tensor]:
-        """This rank's micro-batch number `index` (grad_accum of them per optimizer step)."""
-        step, micro = divmod(index, self.grad_accum)
-        first = step * self.batch_size + (micro * self.world_size + self.rank) * self.micro
-        samples = [self.images[self.row(g)] for g in range(first, first + self.micro)]
-        return self.format.collate([self.format.encode(s.conversation, s.open_images(), s.source) for s in samples])
+    def __call__(self, sample: Pair | Sample, g: int) -> Encoded:
+        if isinstance(sample, Pair):
+            sample = caption_pair(sample, self.prompt)
+        return self.format.encode(sample.conversation, sample.open_images(), sample.source)
+
+
+def llava_source(stage: int, data: str) -> ShardSource | RecordSource:
+    """Stage 1: the curated shards at `data`; stage 2: the conversations of a LLaVA-Instruct file."""
+    if stage == 1:
+        return ShardSource(data)
+    return RecordSource(load_conversations(data), str(data))
+
+
+def source_texts(source: ShardSource | RecordSource) -> Iterator[str]:
+    """Every turn's text (stage 1: every caption), for training a tokenizer on the data."""
+    if isinstance(source, ShardSource):
+        return source.texts()
+    return (turn["value"] for sample in source.records for turn in sample.conversation)
+
+
+def llava_loader(source: ShardSource | RecordSource, fmt: LlavaFormat, prompt: str, settings: StreamSettings,
+                 rank: int, world_size: int) -> StreamLoader:
+    """One rank's collated micro-batches streamed from `source` (samples collated by the rank, since
+    each batch is padded to its longest sample)."""
+    return StreamLoader(source, settings, rank, world_size, LlavaTransform(fmt, prompt), fmt.collate)

@@ -8,7 +8,8 @@ from pathlib import Path
 import torch.distributed as dist
 
 from train.llava.config import LlavaTrainConfig, load_llava_config
-from train.llava.data import LlavaBatches, caption_pairs, load_conversations
+from train.data import StreamSettings
+from train.llava.data import llava_loader, llava_source, source_texts
 from train.llava.format import PLACEHOLDER
 from train.llava.model import Llava, build_llava, build_tiny_lm, load_checkpoint, save_checkpoint
 from train.llava.objective import LlavaObjective
@@ -21,10 +22,7 @@ def train_llava(config: LlavaTrainConfig, run_dir: str | Path, progress: bool = 
     Returns the last logged step; the model is at run_dir/last.pt."""
     run_dir = Path(run_dir)
     with training_job(config, config.data) as (dist_info, device):
-        if config.stage == 1:
-            samples = caption_pairs(config.data, config.caption_prompt)
-        else:
-            samples = load_conversations(config.data)
+        source = llava_source(config.stage, config.data)
 
         def create() -> Llava:
             """A new model: config.init's, else one built on config.model.lm (or a tiny LM of the data's texts)."""
@@ -34,7 +32,7 @@ def train_llava(config: LlavaTrainConfig, run_dir: str | Path, progress: bool = 
             if lm_path is None:  # a tiny LM: written once by rank 0, then loaded like any HF folder
                 lm_path = run_dir / "lm"
                 if dist_info.is_main:
-                    texts = (PLACEHOLDER.sub("", t["value"]) for s in samples for t in s.conversation)
+                    texts = (PLACEHOLDER.sub("", text) for text in source_texts(source))
                     build_tiny_lm(config.model.lm_config, texts, config.model.vocab_size, config.model.max_grid,
                                   lm_path)
                 if dist.is_initialized():
@@ -42,17 +40,10 @@ def train_llava(config: LlavaTrainConfig, run_dir: str | Path, progress: bool = 
             return build_llava(config.model, lm_path, device)
 
         model, state = open_run(config, run_dir, dist_info, lambda path: load_checkpoint(path, device), create)
-        batches = LlavaBatches(samples, model.input_format(), config.batch_size, config.grad_accum, dist_info.rank,
-                               dist_info.world_size, config.seed)
+        batches = llava_loader(source, model.input_format(), config.caption_prompt, StreamSettings.from_config(config),
+                               dist_info.rank, dist_info.world_size)
         objective = LlavaObjective(model, config.stage)
-
-        def batches_from(step: int):
-            pin = device.type == "cuda"  # pinned memory: the copy overlaps the GPU's work
-            for batch in batches.from_step(step, config.workers):
-                yield {key: (value.pin_memory() if pin else value).to(device, non_blocking=pin)
-                       for key, value in batch.items()}
-
-        return train_loop(objective, batches_from, LoopSettings.from_config(config), run_dir, dist_info, device,
+        return train_loop(objective, batches, LoopSettings.from_config(config), run_dir, dist_info, device,
                             saver(save_checkpoint, model, config), state, progress)
 
 
