@@ -47,8 +47,8 @@ def test_loss_goes_down_and_resume_is_exact(curated, tmp_path):
     train_clip(config, resumed, progress=False)
     again = log(resumed)
     assert [r["loss"] for r in again] == losses  # the same curve, to the last bit
-    final = torch.load(tmp_path / "full" / "last.pt", weights_only=False)["state_dict"]
-    other = torch.load(resumed / "last.pt", weights_only=False)["state_dict"]
+    final = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["state_dict"]
+    other = torch.load(resumed / "last.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(final[k], other[k]) for k in final)
 
 
@@ -75,7 +75,7 @@ def test_siglip_trains(curated, tmp_path):
     train_clip(config, tmp_path / "run", progress=False)
     losses = [r["loss"] for r in log(tmp_path / "run")]
     assert all(l == l and l > 0 for l in losses) and losses[-1] < losses[0]
-    state = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["state_dict"]
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["state_dict"]
     assert "logit_bias" in state
 
 

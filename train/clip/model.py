@@ -16,6 +16,7 @@ import open_clip
 import torch
 
 from curate.io.writers import atomic
+from train.checkpoint import load_torch_file
 
 MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "models"
 open_clip.add_model_config(MODEL_CONFIGS)
@@ -56,12 +57,16 @@ def save_checkpoint(path: str | Path, clip: Clip, **extra: Any) -> None:
 
 def load_checkpoint(path: str | Path, model_name: str | None = None, device: str = "cpu") -> tuple[Clip, dict]:
     """A model from one of this project's checkpoints (its name is inside) or from an open_clip
-    pretrained file (then `model_name` says which architecture). Returns the model and the
-    checkpoint's other contents (step, config, ...)."""
+    pretrained file, .safetensors or torch (then `model_name` says which architecture). Returns the
+    model and the checkpoint's other contents (step, config, ...). Torch files load weights-only: one
+    that names any other object is refused (train.checkpoint)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
-    data = torch.load(path, map_location=device, weights_only=False)
+    if path.suffix == ".safetensors":  # tensors only by format: open_clip reads it
+        data = None
+    else:
+        data = load_torch_file(path, "a curate CLIP checkpoint or open_clip weights file", map_location=device)
     if isinstance(data, dict) and "model_name" in data and "state_dict" in data:
         siglip = "logit_bias" in data["state_dict"]
         clip = create_clip(model_name or data["model_name"], device=device, siglip=siglip)

@@ -9,12 +9,12 @@ torch and open_clip are imported when the command runs, so registering it keeps 
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import click
 
 from curate.io.writers import write_json_atomic
+from train.checkpoint import UnsafeCheckpointError, load_torch_file
 from train.eval.suite import SuiteError, load_suite
 
 DEFAULT_SUITE = Path(__file__).resolve().parents[2] / "train" / "configs" / "eval_default.yaml"
@@ -54,7 +54,7 @@ def eval_command(checkpoint: Path, model_name: str | None, suite_path: Path | No
         model, extra = _load(kind, checkpoint, model_name, device)
     except (SuiteError, FileNotFoundError) as exc:
         raise EvalError(str(exc)) from exc
-    except (ValueError, RuntimeError, pickle.UnpicklingError) as exc:
+    except (ValueError, RuntimeError, EOFError) as exc:
         raise EvalError(f"cannot load checkpoint {checkpoint}: {exc}") from exc
     try:
         if kind == "llava":
@@ -72,26 +72,25 @@ def eval_command(checkpoint: Path, model_name: str | None, suite_path: Path | No
 
 def checkpoint_kind(path: Path) -> str:
     """`llava` for a LLaVA checkpoint, else `clip` (a curate CLIP checkpoint or an open_clip weights file).
-    Reads only the checkpoint's small entries (the tensors stay memory-mapped)."""
-    import torch
-
+    Reads only the checkpoint's small entries (the tensors stay memory-mapped), weights-only: a file
+    that names any other object is refused (UnsafeCheckpointError) before anything in it runs."""
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
     try:
-        data = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    except (RuntimeError, ValueError, EOFError, pickle.UnpicklingError):  # not a torch zip file: the CLIP
-        return "clip"                                                     # loader says what is wrong with it
+        data = load_torch_file(path, "a curate CLIP or LLaVA checkpoint", mmap=True)
+    except UnsafeCheckpointError:
+        raise
+    except (RuntimeError, ValueError, EOFError):  # not a torch zip file: the CLIP loader
+        return "clip"                             # says what is wrong with it
     return "llava" if isinstance(data, dict) and data.get("kind") == "llava" else "clip"
 
 
 def _load(kind: str, checkpoint: Path, model_name: str | None, device: str):
     """The model to evaluate (a Clip, or a Captioner for LLaVA) and the checkpoint's other contents."""
-    import torch
-
     if kind == "llava":
         from train.llava.generate import Captioner
 
-        state = torch.load(checkpoint, map_location="cpu", mmap=True, weights_only=False)
+        state = load_torch_file(checkpoint, "a LLaVA checkpoint", mmap=True)
         return Captioner.load(checkpoint, device), {k: v for k, v in state.items() if k != "state_dict"}
     from train.clip.model import load_checkpoint
 

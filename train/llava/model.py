@@ -19,6 +19,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from curate.io.writers import atomic
+from train.checkpoint import load_torch_file
 from train.clip.model import MODEL_CONFIGS, create_clip, load_checkpoint as load_clip_checkpoint
 from train.llava.config import LlavaModelConfig
 from train.llava.format import ImageSplitter, LlavaFormat
@@ -204,8 +205,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises pickle, zip and runtime errors alike on foreign files
+        data = load_torch_file(path, "a LLaVA checkpoint")
+    except (RuntimeError, EOFError) as exc:  # torch raises zip and runtime errors on foreign files
         raise ValueError(f"{path} is not a LLaVA checkpoint (not a torch file: {exc})") from exc
     if not isinstance(data, dict) or data.get("kind") != KIND:
         kind = data.get("kind") if isinstance(data, dict) else None
