@@ -29,7 +29,8 @@ def run_pipeline(pipeline: Pipeline, engine, input_paths: str | list[str] | None
     tasks = plan_checked(pipeline, input_paths)
     layout = RunLayout(output)
     written = [path for spec in pipeline.stages for path in spec.config.written_paths()]
-    if layout.prepare(fingerprint(pipeline.raw, tasks, written), overwrite):
+    inputs = [input_paths] if isinstance(input_paths, str) else [*input_paths]
+    if layout.prepare(fingerprint(pipeline.raw, tasks, written), overwrite, [*inputs, *{t.path for t in tasks}]):
         stats = json.loads(layout.stats.read_text())
         stats["resumed_complete"] = True
         return stats

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -13,10 +15,14 @@ import pyarrow.parquet as pq
 from curate.engines.plan import Pass, StageStats, merge_stats, stage_key
 from curate.io.readers import READ_STAGE
 from curate.io.assembly import concat_parquet, merge_uids, repeated_uids
-from curate.io.paths import file_stamp
-from curate.io.writers import write_json_atomic
+from curate.io.paths import file_stamp, is_url
+from curate.io.writers import remove_temp_files, write_json_atomic
 from curate.schema import LEDGER_SCHEMA
 from curate.stage import Stage
+
+
+_PART_TAR = re.compile(r"part-\d{5,}\.tar")
+_PART_PARQUET = re.compile(r"part-\d{5,}\.parquet")
 
 
 class RunLayout:
@@ -81,12 +87,17 @@ class RunLayout:
     def outputs(self) -> list[Path]:
         return [self.shards, self.parquet, self.rejected, self.stats, self.report, self.uids, self.work]
 
-    def prepare(self, fingerprint: dict, overwrite: bool) -> bool:
+    def prepare(self, fingerprint: dict, overwrite: bool, inputs: Iterable[str] = ()) -> bool:
         """Claim the output folder for this run; returns True when a finished identical run is there.
 
-        A folder holding another run (or unrelated files) is refused unless `overwrite`; the same
-        run, finished or interrupted, is reused either way.
+        An output folder that is, holds or lies inside one of `inputs` (local input files and
+        folders; URLs and patterns are skipped) is refused, overwrite or not. A folder holding
+        another run (or unrelated files) is refused unless `overwrite`; the same run, finished or
+        interrupted, is reused either way. Overwriting removes only what a curate run writes (its
+        part files, ledger, stats, report, uids and _work/): the user's other files stay, and a
+        folder with curate's output names but no curate run in it is refused.
         """
+        self._refuse_inputs(inputs)
         previous = json.loads(self.run_file.read_text()) if self.run_file.exists() else None
         if previous is not None and previous["fingerprint"] == fingerprint["fingerprint"]:
             return bool(previous.get("complete"))
@@ -94,13 +105,43 @@ class RunLayout:
         if occupied and not overwrite:
             what = "a run of a different pipeline or input" if previous else "files that are not a curate run"
             raise FileExistsError(f"{self.root} holds {what}; pass --overwrite or choose another --output")
-        for path in self.outputs():
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+        if occupied:
+            self._remove_run(previous is not None)
         write_json_atomic({**fingerprint, "complete": False}, self.run_file)
         return False
+
+    def _refuse_inputs(self, inputs: Iterable[str]) -> None:
+        """Raise when the output folder is, contains or lies inside a local input path."""
+        root = self.root.resolve()
+        for raw in inputs:
+            if is_url(raw) or not Path(raw).exists():
+                continue
+            path = Path(raw).resolve()
+            if path == root or root in path.parents:
+                raise FileExistsError(f"output {self.root} contains input {raw}: choose an --output outside the input")
+            if path in root.parents:
+                raise FileExistsError(f"output {self.root} is inside input {raw}: choose an --output outside the input")
+
+    def _remove_run(self, is_run: bool) -> None:
+        """Remove the files a curate run writes (`is_run`: the folder holds one's run.json); without
+        a run there, refuse when any of those names is taken (they are the user's, not curate's)."""
+        parts = [(self.shards, _PART_TAR), (self.parquet, _PART_PARQUET)]
+        folders = [folder for folder, _ in parts]  # they may hold the user's files too: only curate's parts go
+        found = [p for p in self.outputs() if p not in folders and p.exists()]
+        found += [f for folder, name in parts if folder.is_dir() for f in folder.iterdir() if name.fullmatch(f.name)]
+        if not is_run and found:
+            raise FileExistsError(f"{self.root} is not a curate run (no {self.run_file.relative_to(self.root)}) "
+                                  f"but holds {found[0].relative_to(self.root)}: curate removes only what it "
+                                  "wrote; move it or choose another --output")
+        remove_temp_files(self.root)
+        for path in found:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        for folder, _ in parts:
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
 
     def finish(self, stages: list[Stage], task_stats: list[dict[str, StageStats]], input_rows: int,
                tasks: list[int], passes: list[Pass], extra: dict) -> dict:

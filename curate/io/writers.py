@@ -23,6 +23,8 @@ import pyarrow.parquet as pq
 from curate.schema import uid_array
 
 TMP_SUFFIX = ".tmp"
+_OWN_TEMP = re.compile(r"(.+\.\d+-[0-9a-f]{8}|part-\d{5,}\.(parquet|tar))\.tmp")  # atomic()'s, PartWriter's
+_PART_FOLDERS, _WORK_FOLDER = ("shards", "parquet"), "_work"  # RunLayout's folders
 _SAFE_KEY = re.compile(r"[0-9A-Za-z_-]+")
 _MAGIC = ((b"\xff\xd8\xff", "jpg"), (b"\x89PNG", "png"), (b"GIF8", "gif"), (b"BM", "bmp"))
 _NAME_BYTES = 100  # a USTAR member name
@@ -53,12 +55,17 @@ def temp_path(path: Path) -> Path:
 
 
 def remove_temp_files(folder: Path) -> int:
-    """Delete leftovers of an interrupted run; returns how many were removed."""
-    removed = 0
-    for path in folder.rglob(f"*{TMP_SUFFIX}"):
-        path.unlink()
-        removed += 1
-    return removed
+    """Delete the temporaries an interrupted run left in output `folder`; returns how many. Only
+    curate's own names (atomic()'s NAME.PID-RANDOM.tmp, PartWriter's part-N.parquet.tmp and
+    part-N.tar.tmp) where a run writes them (the folder itself, its part folders and anything under
+    its work folder, as RunLayout names them): the user's *.tmp files stay."""
+    places = [folder, *(folder / name for name in _PART_FOLDERS)]
+    found = [path for place in places if place.is_dir() for path in place.glob(f"*{TMP_SUFFIX}")]
+    found += (folder / _WORK_FOLDER).rglob(f"*{TMP_SUFFIX}")
+    own = [path for path in found if _OWN_TEMP.fullmatch(path.name) and path.is_file()]
+    for path in own:
+        path.unlink(missing_ok=True)
+    return len(own)
 
 
 class PartWriter:
