@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from curate.config import ConfigError, load_yaml, validate
+from curate.io.readers import ReadLimits
 from curate.schema import INPUT_SCHEMA
 from curate.stage import Stage, StageConfig
 from curate.stages import REGISTRY
@@ -35,6 +36,17 @@ class PipelineSettings(BaseModel):
     outputs: list[Literal["parquet", "webdataset", "uids"]] = Field(
         default_factory=lambda: list(OUTPUTS), description="what a run writes besides the ledger, stats and report: "
         "kept rows as Parquet parts, as WebDataset tars (shards/), DataComp's uids.npy")
+    max_member_bytes: int = Field(
+        ReadLimits.max_member_bytes, gt=0, description="largest tar member, image file or Parquet image cell read "
+        "(bytes; default 64 MiB): a larger one is not loaded, its sample goes to the ledger (member_too_large, "
+        "image_too_large)")
+    max_caption_bytes: int = Field(
+        ReadLimits.max_caption_bytes, gt=0, description="longest caption read (UTF-8 bytes; default 64 KiB): a "
+        "longer one is rejected at read time (caption_too_long)")
+
+    def read_limits(self) -> ReadLimits:
+        """The readers' size caps."""
+        return ReadLimits(self.max_member_bytes, self.max_caption_bytes)
 
     @field_validator("outputs")
     @classmethod

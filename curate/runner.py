@@ -45,7 +45,7 @@ def plan_checked(pipeline: Pipeline, input_paths: str | list[str]) -> list[Input
     first batch), before any work; without image bytes in every input file the input is metadata,
     and a stage that needs images fails here."""
     tasks = plan_inputs(input_paths)
-    first = next(read_task(tasks[0], 1), None)
+    first = next(read_task(tasks[0], 1, pipeline.settings.read_limits()), None)
     columns = first.table.column_names if first else list(INPUT_SCHEMA.names)
     if not all(holds_images(task) for task in {task.path: task for task in tasks}.values()):
         columns = [c for c in columns if c != "image"]

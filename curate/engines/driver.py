@@ -99,7 +99,7 @@ def _batches(job: TaskJob, layout: RunLayout):
     An empty task yields one empty batch, so its outputs still exist with a schema."""
     batch_size = job.pipeline.settings.batch_size
     if job.pass_.index == 0:
-        batches, empty = read_task(job.task, batch_size), INPUT_SCHEMA.empty_table()
+        batches, empty = read_task(job.task, batch_size, job.pipeline.settings.read_limits()), INPUT_SCHEMA.empty_table()
     else:
         source = pq.ParquetFile(layout.intermediate(job.pass_.index - 1, job.task.index))
         batches = (Verdict(pa.Table.from_batches([b])) for b in source.iter_batches(batch_size=batch_size))

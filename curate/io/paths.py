@@ -136,6 +136,15 @@ def read_files(paths: list[str]) -> list[bytes]:
     return [data[p] for p in inner]
 
 
+def file_sizes(paths: list[str]) -> list[int]:
+    """The sizes in bytes of files, in order, without reading them (for URLs, from the listing)."""
+    if not paths or not is_url(paths[0]):
+        return [os.path.getsize(p) for p in paths]
+    fs, _ = filesystem(paths[0])
+    with explained(paths[0] if len(paths) == 1 else f"{paths[0]} (and {len(paths) - 1} more)"):
+        return [int(size) for size in fs.sizes([filesystem(p)[1] for p in paths])]
+
+
 def open_input(path: str) -> IO[bytes]:
     """A binary file object to read: the built-in open for a local path, fsspec's for a URL."""
     if not is_url(path):

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.io.paths import (StorageError, expand, files_in, files_under, is_folder, is_url, open_input, read_files,
-                             readable)
+from curate.io.paths import (StorageError, expand, file_sizes, files_in, files_under, is_folder, is_url, open_input,
+                             read_files, readable)
 from curate.schema import INPUT_NEEDS, make_uid, normalize
 from curate.stage import Verdict
 
@@ -34,6 +35,40 @@ READ_STAGE = "read"
 METADATA_THREADS = 16  # Parquet footers on object storage read at once while planning (each a round trip)
 
 InputError = StorageError  # an input path or URL cannot be read; the message names it and says what was expected
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """Sizes above which the readers do not load a value: its sample goes to the ledger instead
+    (`member_too_large`: a tar member or image file, `image_too_large`: a Parquet image cell,
+    `caption_too_long`: a caption, in UTF-8 bytes). A tar member's size is in its header, so an
+    oversized member is skipped unread; a Parquet row group is read whole, then its oversized
+    cells are rejected before any stage sees them."""
+
+    max_member_bytes: int = 64 << 20
+    max_caption_bytes: int = 64 << 10
+
+    def refuse_member(self, name: str, ext: str, size: int) -> tuple[str, str] | None:
+        """(reason, ledger value) when a member of `size` bytes must not be read, else None."""
+        if ext.lower() == "txt" and size > self.max_caption_bytes:
+            return "caption_too_long", f"{name}: {size} bytes > max_caption_bytes {self.max_caption_bytes}"
+        if size > self.max_member_bytes:
+            return "member_too_large", f"{name}: {size} bytes > max_member_bytes {self.max_member_bytes}"
+        return None
+
+    def check(self, verdict: Verdict) -> Verdict:
+        """Reject the rows of a read batch whose image or caption is over its cap (columnar)."""
+        table = verdict.table
+        for column, cap, reason, setting in (("image", self.max_member_bytes, "image_too_large", "max_member_bytes"),
+                                             ("text", self.max_caption_bytes, "caption_too_long", "max_caption_bytes")):
+            if column not in table.column_names or pa.types.is_null(table.schema.field(column).type):
+                continue
+            sizes = pc.binary_length(table.column(column))
+            over = pc.greater(sizes, cap)
+            if pc.any(over).as_py():
+                values = pc.binary_join_element_wise(pc.cast(sizes, pa.string()), f" bytes > {setting} {cap}", "")
+                verdict.reject_where(over, reason, values)
+        return verdict
 
 
 @dataclass(frozen=True)
@@ -120,8 +155,14 @@ def _sorted(paths) -> list[str]:
     return sorted(paths, key=lambda p: p.split("/"))
 
 
-def read_task(task: InputTask, batch_size: int) -> Iterator[Verdict]:
-    """Batches of the task's samples in the core schema, with read failures as rejections."""
+def read_task(task: InputTask, batch_size: int, limits: ReadLimits = ReadLimits()) -> Iterator[Verdict]:
+    """Batches of the task's samples in the core schema, with read failures and values over
+    `limits` as rejections."""
+    for verdict in _read_task(task, batch_size, limits):
+        yield limits.check(verdict)
+
+
+def _read_task(task: InputTask, batch_size: int, limits: ReadLimits) -> Iterator[Verdict]:
     if task.kind in ("parquet", "url_list"):
         table = _parquet_file(task.path).read_row_group(task.row_group) if task.kind == "parquet" else _url_list(task)
         table = table.rename_columns([_alias(c, table.column_names) for c in table.column_names])
@@ -132,7 +173,7 @@ def read_task(task: InputTask, batch_size: int) -> Iterator[Verdict]:
         for start in range(0, max(table.num_rows, 1), batch_size):  # an empty task still yields its schema
             yield Verdict(table.slice(start, batch_size))
         return
-    samples = _tar_samples(task.path) if task.kind == "tar" else _folder_samples(task.path)
+    samples = _tar_samples(task.path, limits) if task.kind == "tar" else _folder_samples(task.path, limits)
     batch: list[dict] = []
     for sample in samples:
         batch.append(sample)
@@ -217,10 +258,11 @@ def _sample(key: str, files: dict[str, bytes], error: str | None = None, error_v
     return {"uid": uid, "url": url, "text": text, "image": image, "error": error, "error_value": error_value}
 
 
-def _tar_samples(path: str) -> Iterator[dict]:
+def _tar_samples(path: str, limits: ReadLimits) -> Iterator[dict]:
     """Samples of a WebDataset tar, grouped by key; a tar cut off mid-sample ends with that
-    sample flagged `truncated_shard` instead of an exception (webdataset would drop it)."""
-    key, files = None, {}
+    sample flagged `truncated_shard` instead of an exception (webdataset would drop it). A member
+    over `limits` (its header gives the size) is skipped unread and flags its sample."""
+    key, files, refused = None, {}, (None, None)
     try:
         with open_input(path) as handle, tarfile.open(fileobj=handle, mode="r|") as tar:
             for member in tar:
@@ -228,17 +270,21 @@ def _tar_samples(path: str) -> Iterator[dict]:
                     continue
                 stem, ext = _split_key(member.name)
                 if key is not None and stem != key:
-                    yield _sample(key, files)
-                    files = {}
+                    yield _sample(key, files, *refused)
+                    files, refused = {}, (None, None)
                 key = stem
+                too_big = limits.refuse_member(member.name, ext, member.size)
+                if too_big is not None:  # the next member's header is found without reading this one's bytes
+                    refused = refused if refused[0] else too_big
+                    continue
                 files[ext.lower()] = tar.extractfile(member).read()
     except (tarfile.ReadError, EOFError, OSError) as exc:
         if key is None:
             raise InputError(f"{path}: not a readable tar (compressed or corrupt?): {exc}") from exc
-        yield _sample(key, files, "truncated_shard", f"{path}: {exc}")
+        yield _sample(key, files, *(refused if refused[0] else ("truncated_shard", f"{path}: {exc}")))
         return
     if key is not None:
-        yield _sample(key, files)
+        yield _sample(key, files, *refused)
 
 
 def _split_key(name: str) -> tuple[str, str]:
@@ -248,12 +294,23 @@ def _split_key(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), ext
 
 
-def _folder_samples(folder: str) -> Iterator[dict]:
-    """Samples of an img2dataset `files` folder: {key}.jpg beside {key}.txt and {key}.json."""
+def _folder_samples(folder: str, limits: ReadLimits) -> Iterator[dict]:
+    """Samples of an img2dataset `files` folder: {key}.jpg beside {key}.txt and {key}.json; a file
+    over `limits` is not read and flags its sample."""
     paths = [p for p in files_in(folder) if "." in p.rpartition("/")[2]]
     groups: dict[str, dict[str, bytes]] = {}
-    for path, data in zip(paths, read_files(paths)):
+    refused: dict[str, tuple[str, str]] = {}
+    readable_paths = []
+    for path, size in zip(paths, file_sizes(paths)):
         stem, ext = _split_key(path.rpartition("/")[2])
-        groups.setdefault(stem, {})[ext.lower()] = data
+        groups.setdefault(stem, {})
+        too_big = limits.refuse_member(path, ext, size)
+        if too_big is None:
+            readable_paths.append(path)
+        else:
+            refused.setdefault(stem, too_big)
+    for path, data in zip(readable_paths, read_files(readable_paths)):
+        stem, ext = _split_key(path.rpartition("/")[2])
+        groups[stem][ext.lower()] = data
     for key, files in groups.items():
-        yield _sample(key, files)
+        yield _sample(key, files, *refused.get(key, (None, None)))
