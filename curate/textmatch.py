@@ -1,6 +1,6 @@
 """Text matching over Arrow columns with exactly Python `re`'s answers, without a regex call per row.
 
-Two tools for the text_filter stage (and a whitespace pattern for the language stage):
+Two tools for the text_filter stage:
 
 - `re2_form(pattern)`: an RE2 pattern (Arrow's regex engine, run in C++ over a whole column)
   that matches a non-empty ASCII string exactly when the Python pattern does. RE2 and Python
@@ -30,13 +30,6 @@ _CATEGORIES = {C.CATEGORY_DIGIT: r"\d", C.CATEGORY_NOT_DIGIT: r"\D", C.CATEGORY_
 _RE2_REPEAT_LIMIT = 1000
 _NEVER = r"\b\B"  # matches nowhere: a construct that matches no ASCII character
 _SEPARATOR = "\x00"
-
-# Python's whitespace (str.isspace; none lies above U+3000, a test checks every code point) as RE2
-# classes, and a pattern for the texts where whitespace is other than single spaces between words
-WHITESPACE = [chr(c) for c in range(0x3001) if chr(c).isspace()]
-_SPACE = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in WHITESPACE) + "]"
-_NOT_A_SPACE = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in WHITESPACE if c != " ") + "]"
-UNTIDY_SPACE = f"^{_SPACE}|{_SPACE}$|{_SPACE}{_SPACE}|{_NOT_A_SPACE}"
 
 
 class _Unsupported(Exception):

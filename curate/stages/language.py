@@ -11,7 +11,6 @@ from pydantic import Field
 
 from curate.schema import set_column
 from curate.stage import MapStage, StageConfig, Verdict
-from curate.textmatch import UNTIDY_SPACE
 
 
 def default_model_path() -> Path:
@@ -48,34 +47,30 @@ class Language(MapStage):
         self._model = fasttext.load_model(str(self.config.model or default_model_path()))
 
     def process(self, table: pa.Table) -> Verdict:
-        # fastText reads one line: whitespace runs (newlines too) become single spaces, as
-        # " ".join(text.split()) makes them; only the captions not in that form already are split
-        texts = table.column("text").fill_null("").combine_chunks()
-        untidy = pc.match_substring_regex(texts, UNTIDY_SPACE)
-        if pc.any(untidy).as_py():
-            words = pc.utf8_split_whitespace(pc.utf8_trim_whitespace(texts.filter(untidy)))
-            texts = pc.replace_with_mask(texts, untidy, pc.binary_join(words, " "))
-        lines = pc.dictionary_encode(texts)
+        captions = pc.dictionary_encode(table.column("text").fill_null("").combine_chunks())
         labels, probs = [], []
-        for line in lines.dictionary.to_pylist():  # the model is asked once per distinct caption
-            label, prob = self._model.predict(line, k=1)
+        # The model is asked once per distinct caption, one line at a time: fasttext-predict's list
+        # call gives no probabilities. Its line is the caption's words joined by single spaces
+        # (str.split here: cheaper than Arrow's split on the strings the call needs anyway).
+        for caption in captions.dictionary.to_pylist():
+            label, prob = self._model.predict(" ".join(caption.split()), k=1)
             labels.append(label[0].removeprefix("__label__"))
             probs.append(prob[0])
-        codes = lines.indices.to_numpy(zero_copy_only=False)
-        langs = pa.array(labels, pa.string()).take(pa.array(codes))
-        scores = np.minimum(np.asarray(probs, np.float64), 1.0)[codes]
-        verdict = Verdict(set_column(set_column(table, "lang", langs), "lang_score", scores, pa.float32()))
+        codes = captions.indices.to_numpy(zero_copy_only=False)
+        langs = np.array(labels, dtype=object)[codes]
+        scores = np.minimum(np.array(probs, np.float64), 1.0)[codes]
+        verdict = Verdict(set_column(set_column(table, "lang", langs, pa.string()), "lang_score", scores, pa.float32()))
         if self.config.languages is not None:
-            other = pc.invert(pc.is_in(langs, pa.array(self.config.languages, pa.string())))
-            verdict.reject_where(other, "language", _shown(langs, scores, other.to_numpy(zero_copy_only=False)))
+            other = ~np.array([label in self.config.languages for label in labels], bool)[codes]
+            verdict.reject_where(other, "language", _shown(langs, scores, other))
         unsure = scores < self.config.min_score
         verdict.reject_where(unsure, "language_score", _shown(langs, scores, unsure))
         return verdict
 
 
-def _shown(langs: pa.Array, scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
+def _shown(langs: np.ndarray, scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """The ledger value `lang:score` (score to 3 places) where `rows` is true, else None."""
     shown = np.full(len(scores), None, dtype=object)
     picked = np.flatnonzero(rows)
-    shown[picked] = [f"{lang}:{score:.3f}" for lang, score in zip(langs.take(pa.array(picked)).to_pylist(), scores[picked])]
+    shown[picked] = [f"{lang}:{score:.3f}" for lang, score in zip(langs[picked], scores[picked].tolist())]
     return shown
