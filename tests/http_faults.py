@@ -6,6 +6,9 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 TIMEOUT = 1.0
+DRIP_EVERY = 0.3  # seconds between the bytes of a drip-fed response
+STREAM_BYTES = 300 << 20  # the streamed body: generated as it is sent, never held whole
+_ZEROS = bytes(1 << 16)
 
 
 class FaultyHandler(BaseHTTPRequestHandler):
@@ -61,8 +64,46 @@ class FaultyHandler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(self.images[0])))
             self.end_headers()
             self.wfile.write(self.images[0])
+        elif path in ("/drip.jpg", "/drip-headers.jpg"):
+            self._drip(path == "/drip-headers.jpg")
+        elif path in ("/stream.jpg", "/stream-declared.jpg"):
+            self._stream(declared=path == "/stream-declared.jpg")
+        elif path == "/to-file.jpg":  # a redirect off the web, to a local file
+            self.send_response(302)
+            self.send_header("Location", "file:///etc/passwd")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         else:
             self._send(404, b"?", "text/plain")
+
+    def _drip(self, headers_too: bool):
+        """One byte every DRIP_EVERY seconds: of the whole response, or of the body after prompt
+        headers (a 1,000-byte Content-Length); every read is quick, the response never ends in time."""
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 1000\r\n\r\n"
+        try:
+            if not headers_too:
+                self.wfile.write(head)
+            for byte in (head if headers_too else b"") + b"\xff" * 1000:
+                self.wfile.write(bytes([byte]))
+                self.wfile.flush()
+                time.sleep(DRIP_EVERY)
+        except OSError:  # the client gave up
+            self.close_connection = True
+
+    def _stream(self, declared: bool):
+        """STREAM_BYTES of body written a chunk at a time, with or without a Content-Length
+        (without, the body ends when the connection closes)."""
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        if declared:
+            self.send_header("Content-Length", str(STREAM_BYTES))
+        self.end_headers()
+        try:
+            for _ in range(STREAM_BYTES // len(_ZEROS)):
+                self.wfile.write(_ZEROS)
+        except OSError:  # the client stopped reading
+            pass
+        self.close_connection = True
 
 
 def serve(images: list[bytes]):

@@ -68,3 +68,58 @@ def test_rows_with_images_are_not_downloaded_again(pool_table, image_server):
     assert verdict.reasons == [None, None]
     assert verdict.table.column("image").to_pylist() == [image, FaultyHandler.images[3]]
     assert FaultyHandler.attempts["/img/3.jpg"] == 1
+
+
+# Run the stage in a fresh process on `urls`; print what it decided, how long it took and how much
+# its peak resident set grew (KiB) while downloading.
+BOUNDED = """
+import json, resource, sys, time
+import pyarrow as pa
+from curate.stages.download import Download, DownloadConfig
+urls, timeout, max_bytes = json.loads(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+table = pa.table({"uid": [f"{i:032x}" for i in range(len(urls))], "url": urls,
+                  "image": pa.nulls(len(urls), pa.binary())})
+before, started = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.monotonic()
+verdict = Download(DownloadConfig(timeout=timeout, max_bytes=max_bytes)).process(table)
+print(json.dumps({"reasons": verdict.reasons, "values": verdict.values, "elapsed": time.monotonic() - started,
+                  "growth_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before}))
+"""
+
+
+def download_in_process(urls: list[str], timeout: float, max_bytes: int, limit: float) -> dict:
+    """The stage's verdict on `urls` in a subprocess that must finish within `limit` seconds."""
+    import json
+
+    result = subprocess.run([sys.executable, "-c", BOUNDED, json.dumps(urls), str(timeout), str(max_bytes)],
+                            capture_output=True, text=True, timeout=limit)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_a_drip_fed_response_is_cut_at_the_timeout(image_server):
+    """One byte every 0.3 s keeps every socket read under the timeout; the whole request is still cut."""
+    urls = [image_server + "/drip.jpg", image_server + "/drip-headers.jpg"]
+    out = download_in_process(urls, TIMEOUT, 2_000_000, limit=60)
+    assert out["reasons"] == ["timeout", "timeout"], out
+    assert out["elapsed"] < 3 * TIMEOUT, out
+
+
+def test_a_body_over_max_bytes_stops_at_the_cap(image_server):
+    """A 300 MB body, with and without a Content-Length: refused at the header or once 1 MB is read."""
+    from tests.http_faults import STREAM_BYTES
+
+    urls = [image_server + "/stream.jpg", image_server + "/stream-declared.jpg"]
+    out = download_in_process(urls, 10.0, 1_000_000, limit=60)
+    assert out["reasons"] == ["too_large", "too_large"], out
+    assert out["values"][0].startswith("more than 1000000 B (stopped reading at ")
+    assert out["values"][1] == f"Content-Length {STREAM_BYTES} B > 1000000 B"
+    assert out["elapsed"] < 3 * 10.0 and out["growth_kib"] < 50 * 1024, out
+
+
+def test_only_http_urls_are_fetched_and_no_body_reaches_the_ledger(image_server):
+    urls = ["file:///etc/passwd", image_server + "/to-file.jpg", "ftp://127.0.0.1:9/x.jpg",
+            "data:image/png;base64,iVBORw0KGgo=", image_server + "/error.jpg"]
+    out = download_in_process(urls, TIMEOUT, 2_000_000, limit=60)
+    assert out["reasons"] == ["unsupported_scheme"] * 4 + ["http_error"], out
+    assert out["values"][1] == "redirect to file:///etc/passwd: file scheme: only http and https are downloaded"
+    assert not any("root:" in v or "boom" in v for v in out["values"]), out  # neither /etc/passwd nor a body
