@@ -123,6 +123,7 @@ METADATA_FORMS = {
     "decode": "without it, image_size reads original_width/original_height",
     "exact_dedup": "or use key: url_text",
     "clip_score": "or set score_column to the input's precomputed score column",
+    "near_dedup": "or set hash_column to the input's precomputed pHash column",
 }
 
 

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from curate.io.writers import atomic
 from curate.schema import UID_DTYPE
 
-MERGE_BUFFER = 1 << 22  # uid pairs held at once by a merge, over all parts (64 MiB)
+MERGE_BUFFER = 1 << 20  # uid pairs held at once by a merge, over all parts (16 MiB)
 
 
 def concat_parquet(parts: list[Path], out: Path, schema: pa.Schema) -> int:

@@ -255,6 +255,13 @@ class NearDedupConfig(StageConfig):
     """Parameters of the near_dedup stage."""
 
     radius: int = Field(4, ge=0, le=31, description="Hamming distance (of 64 bits) at or below which images are near-duplicates")
+    hash_column: str | None = Field(
+        None, description="read 64-bit pHashes (int64) from this input column instead of hashing the images: a "
+                          "metadata run, or hashes computed once before; a null hash is phash_failed")
+
+    def reads_one_of(self) -> list[tuple[str, ...]]:
+        """A hash column needs no image: the stage runs on metadata."""
+        return [("uid", self.hash_column)] if self.hash_column else [("uid", "image")]
 
 
 class NearDedup(GlobalStage):
@@ -268,11 +275,28 @@ class NearDedup(GlobalStage):
     fit_columns = ("phash",)
 
     def process(self, table: pa.Table) -> Verdict:
+        if self.config.hash_column:
+            return self._read_hashes(table)
         hashes, failures = map_rows(table.column("image").to_pylist(), phash)
         signed = [None if h is None else int(np.uint64(h).view(np.int64)) for h in hashes]
         verdict = Verdict(set_column(table, "phash", signed, pa.int64()))
         for i, message in failures.items():
             verdict.reject(i, "phash_failed", message)
+        return verdict
+
+    def _read_hashes(self, table: pa.Table) -> Verdict:
+        """pHashes from the input's column (as int64: the 64 bits as they are)."""
+        column = self.config.hash_column
+        if column not in table.column_names:
+            raise ValueError(f"near_dedup: hash_column {column!r} is not a column of the input "
+                             f"(columns: {table.column_names})")
+        hashes = table.column(column)
+        if not pa.types.is_integer(hashes.type):
+            raise ValueError(f"near_dedup: hash_column {column!r} holds {hashes.type}, expected 64-bit integers")
+        hashes = pc.cast(hashes, pa.uint64()).cast(pa.int64(), safe=False) if pa.types.is_unsigned_integer(
+            hashes.type) else pc.cast(hashes, pa.int64())
+        verdict = Verdict(set_column(table, "phash", hashes))
+        verdict.reject_where(pc.is_null(hashes), "phash_failed", [f"no {column}"] * table.num_rows)
         return verdict
 
     def fit_rows(self, table: pa.Table) -> pa.Table:

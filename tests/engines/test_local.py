@@ -127,7 +127,7 @@ def test_a_stage_that_loses_a_row_is_an_error(pool_table):
     stages = [DropsARow(StageConfig())]
     [single_pass] = plan_passes(stages)
     with pytest.raises(RuntimeError, match="every row must be kept or rejected"):
-        run_pass_on_batch(stages, single_pass, Verdict(pool_table.slice(0, 4)), None, read_step=True)
+        run_pass_on_batch(stages, single_pass, Verdict(pool_table.slice(0, 4)), {}, None, read_step=True)
 
 
 def test_a_worker_gets_its_share_of_the_cores():
