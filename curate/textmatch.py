@@ -167,15 +167,16 @@ class WordMatcher:
         found = np.full(len(texts), None, dtype=object)
         if not len(texts):
             return found
-        keys = texts
-        if self.ignore_case:
-            keys = pc.ascii_lower(texts)  # position for position: ASCII letters lowered, the rest kept
-            for twin, letter in ASCII_TWINS.items():
-                keys = pc.replace_substring(keys, twin, letter)
         text = _SEPARATOR.join(texts.to_pylist())  # a word holds no separator, so no match spans two rows
+        keys = text
+        if self.ignore_case:  # position for position: ASCII letters lowered (bytes.lower leaves UTF-8's other bytes)
+            keys = text.encode("utf-8").lower().decode("utf-8")
+            for twin, letter in ASCII_TWINS.items():
+                if twin in keys:
+                    keys = keys.replace(twin, letter)
         row_starts = np.cumsum(np.r_[0, pc.utf8_length(texts).to_numpy(zero_copy_only=False)[:-1] + 1])
         best: dict[int, tuple[int, int]] = {}
-        for end, length in self._automaton.iter(_SEPARATOR.join(keys.to_pylist())):
+        for end, length in self._automaton.iter(keys):
             start = end - length + 1
             if _boundary(text, start) and _boundary(text, end + 1):
                 row = int(np.searchsorted(row_starts, start, side="right")) - 1

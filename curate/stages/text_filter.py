@@ -61,7 +61,7 @@ class TextFilter(MapStage):
         texts = table.column("text").fill_null("").combine_chunks()
         everywhere = np.ones(len(texts), bool)
         # RE2 decides the non-empty ASCII rows (where it and Python agree), Python the others
-        ascii = pc.and_(pc.string_is_ascii(texts), pc.greater(pc.binary_length(texts), 0)).to_numpy(zero_copy_only=False)
+        ascii = pc.string_is_ascii(texts).to_numpy(zero_copy_only=False) & (pc.binary_length(texts).to_numpy() > 0)
         for pattern, form in self._patterns:
             found = np.zeros(len(texts), bool)
             by_python = everywhere if form is None else ~ascii
