@@ -214,6 +214,7 @@ class TaskEngine(ABC):
             stages, task_stats, input_rows, [t.index for t in tasks], passes,
             {"pipeline": pipeline.name, "engine": self.name, "workers": self.workers,
              "elapsed_s": round(elapsed, 3), "samples_per_s": round(input_rows / elapsed, 1) if elapsed else None},
+            write_uids="uids" in pipeline.settings.outputs,
         )
 
     def _run_pass(self, pipeline, pass_: Pass, tasks: list[InputTask], layout: RunLayout,

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from curate.engines.plan import Pass, StageStats, merge_stats, stage_key
 from curate.io.readers import READ_STAGE
-from curate.io.assembly import concat_parquet, merge_uids, repeated_uids
+from curate.io.assembly import concat_parquet, merge_uids, repeated_uids, uid_count
 from curate.io.paths import file_stamp, is_url
 from curate.io.writers import remove_temp_files, write_json_atomic
 from curate.schema import LEDGER_SCHEMA
@@ -144,8 +144,9 @@ class RunLayout:
                 folder.rmdir()
 
     def finish(self, stages: list[Stage], task_stats: list[dict[str, StageStats]], input_rows: int,
-               tasks: list[int], passes: list[Pass], extra: dict) -> dict:
-        """Assemble rejected.parquet, uids.npy, stats.json and check kept + rejected == input, all
+               tasks: list[int], passes: list[Pass], extra: dict, write_uids: bool = True) -> dict:
+        """Assemble rejected.parquet, uids.npy (unless not `write_uids`), stats.json and check
+        kept + rejected == input, all
         streaming: ledger parts are copied row group by row group, uids merged from sorted parts."""
         ledger_parts = [p for k in range(len(passes)) for t in tasks if (p := self.ledger_part(k, t)).exists()]
         rejected = concat_parquet(ledger_parts, self.rejected, LEDGER_SCHEMA)
@@ -154,7 +155,8 @@ class RunLayout:
         if repeats:
             raise ValueError(f"{repeats} uid(s) occur more than once in the input (e.g. {examples}, as 128-bit hex "
                              "ids): uids must be unique; drop the uid column to have curate make them")
-        pool = merge_uids([self.uid_part("pool", t) for t in tasks], self.uids)
+        pool_parts = [self.uid_part("pool", t) for t in tasks]
+        pool = merge_uids(pool_parts, self.uids) if write_uids else uid_count(pool_parts)
         totals = merge_stats(task_stats)
         derived = sum(s.derived for s in totals.values())  # samples stages made from input samples
         if kept + rejected != input_rows + derived:

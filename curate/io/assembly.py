@@ -72,9 +72,14 @@ def repeated_uids(parts: list[Path], examples: int = 3) -> tuple[int, list[str]]
     return count, list(found)[:examples]
 
 
+def uid_count(parts: list[Path]) -> int:
+    """How many uids the parts hold (read from their headers)."""
+    return sum(np.load(p, mmap_mode="r").shape[0] for p in parts)
+
+
 def merge_uids(parts: list[Path], out: Path) -> int:
     """Merge sorted uid parts into one DataComp subset file (a sorted .npy of u8,u8); returns its length."""
-    total = sum(np.load(p, mmap_mode="r").shape[0] for p in parts)
+    total = uid_count(parts)
     with atomic(out) as tmp, open(tmp, "wb") as handle:
         np.lib.format.write_array_header_1_0(handle, {"descr": np.lib.format.dtype_to_descr(UID_DTYPE),
                                                       "fortran_order": False, "shape": (total,)})

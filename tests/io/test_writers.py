@@ -209,3 +209,7 @@ def test_a_metadata_run_without_webdataset_writes_no_tars(tmp_path):
     assert len(kept) == stats["kept"] == 30 and stats["kept"] + stats["rejected"] == len(texts)
     assert len(np.load(out / "uids.npy")) == 30
     assert not list(out.rglob("*.tar")) and not list(out.rglob("*.tar.tmp"))
+    other = run_pipeline(parse_pipeline({**raw, "outputs": ["parquet"]}, "meta.yaml"), LocalEngine(progress=False),
+                         [str(tmp_path / "in")], tmp_path / "no-uids")
+    assert not (tmp_path / "no-uids" / "uids.npy").exists()
+    assert other["kept_fraction"] == stats["kept_fraction"] == 0.6  # counted from the uid parts all the same
