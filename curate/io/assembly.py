@@ -38,24 +38,57 @@ def write_sorted_uids(pairs: np.ndarray, path: Path) -> None:
         np.save(handle, pairs)
 
 
+class _SortedPart:
+    """A sorted uid part read a chunk at a time with plain reads (a memory map would leave every
+    page it touched counted in the process's RSS until the end of the merge)."""
+
+    def __init__(self, path: Path):
+        self.handle = open(path, "rb")
+        major, _ = np.lib.format.read_magic(self.handle)
+        read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(self.handle)
+        self.dtype, self.left = dtype, shape[0]
+        self.buffer = np.zeros(0, dtype)
+
+    def fill(self, rows: int) -> None:
+        """Have at least `rows` rows buffered, or all that are left."""
+        if len(self.buffer) < rows and self.left:
+            more = np.fromfile(self.handle, self.dtype, min(self.left, rows - len(self.buffer)))
+            self.left -= len(more)
+            self.buffer = np.concatenate([self.buffer, more])
+
+    def take(self, bound) -> np.ndarray:
+        """The buffered rows at or below `bound`, removed from the buffer."""
+        stop = int(np.searchsorted(self.buffer, bound, side="right"))
+        taken, self.buffer = self.buffer[:stop], self.buffer[stop:]
+        return taken
+
+    def done(self) -> bool:
+        return not len(self.buffer) and not self.left
+
+
 def _merged(parts: list[Path]) -> Iterator[np.ndarray]:
     """Sorted chunks of the union of sorted parts: each round takes from every part what lies at
-    or below the smallest of their next chunks' last elements, so what it yields is final."""
-    arrays = [a for a in (np.load(p, mmap_mode="r") for p in parts) if len(a)]
-    chunk = max(1024, MERGE_BUFFER // max(1, len(arrays)))
-    at = [0] * len(arrays)
-    while True:
-        live = [i for i in range(len(arrays)) if at[i] < len(arrays[i])]
-        if not live:
-            return
-        ends = {i: min(at[i] + chunk, len(arrays[i])) for i in live}
-        bound = min((arrays[i][ends[i] - 1] for i in live), key=lambda v: (int(v[0]), int(v[1])))
-        pieces = []
-        for i in live:
-            stop = at[i] + int(np.searchsorted(arrays[i][at[i] : ends[i]], bound, side="right"))
-            pieces.append(np.asarray(arrays[i][at[i] : stop]))
-            at[i] = stop
-        yield np.sort(np.concatenate(pieces))
+    or below the smallest of their buffered chunks' last elements, so what it yields is final."""
+    readers = [_SortedPart(p) for p in parts]
+    chunk = max(1024, MERGE_BUFFER // max(1, len(readers)))
+    try:
+        while True:
+            for reader in readers:
+                reader.fill(chunk)
+            live = [r for r in readers if not r.done()]
+            if not live:
+                return
+            bound = min((r.buffer[-1] for r in live), key=lambda v: (int(v[0]), int(v[1])))
+            yield np.sort(np.concatenate([r.take(bound) for r in live]))
+    finally:
+        for reader in readers:
+            reader.handle.close()
+
+
+def uid_count(parts: list[Path]) -> int:
+    """How many uids the parts hold (read from their headers)."""
+    return sum(np.load(p, mmap_mode="r").shape[0] for p in parts)
 
 
 def repeated_uids(parts: list[Path], examples: int = 3) -> tuple[int, list[str]]:
@@ -70,11 +103,6 @@ def repeated_uids(parts: list[Path], examples: int = 3) -> tuple[int, list[str]]
             found.setdefault(f"{int(value[0]):016x}{int(value[1]):016x}", None)
         last = chunk[-1:]
     return count, list(found)[:examples]
-
-
-def uid_count(parts: list[Path]) -> int:
-    """How many uids the parts hold (read from their headers)."""
-    return sum(np.load(p, mmap_mode="r").shape[0] for p in parts)
 
 
 def merge_uids(parts: list[Path], out: Path) -> int:
