@@ -65,12 +65,13 @@ def training_job(config: TrainConfig, data: str | None) -> Iterator[tuple[Distri
 
 def open_run(config: TrainConfig, run_dir: Path, dist_info: Distributed,
              load: Callable[[Path], tuple[Model, dict]], create: Callable[[], Model]) -> tuple[Model, dict | None]:
-    """The model and loop state of run_dir/last.pt (refused when it is another config's run), else a new
+    """The model and loop state of run_dir/last.pt (refused when it is another config's run, loader
+    workers aside), else a new
     model from `create` and no state, with config.json written (main rank)."""
     resume = run_dir / "last.pt"
     if resume.exists():
         model, state = load(resume)
-        if state.get("config") != config.model_dump():
+        if _same_run(state.get("config")) != _same_run(config.model_dump()):
             raise ValueError(f"{run_dir} holds a run with another config; use another --output")
         return model, state
     model = create()
@@ -78,6 +79,12 @@ def open_run(config: TrainConfig, run_dir: Path, dist_info: Distributed,
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(config.model_dump(), indent=2))
     return model, None
+
+
+def _same_run(config: dict | None) -> dict | None:
+    """What a resumed run must share with the checkpoint's: the config but the loader workers (they
+    change no sample, so a run may resume with another number)."""
+    return None if config is None else {key: value for key, value in config.items() if key != "workers"}
 
 
 def saver(save_checkpoint: Callable[..., None], model: Any, config: TrainConfig) -> Callable[[Path, dict], None]:

@@ -49,10 +49,15 @@ class ShardSource:
         self.shards = [task.describe() for task in self.tasks]
         self.fingerprint = _fingerprint(self.shards)
 
-    def read(self, index: int) -> Iterator[Pair]:
-        """The usable samples of shard `index`: an image and a caption (a sample cut off at the end
-        of a tar, or without an image or a caption, is skipped)."""
+    def read(self, index: int, skip: int = 0) -> Iterator[Pair]:
+        """The usable samples of shard `index` after the first `skip`: an image and a caption (a
+        sample cut off at the end of a tar, or without an image or a caption, is not one). The
+        skipped ones are read (a tar has no index) but not converted."""
         for table in self._tables(index):
+            if skip >= table.num_rows:
+                skip -= table.num_rows
+                continue
+            table, skip = table.slice(skip), 0
             yield from map(Pair._make, zip(*(table.column(c).to_pylist() for c in Pair._fields)))
 
     def tables(self) -> Iterator[pa.Table]:
@@ -98,6 +103,6 @@ class RecordSource:
                        for i in range(count)]
         self.fingerprint = _fingerprint(self.shards)
 
-    def read(self, index: int) -> Iterator[Any]:
-        """The records of shard `index`."""
-        return iter(self.records[index * self.per_shard:(index + 1) * self.per_shard])
+    def read(self, index: int, skip: int = 0) -> Iterator[Any]:
+        """The records of shard `index` after the first `skip`."""
+        return iter(self.records[index * self.per_shard + skip:(index + 1) * self.per_shard])

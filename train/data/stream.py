@@ -33,8 +33,8 @@ class Source(Protocol):
     shards: list[str]
     fingerprint: str
 
-    def read(self, index: int) -> Iterator[Any]:
-        """The usable samples of shard `index`, in a fixed order."""
+    def read(self, index: int, skip: int = 0) -> Iterator[Any]:
+        """The usable samples of shard `index` after the first `skip`, in a fixed order."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ class _Reader:
         self._next = self._fetch()
 
     def _open(self, index: int, skip: int) -> Iterator[Any]:
-        return itertools.islice(self.source.read(self.order.shard(self.lane, index)), skip, None)
+        return self.source.read(self.order.shard(self.lane, index), skip)
 
     def _fetch(self) -> Any:
         empty = 0
