@@ -59,15 +59,18 @@ def engine_options(fn):
 @main.command()
 @click.argument("pipeline", type=click.Path(dir_okay=False))
 @click.option("--input", "input_paths", multiple=True, help="Input path(s); overrides the pipeline's input.")
-@click.option("--output", help="Output folder; overrides the pipeline's output.")
+@click.option("--output", help="Output folder or URL (s3://...); overrides the pipeline's output.")
+@click.option("--staging", type=click.Path(file_okay=False),
+              help="With an output URL: the local folder the run works in before publishing (on Ray or Spark, one "
+                   "every node mounts) [default: under ~/.cache/curate/staging].")
 @engine_options
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key, e.g. stages[1].min_words=3.")
 @_user_errors
-def run(pipeline, input_paths, output, engine, workers, address, master, overwrite, overrides, quiet):
+def run(pipeline, input_paths, output, staging, engine, workers, address, master, overwrite, overrides, quiet):
     """Run PIPELINE (a YAML file): filter, dedup and write shards, ledger, stats and report."""
     spec = load_pipeline(pipeline, list(overrides))
     _run_and_summarize(spec, _engine(engine, workers, address, master, quiet), list(input_paths) or None, output,
-                       overwrite)
+                       overwrite, staging)
 
 
 def _engine(engine: str, workers: int | None, address: str | None, master: str | None, quiet: bool):
@@ -82,11 +85,11 @@ def _engine(engine: str, workers: int | None, address: str | None, master: str |
     return LocalEngine(workers or os.cpu_count() or 1, not quiet)
 
 
-def _run_and_summarize(spec, engine, input_paths, output, overwrite) -> None:
+def _run_and_summarize(spec, engine, input_paths, output, overwrite, staging=None) -> None:
     from curate.runner import run_pipeline
 
-    stats = run_pipeline(spec, engine, input_paths, output, overwrite)
-    out = Path(output or spec.settings.output)
+    stats = run_pipeline(spec, engine, input_paths, output, overwrite, staging)
+    out = str(output or spec.settings.output).rstrip("/")  # a string: Path would mangle s3://
     if stats.get("resumed_complete"):
         click.echo(f"{out} already holds this finished run (use --overwrite to redo it)")
     click.echo(f"\n{spec.name}: {stats['input']} in -> {stats['kept']} kept ({100 * stats['kept_fraction']:.1f}%), "
@@ -95,8 +98,8 @@ def _run_and_summarize(spec, engine, input_paths, output, overwrite) -> None:
         if stage["rejected"]:
             reasons = ", ".join(f"{r} {n}" for r, n in stage["reasons"].items())
             click.echo(f"  {stage['key']:<24} -{stage['rejected']:<7} {reasons}")
-    click.echo(f"shards:  {out / 'shards'}\nparquet: {out / 'parquet'}\nledger:  {out / 'rejected.parquet'}\n"
-               f"report:  {out / 'report.html'}\nstats:   {out / 'stats.json'}")
+    click.echo(f"shards:  {out}/shards\nparquet: {out}/parquet\nledger:  {out}/rejected.parquet\n"
+               f"report:  {out}/report.html\nstats:   {out}/stats.json")
 
 
 @main.command()

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 from curate.engines.layout import RunLayout, fingerprint
+from curate.io import publish
+from curate.io.paths import is_url
 from curate.io.readers import InputTask, holds_images, plan_inputs, read_task
 from curate.config import ConfigError
 from curate.pipeline import Pipeline
@@ -14,11 +16,13 @@ from curate.report import write_report
 
 
 def run_pipeline(pipeline: Pipeline, engine, input_paths: str | list[str] | None = None,
-                 output: str | Path | None = None, overwrite: bool = False) -> dict:
+                 output: str | Path | None = None, overwrite: bool = False, staging: str | Path | None = None) -> dict:
     """Run `pipeline` with `engine`; input and output default to the pipeline file's.
 
     Returns the run's stats (also in OUTPUT/stats.json). A finished identical run in the
-    output folder is not redone; an interrupted one resumes.
+    output folder is not redone; an interrupted one resumes. An output URL (s3://, gs://, ...)
+    is run in the local folder `staging` (default: one derived from the URL under the user's
+    cache, see curate.io.publish) and published to the URL when the run finishes.
     """
     input_paths = input_paths or pipeline.settings.input
     output = output or pipeline.settings.output
@@ -27,16 +31,29 @@ def run_pipeline(pipeline: Pipeline, engine, input_paths: str | list[str] | None
     if not output:
         raise ConfigError(f"{pipeline.source}: no output: set 'output' in the file or pass --output")
     tasks = plan_checked(pipeline, input_paths)
-    layout = RunLayout(output)
     written = [path for spec in pipeline.stages for path in spec.config.written_paths()]
     inputs = [input_paths] if isinstance(input_paths, str) else [*input_paths]
-    if layout.prepare(fingerprint(pipeline.raw, tasks, written), overwrite, [*inputs, *{t.path for t in tasks}]):
+    inputs = [*inputs, *{t.path for t in tasks}]
+    run_id = fingerprint(pipeline.raw, tasks, written)
+    url = str(output) if is_url(output) else None
+    if staging and not url:
+        raise ConfigError(f"staging {staging}: a staging folder goes with an output URL, not the folder {output}")
+    if url:
+        if (published := publish.claim(url, run_id, overwrite, inputs)) is not None:
+            return published
+        output = staging or publish.staging_folder(url)
+        overwrite = overwrite or staging is None  # a stale run in curate's own staging folder is replaced
+    layout = RunLayout(output)
+    if layout.prepare(run_id, overwrite, inputs):
         stats = json.loads(layout.stats.read_text())
-        stats["resumed_complete"] = True
-        return stats
-    stats = engine.run(pipeline, tasks, layout)
-    write_report(layout, stats)
-    layout.mark_complete()
+        if not url:  # at a URL, the run is published only now
+            stats["resumed_complete"] = True
+    else:
+        stats = engine.run(pipeline, tasks, layout)
+        write_report(layout, stats)
+        layout.mark_complete()
+    if url:
+        publish.publish(layout.root, url)
     return stats
 
 

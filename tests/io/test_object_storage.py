@@ -1,10 +1,17 @@
 """Object storage, against a real S3 API (moto's server on 127.0.0.1): a run from s3:// equals the
 same run from local files; globs and brace ranges name the right objects; a missing object, a file
 that is not Parquet and missing credentials are errors naming the URL; outputs written atomically
-(whole or not at all), markers listed, outputs removed."""
+(whole or not at all), markers listed, outputs removed; a run into s3:// (staged locally, then
+published) equals the local run, resumes when killed, redoes a cut-short publish, reuses a finished
+one and refuses, or overwrites only curate's objects of, a prefix holding something else."""
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import fsspec
 import pyarrow as pa
@@ -12,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import s3fs
 
+from curate.config import ConfigError
 from curate.engines.local import LocalEngine
 from curate.io.paths import (atomic_output, exists, expand, file_stamp, files_under, is_url, read_bytes, remove,
                              write_bytes)
@@ -246,3 +254,153 @@ def test_markers_listed_and_outputs_removed(bucket, tmp_path):
         remove(f"{root}/never-written")
         assert not exists(f"{root}/_work") and not exists(f"{root}/parquet/part-00000.parquet")
         assert exists(f"{root}-other/keep.json")  # a prefix is a folder: run-other is not under run
+
+
+# Outputs at a URL: the run works in a local staging folder and publishes there when it finishes.
+
+PUBLISHED_PIPELINE = PIPELINE + """  - stage: exact_dedup
+"""
+
+
+@pytest.fixture()
+def dedup_pipeline(tmp_path):
+    path = tmp_path / "published.yaml"
+    path.write_text(PUBLISHED_PIPELINE)
+    return load_pipeline(path)
+
+
+def published(url, folder) -> dict:
+    """The outputs() of a run published at `url` (downloaded into `folder`), with uids.npy's bytes."""
+    s3fs.S3FileSystem().get(url, str(folder), recursive=True)
+    return {**outputs(folder), "uids": (folder / "uids.npy").read_bytes()}
+
+
+def local_output(folder) -> dict:
+    return {**outputs(folder), "uids": (folder / "uids.npy").read_bytes()}
+
+
+def object_names(url) -> set[str]:
+    return {p.removeprefix(url + "/") for p in files_under(url)}
+
+
+def published_names(out) -> set[str]:
+    """The names a finished local run has that a publish uploads: everything but _work/ except run.json."""
+    names = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    return {n for n in names if not n.startswith("_work/")} | {"_work/run.json"}
+
+
+def test_a_run_into_s3_equals_the_run_into_a_local_folder(dedup_pipeline, faulty_input, bucket, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    url = f"{bucket}/out"
+    local = run_pipeline(dedup_pipeline, LocalEngine(workers=2, progress=False), [str(faulty_input)], tmp_path / "local")
+    remote = run_pipeline(dedup_pipeline, LocalEngine(workers=2, progress=False), [str(faulty_input)], url)
+    assert published(url, tmp_path / "got") == local_output(tmp_path / "local")
+    assert {k: v for k, v in remote.items() if k not in ("elapsed_s", "samples_per_s")} == \
+        {k: v for k, v in local.items() if k not in ("elapsed_s", "samples_per_s")}
+    assert "duplicate" in {r["reason"] for r in pq.read_table(tmp_path / "local" / "rejected.parquet").to_pylist()}
+    # only what curate publishes, whole: no _work/ besides the commit marker, no temporaries
+    assert object_names(url) == published_names(tmp_path / "local")
+    run = json.loads(read_bytes(f"{url}/_work/run.json"))
+    assert run["complete"] and run == json.loads((tmp_path / "local" / "_work" / "run.json").read_text())
+    # the default staging folder: under the user's cache, named by the URL
+    staging = tmp_path / "cache" / "curate" / "staging"
+    (folder,) = staging.iterdir()
+    assert json.loads((folder / "_work" / "run.json").read_text())["complete"]
+    # a finished published run is reused: its stats come from the URL, and nothing runs (no staging again)
+    shutil.rmtree(staging)
+    again = run_pipeline(dedup_pipeline, LocalEngine(workers=1, progress=False), [str(faulty_input)], url + "/")
+    assert again.pop("resumed_complete") and again == json.loads(read_bytes(f"{url}/stats.json"))
+    assert not staging.exists()
+
+
+def test_a_killed_run_into_s3_resumes_from_staging(faulty_input, bucket, tmp_path):
+    recipe = tmp_path / "killed.yaml"
+    recipe.write_text(PUBLISHED_PIPELINE.replace("batch_size: 16", "batch_size: 4"))
+    run_pipeline(load_pipeline(recipe), LocalEngine(workers=1, progress=False), [str(faulty_input)],
+                 tmp_path / "reference")
+    url, staging = f"{bucket}/killed", tmp_path / "staging"
+    command = [sys.executable, "-m", "curate.cli", "run", str(recipe), "--input", str(faulty_input), "--output", url,
+               "--staging", str(staging), "--workers", "1", "--quiet"]
+    process = subprocess.Popen(command, start_new_session=True)
+    deadline = time.time() + 120
+    while not list((staging / "_work" / "done").glob("pass0-*.json")) and time.time() < deadline:
+        assert process.poll() is None, "the run ended before it could be interrupted"
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (staging / "stats.json").exists(), "the run finished before the kill; the test proves nothing"
+    assert object_names(url) == {"_work/run.json"} and not json.loads(read_bytes(f"{url}/_work/run.json"))["complete"]
+    done = {p: p.stat().st_mtime_ns for p in (staging / "_work" / "done").glob("*.json")}
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"stats:   {url}/stats.json" in rerun.stdout
+    assert {p: p.stat().st_mtime_ns for p in done} == done  # the tasks finished before the kill were not redone
+    assert published(url, tmp_path / "got") == local_output(tmp_path / "reference")
+
+
+def test_an_interrupted_publish_is_redone(dedup_pipeline, faulty_input, bucket, tmp_path, monkeypatch):
+    import curate.io.publish as publish
+
+    run_pipeline(dedup_pipeline, LocalEngine(workers=2, progress=False), [str(faulty_input)], tmp_path / "local")
+    url, staging = f"{bucket}/out", tmp_path / "staging"
+    uploads, upload = [], publish._upload
+
+    def failing_upload(path, target):  # the connection drops on the third object
+        uploads.append(target)
+        if len(uploads) == 3:
+            raise ConnectionError(f"lost {target}")
+        upload(path, target)
+
+    monkeypatch.setattr(publish, "_upload", failing_upload)
+    with pytest.raises(ConnectionError, match="lost"):
+        run_pipeline(dedup_pipeline, LocalEngine(workers=2, progress=False), [str(faulty_input)], url, staging=staging)
+    assert not json.loads(read_bytes(f"{url}/_work/run.json"))["complete"]  # not committed
+    assert 1 < len(object_names(url)) < len(published_names(tmp_path / "local"))
+    monkeypatch.setattr(publish, "_upload", upload)
+    done = {p: p.stat().st_mtime_ns for p in (staging / "_work" / "done").glob("*.json")}
+    stats = run_pipeline(dedup_pipeline, LocalEngine(workers=2, progress=False), [str(faulty_input)], url,
+                         staging=staging)
+    assert "resumed_complete" not in stats  # published now, not found published
+    assert {p: p.stat().st_mtime_ns for p in done} == done  # the run itself was finished: only the publish ran
+    assert published(url, tmp_path / "got") == local_output(tmp_path / "local")
+    assert json.loads(read_bytes(f"{url}/_work/run.json"))["complete"]
+
+
+def test_a_prefix_holding_another_run_is_refused_and_overwrite_keeps_other_objects(faulty_input, bucket, tmp_path):
+    faults = [str(faulty_input / "b.parquet")]  # a few rows: these runs are about the prefix, not the samples
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    first.write_text(PUBLISHED_PIPELINE)
+    second.write_text(PUBLISHED_PIPELINE.replace("min_words: 2", "min_words: 6"))
+    url = f"{bucket}/out"
+    fs = s3fs.S3FileSystem()
+    theirs = {f"{url}/notes.txt": b"mine", f"{url}/shards/README": b"mine too", f"{url}/_work/other.json": b"{}"}
+    for path, data in theirs.items():
+        fs.pipe(path, data)
+
+    def run(recipe, overwrite=False, inputs=faults, out=url):
+        return run_pipeline(load_pipeline(recipe), LocalEngine(workers=1, progress=False), inputs, out, overwrite,
+                            tmp_path / f"staging-{recipe.stem}")
+
+    with pytest.raises(FileExistsError, match=rf"{url} holds objects that are not a curate run; pass --overwrite"):
+        run(first)
+    run(first, overwrite=True)  # none of curate's names was there: nothing of the user's is touched
+    assert json.loads(read_bytes(f"{url}/_work/run.json"))["complete"]
+    first_stats = json.loads(read_bytes(f"{url}/stats.json"))
+    with pytest.raises(FileExistsError, match=rf"{url} holds a run of a different pipeline or input; pass --overwrite"):
+        run(second)
+    second_stats = run(second, overwrite=True)
+    assert json.loads(read_bytes(f"{url}/stats.json")) == second_stats != first_stats
+    assert {path: fs.cat(path) for path in theirs} == theirs
+    assert object_names(url) == published_names(tmp_path / "staging-second") | {"notes.txt", "shards/README",
+                                                                                "_work/other.json"}
+    # curate's names without a run.json are the user's: refused even with --overwrite
+    fs.pipe(f"{bucket}/plain/stats.json", b"{}")
+    with pytest.raises(FileExistsError, match=r"plain is not a curate run .* holds s3://.*/plain/stats\.json"):
+        run(first, overwrite=True, out=f"{bucket}/plain")
+    # an output prefix that holds an input is refused, overwrite or not
+    upload(faulty_input / "b.parquet", f"{url}/in/b.parquet")
+    with pytest.raises(FileExistsError, match=rf"output {url} contains input {url}/in/b\.parquet"):
+        run(second, overwrite=True, inputs=[f"{url}/in/b.parquet"])
+    # --staging goes with an output URL only
+    with pytest.raises(ConfigError, match="a staging folder goes with an output URL"):
+        run(first, out=str(tmp_path / "local"))
