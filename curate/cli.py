@@ -14,6 +14,7 @@ from curate.config import ConfigError
 from curate.metadata import WORDNET_DIR, MetadataError
 from curate.pipeline import load_pipeline
 from train.eval.cli import eval_command
+from train.launch import launch_options
 from train.llava.cli import caption_command, train_llava_command
 
 
@@ -175,19 +176,19 @@ def train():
 @click.option("--data", help="Curated output folder (or shard files); overrides the config's data.")
 @click.option("--output", help="Run folder [default: runs/<config name>].")
 @click.option("--samples-seen", type=click.IntRange(min=1), help="Override the samples-seen budget.")
-@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True, help="DDP processes (torchrun).")
+@launch_options
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. lr=0.001.")
 @_user_errors
-def train_clip_command(config_path, data, output, samples_seen, nproc, overrides):
+def train_clip_command(config_path, data, output, samples_seen, launch_with, overrides):
     """Train a CLIP (InfoNCE or SigLIP) on curated shards at a fixed samples-seen budget; resumes a run folder."""
     from train.clip.config import load_clip_config
-    from train.run import launch
+    from train.launch import launch
 
     output = output or f"runs/{Path(config_path).stem}"
     args = [config_path, "--output", output] + (["--data", data] if data else []) + \
         (["--samples-seen", str(samples_seen)] if samples_seen else []) + [a for o in overrides for a in ("--set", o)]
     config = load_clip_config(config_path, list(overrides) + ([f"data={data}"] if data else []))  # fail fast
-    launch("train.clip.train", args, nproc)
+    launch("train.clip.train", args, launch_with)
     click.echo(f"{config.model} trained: {output}/last.pt (log: {output}/log.jsonl)")
 
 

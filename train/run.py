@@ -1,20 +1,16 @@
-"""What every trainer does around the loop, the same way for CLIP and LLaVA: its command line,
-how it is launched (in process or under torchrun), joining and leaving the job, and opening a run
-folder (resume, or a new model beside its config.json)."""
+"""What every trainer does around the loop, the same way for CLIP and LLaVA: its command line
+(train.launch starts it), joining and leaving the job, and opening a run folder (resume, or a new
+model beside its config.json)."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-import click
 import torch
 import torch.distributed as dist
 
@@ -37,17 +33,6 @@ def run_parser(description: str) -> argparse.ArgumentParser:
 def run_overrides(args: argparse.Namespace, keys: list[str]) -> list[str]:
     """The --set overrides, then `key=value` for --data and each of the trainer's `keys` that was given."""
     return list(args.overrides) + [f"{key}={getattr(args, key)}" for key in ["data", *keys] if getattr(args, key)]
-
-
-def launch(module: str, args: list[str], nproc: int) -> None:
-    """Run `module`'s main(args) in this process, or under torchrun in `nproc` processes."""
-    if nproc == 1:
-        importlib.import_module(module).main(args)
-        return
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", module, *args]
-    if subprocess.run(command).returncode != 0:
-        raise click.ClickException(f"training failed ({nproc} processes); see the messages above")
 
 
 @contextmanager

@@ -16,8 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from curate.io.writers import PartWriter
 from tests.io.conftest import bucket, s3_endpoint  # noqa: F401  (moto's S3 server)
+from tests.train.shard_fixtures import write_shards
 from train.clip.config import ClipTrainConfig
 from train.clip.train import train_clip
 from train.data import ShardSource, StreamLoader, StreamSettings
@@ -25,15 +25,6 @@ from train.data.order import Order
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = StreamSettings(batch_size=16, grad_accum=1, lanes=8, block=24, seed=5)
-
-
-def write_shards(folder: Path, table: pa.Table, per_shard: int) -> Path:
-    """`table` as curate run writes it: parquet/part-NNNNN.parquet and shards/part-NNNNN.tar."""
-    for number, start in enumerate(range(0, table.num_rows, per_shard)):
-        name = f"part-{number:05d}"
-        with PartWriter(folder / "parquet" / f"{name}.parquet", folder / "shards" / f"{name}.tar") as writer:
-            writer.write(table.slice(start, per_shard))
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from curate.config import ConfigError
+from train.launch import launch_options
 
 
 class LlavaError(click.ClickException):
@@ -25,13 +26,13 @@ class LlavaError(click.ClickException):
                                                             "conversations [default: the config's].")
 @click.option("--data", help="Stage 1: curated output folder or shard files; stage 2: LLaVA-Instruct JSON/JSONL.")
 @click.option("--output", help="Run folder [default: runs/<config name>].")
-@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True, help="DDP processes (torchrun).")
+@launch_options
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a config key, e.g. model.prefix_lm=true or init=runs/s1/last.pt.")
-def train_llava_command(config_path, stage, data, output, nproc, overrides):
+def train_llava_command(config_path, stage, data, output, launch_with, overrides):
     """Train a LLaVA (vision tower + projector + causal LM) at a fixed samples-seen budget; resumes a run folder."""
+    from train.launch import launch
     from train.llava.config import load_llava_config
-    from train.run import launch
 
     output = output or f"runs/{Path(config_path).stem}"
     extra = ([f"stage={stage}"] if stage else []) + ([f"data={data}"] if data else [])
@@ -41,7 +42,7 @@ def train_llava_command(config_path, stage, data, output, nproc, overrides):
         raise LlavaError(str(exc)) from exc
     args = [config_path, "--output", output, *[a for o in list(overrides) + extra for a in ("--set", o)]]
     try:
-        launch("train.llava.train", args, nproc)
+        launch("train.llava.train", args, launch_with)
     except (ValueError, FileNotFoundError) as exc:
         raise LlavaError(str(exc)) from exc
     click.echo(f"LLaVA stage {config.stage} trained: {output}/last.pt (log: {output}/log.jsonl)")
