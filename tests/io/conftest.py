@@ -32,11 +32,14 @@ for _key in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint():
+def s3_endpoint(tmp_path_factory):
     """moto's S3 server (`python -m moto.server`, its server mode) on S3_ENDPOINT, a free port of 127.0.0.1."""
     port = S3_ENDPOINT.rpartition(":")[2]
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", port],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # its log (a line per request) goes to a file: a pipe nobody reads fills at 64 KiB and blocks every request
+    log = tmp_path_factory.mktemp("moto") / "server.log"
+    with open(log, "wb") as sink:
+        server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", port],
+                                  stdout=subprocess.DEVNULL, stderr=sink)
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -45,7 +48,8 @@ def s3_endpoint():
         except OSError:
             if server.poll() is not None or time.monotonic() > deadline:
                 server.kill()
-                pytest.fail(f"moto server did not start on {S3_ENDPOINT}: {server.communicate()[1].decode()[-2000:]}")
+                server.wait()
+                pytest.fail(f"moto server did not start on {S3_ENDPOINT}: {log.read_text()[-2000:]}")
             time.sleep(0.2)
     yield S3_ENDPOINT
     server.terminate()
