@@ -124,6 +124,7 @@ class _Lane:
         self.served = position - order.block_start(lane, block)
 
     def _fill(self, block: int) -> None:
+        self.samples = []  # the served block goes before the next is read: one block held, not two
         self.block, self.start = block, self.reader.location
         samples = self.reader.take(self.order.block_length(self.lane, block))
         self.samples = [samples[i] for i in self.order.permutation(self.lane, block)]
