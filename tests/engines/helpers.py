@@ -1,6 +1,10 @@
 """Helpers shared by the engine tests."""
 
 import json
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -32,3 +36,16 @@ def assert_same_output(got: dict, expected: dict) -> None:
                 assert value == pytest.approx(theirs[key], abs=FLOAT_TOLERANCE), (mine["uid"], key, value, theirs[key])
             else:
                 assert value == theirs[key], (mine["uid"], key)
+
+
+def kill_after_first_task(command: list[str], folder: Path) -> None:
+    """Start `command` (a `curate run`), SIGKILL its process group as soon as a first task of
+    pass 0 has its completion marker in `folder`, and check it really was cut short."""
+    process = subprocess.Popen(command, start_new_session=True)
+    deadline = time.time() + 120
+    while not list((folder / "_work" / "done").glob("pass0-*.json")) and time.time() < deadline:
+        assert process.poll() is None, "the run ended before it could be interrupted"
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (folder / "stats.json").exists(), "the run finished before the kill; the test proves nothing"

@@ -1,11 +1,8 @@
 """The local engine on a real pool with real faults: accounting, worker-count invariance, resume."""
 
 import multiprocessing
-import os
-import signal
 import subprocess
 import sys
-import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -17,7 +14,7 @@ from curate.engines.local import LocalEngine, share_cores
 from curate.pipeline import load_pipeline
 from curate.runner import run_pipeline
 from curate.stage import MapStage, StageConfig, Verdict
-from tests.engines.helpers import read_output
+from tests.engines.helpers import kill_after_first_task, read_output
 
 RECIPES = Path(__file__).parents[2] / "pipelines"
 FULL = """
@@ -85,14 +82,7 @@ def test_killed_run_resumes_to_the_same_result(faulty_input, tmp_path):
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "curate.cli", "run", str(recipe), "--input", str(faulty_input),
                "--output", str(out), "--workers", "1", "--quiet"]
-    process = subprocess.Popen(command, start_new_session=True)
-    deadline = time.time() + 120
-    while not list((out / "_work" / "done").glob("pass0-*.json")) and time.time() < deadline:
-        assert process.poll() is None, "the run ended before it could be interrupted"
-        time.sleep(0.01)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    assert not (out / "stats.json").exists(), "the run finished before the kill; the test proves nothing"
+    kill_after_first_task(command, out)
     finished_before = len(list((out / "_work" / "done").glob("*.json")))
     assert finished_before >= 1
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)

@@ -6,12 +6,9 @@ published) equals the local run, resumes when killed, redoes a cut-short publish
 one and refuses, or overwrites only curate's objects of, a prefix holding something else."""
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import fsspec
 import pyarrow as pa
@@ -26,6 +23,7 @@ from curate.io.paths import (atomic_output, exists, expand, file_stamp, files_un
 from curate.io.readers import InputError, plan_inputs, read_task
 from curate.pipeline import load_pipeline
 from curate.runner import run_pipeline
+from tests.engines.helpers import kill_after_first_task
 from tests.io.test_readers import write_tar
 
 PIPELINE = """
@@ -321,14 +319,7 @@ def test_a_killed_run_into_s3_resumes_from_staging(faulty_input, bucket, tmp_pat
     url, staging = f"{bucket}/killed", tmp_path / "staging"
     command = [sys.executable, "-m", "curate.cli", "run", str(recipe), "--input", str(faulty_input), "--output", url,
                "--staging", str(staging), "--workers", "1", "--quiet"]
-    process = subprocess.Popen(command, start_new_session=True)
-    deadline = time.time() + 120
-    while not list((staging / "_work" / "done").glob("pass0-*.json")) and time.time() < deadline:
-        assert process.poll() is None, "the run ended before it could be interrupted"
-        time.sleep(0.01)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    assert not (staging / "stats.json").exists(), "the run finished before the kill; the test proves nothing"
+    kill_after_first_task(command, staging)
     assert object_names(url) == {"_work/run.json"} and not json.loads(read_bytes(f"{url}/_work/run.json"))["complete"]
     done = {p: p.stat().st_mtime_ns for p in (staging / "_work" / "done").glob("*.json")}
     rerun = subprocess.run(command, capture_output=True, text=True, timeout=300)
