@@ -258,10 +258,7 @@ class TaskEngine(ABC):
             shutil.rmtree(folder, ignore_errors=True)
         files = tuple(str(layout.fit_rows(k, t.index)) for t in tasks)
         data = Dataset(files, sum(markers[(k, t.index)]["fit_rows"] for t in tasks))
-        context = EngineFitContext(self, layout.fit_work(k), partition_rows)
-        fitted = stage.fit(data, context)
-        if fitted.rejected is not None and fitted.rejected.rows:
-            context.route(fitted.rejected, layout.decisions(k))
+        fitted = EngineFitContext(self, layout.fit_work(k), partition_rows).fit(stage, data, layout.decisions(k))
         write_json_atomic(stage.fit_stats(fitted.state), layout.fit_stats(k))  # before the state, which marks the fit done
         save_state(fitted.state, layout.state(k))
         shutil.rmtree(layout.fit_work(k), ignore_errors=True)
@@ -300,10 +297,7 @@ def run_global_stage(stage: GlobalStage, table: pa.Table, engine: TaskEngine, ta
             files.append(str(root / f"fit-{task:05d}.parquet"))
             write_table_atomic(stage.fit_rows(_with_row_ids(part, task, 0)), Path(files[-1]))
         data = Dataset(tuple(files), sum(pq.ParquetFile(f).metadata.num_rows for f in files))
-        context = EngineFitContext(engine, root / "work", partition_rows)
-        fitted = stage.fit(data, context)
-        if fitted.rejected is not None and fitted.rejected.rows:
-            context.route(fitted.rejected, root / "decisions")
+        fitted = EngineFitContext(engine, root / "work", partition_rows).fit(stage, data, root / "decisions")
         save_state(fitted.state, root / "state.json")
         state = load_state(root / "state.json")
         verdicts = [stage.apply(part, state, TaskRejections(root / "decisions" / f"task-{task:05d}.parquet")

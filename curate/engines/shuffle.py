@@ -144,6 +144,14 @@ class EngineFitContext(FitContext):
         tables = [pq.read_table(path) for path in data.files]
         return pa.concat_tables(tables) if tables else pa.table({})
 
+    def fit(self, stage, data: Dataset, decisions: Path):
+        """`stage.fit` over `data`, its rejected rows routed to `decisions/task-NNNNN.parquet`;
+        returns the Fitted."""
+        fitted = stage.fit(data, self)
+        if fitted.rejected is not None and fitted.rejected.rows:
+            self.route(fitted.rejected, decisions)
+        return fitted
+
     def route(self, rejected: Dataset, folder: Path) -> None:
         """Send rejected rows to their tasks: `folder/task-NNNNN.parquet` per task with any."""
         with_tasks = self.map(rejected, add_task_column, "tasks")
