@@ -36,6 +36,10 @@ class PipelineSettings(BaseModel):
     outputs: list[Literal["parquet", "webdataset", "uids"]] = Field(
         default_factory=lambda: list(OUTPUTS), description="what a run writes besides the ledger, stats and report: "
         "kept rows as Parquet parts, as WebDataset tars (shards/), DataComp's uids.npy")
+    samples_per_shard: int | None = Field(
+        None, gt=0, description="samples per WebDataset shard (img2dataset's number_sample_per_shard; the last "
+        "shard holds the rest): the tasks' kept samples are resharded at the end of the run; null: a shard per "
+        "input task. shards/sizes.json gives every shard's count either way (open_clip_train reads it)")
     max_member_bytes: int = Field(
         ReadLimits.max_member_bytes, gt=0, description="largest tar member, image file or Parquet image cell read "
         "(bytes; default 64 MiB): a larger one is not loaded, its sample goes to the ledger (member_too_large, "

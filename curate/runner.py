@@ -43,7 +43,8 @@ def run_pipeline(pipeline: Pipeline, engine, input_paths: str | list[str] | None
             return published
         output = staging or publish.staging_folder(url)
         overwrite = overwrite or staging is None  # a stale run in curate's own staging folder is replaced
-    layout = RunLayout(output)
+    settings = pipeline.settings
+    layout = RunLayout(output, "webdataset" in settings.outputs, settings.samples_per_shard)
     if layout.prepare(run_id, overwrite, inputs):
         stats = json.loads(layout.stats.read_text())
         if not url:  # at a URL, the run is published only now

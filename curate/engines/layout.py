@@ -16,20 +16,23 @@ from curate.engines.plan import Pass, StageStats, merge_stats, stage_key
 from curate.io.readers import READ_STAGE
 from curate.io.assembly import concat_parquet, merge_uids, repeated_uids, uid_count
 from curate.io.paths import file_stamp, is_url
+from curate.io.shards import SIZES_FILE, place_task_tars, reshard
 from curate.io.writers import remove_temp_files, write_json_atomic
 from curate.schema import LEDGER_SCHEMA
 from curate.stage import Stage
 
 
-_PART_TAR = re.compile(r"part-\d{5,}\.tar")
+_PART_TAR = re.compile(rf"part-\d{{5,}}\.tar|{re.escape(SIZES_FILE)}")  # the shards and open_clip's size file
 _PART_PARQUET = re.compile(r"part-\d{5,}\.parquet")
 
 
 class RunLayout:
-    """Where a run's outputs and its resume state live inside the output folder."""
+    """Where a run's outputs and its resume state live inside the output folder; `webdataset`:
+    the run writes shards/ (with `samples_per_shard` samples each, else one per task)."""
 
-    def __init__(self, output: str | Path):
+    def __init__(self, output: str | Path, webdataset: bool = False, samples_per_shard: int | None = None):
         self.root = Path(output)
+        self.webdataset, self.samples_per_shard = webdataset, samples_per_shard
         self.shards = self.root / "shards"
         self.parquet = self.root / "parquet"
         self.rejected = self.root / "rejected.parquet"
@@ -46,7 +49,8 @@ class RunLayout:
         return self.parquet / f"{self.part_name(task)}.parquet"
 
     def kept_tar(self, task: int) -> Path:
-        return self.shards / f"{self.part_name(task)}.tar"
+        """A task's kept samples as a WebDataset tar; `finish` makes shards/ of these."""
+        return self.work / "tars" / f"{self.part_name(task)}.tar"
 
     def intermediate(self, pass_index: int, task: int) -> Path:
         return self.work / f"pass{pass_index}" / f"{self.part_name(task)}.parquet"
@@ -157,6 +161,8 @@ class RunLayout:
                              "ids): uids must be unique; drop the uid column to have curate make them")
         pool_parts = [self.uid_part("pool", t) for t in tasks]
         pool = merge_uids(pool_parts, self.uids) if write_uids else uid_count(pool_parts)
+        if self.webdataset:
+            self._assemble_shards(tasks)
         totals = merge_stats(task_stats)
         derived = sum(s.derived for s in totals.values())  # samples stages made from input samples
         if kept + rejected != input_rows + derived:
@@ -177,6 +183,16 @@ class RunLayout:
                  "stages": stage_rows, **({"fits": fits} if fits else {}), **extra}
         write_json_atomic(stats, self.stats)
         return stats
+
+    def _assemble_shards(self, tasks: list[int]) -> None:
+        """shards/ and its sizes.json from the tasks' tars: moved as they are, or resharded into
+        `samples_per_shard` samples each (resuming a resharding cut short)."""
+        tars = [self.kept_tar(t) for t in tasks]
+        if self.samples_per_shard is None:
+            place_task_tars(tars, self.shards, [pq.ParquetFile(self.kept_parquet(t)).metadata.num_rows for t in tasks])
+        else:
+            for _ in reshard(tars, self.shards, self.samples_per_shard, self.work / "tars" / "reshard.json"):
+                pass  # it commits a shard at a time
 
     def mark_complete(self) -> None:
         """Record the run as finished and drop intermediates (markers and fit states stay, for reruns)."""

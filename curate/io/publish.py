@@ -23,7 +23,7 @@ from curate.io.paths import (atomic_output, exists, explained, files_in, filesys
                              write_bytes)
 
 FILES = ("rejected.parquet", "stats.json", "report.html", "uids.npy")
-PART_FOLDERS = {"shards": re.compile(r"part-\d{5,}\.tar"), "parquet": re.compile(r"part-\d{5,}\.parquet")}
+PART_FOLDERS = {"shards": re.compile(r"part-\d{5,}\.tar|sizes\.json"), "parquet": re.compile(r"part-\d{5,}\.parquet")}
 RUN_FILE = "_work/run.json"
 _UPLOADS = 8  # objects uploaded at once
 _CHUNK = 8 * 2**20
