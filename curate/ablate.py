@@ -76,7 +76,7 @@ class ContaminationError(RuntimeError):
 
 def load_ablation(path: str | Path, overrides: list[str] = ()) -> AblationConfig:
     """Read, override and validate an ablation file."""
-    return validate(AblationConfig, load_yaml(path, overrides), str(path))
+    return validate(AblationConfig, load_yaml(path, overrides, "ablation"), str(path))
 
 
 def _key(*parts) -> str:

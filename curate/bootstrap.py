@@ -36,7 +36,7 @@ class BootstrapConfig(ExperimentConfig):
 
 def load_bootstrap(path: str | Path, overrides: list[str] = ()) -> BootstrapConfig:
     """Read, override and validate a bootstrap file."""
-    return validate(BootstrapConfig, load_yaml(path, overrides), str(path))
+    return validate(BootstrapConfig, load_yaml(path, overrides, "bootstrap"), str(path))
 
 
 def scorer_path(config: BootstrapConfig, round_index: int) -> Path:

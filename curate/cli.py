@@ -36,6 +36,7 @@ def _user_errors(fn):
 
 
 @click.group()
+@click.version_option(package_name="curate", message="%(prog)s %(version)s")
 def main() -> None:
     """curate: curate image-text pretraining data and score every data choice end to end."""
 
@@ -135,8 +136,14 @@ def download(urls, output, timeout, retries, threads, max_bytes, image_size, res
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key before validating.")
 @_user_errors
 def validate(pipeline, input_paths, overrides):
-    """Check a pipeline file without running it; with --input, also against that input's columns."""
+    """Check a pipeline file without running it: every key, the files it names (input, checkpoints,
+    metadata) and, with --input, the stages against that input's columns."""
+    from curate.pipeline import missing_files
+
     spec = load_pipeline(pipeline, list(overrides))
+    problems = missing_files(spec, list(input_paths) or None)
+    if problems:
+        raise UserError("\n".join(problems))
     if input_paths:
         from curate.runner import plan_checked
 
@@ -150,20 +157,37 @@ def validate(pipeline, input_paths, overrides):
 
 @main.command()
 def stages():
-    """List the registered stages with their parameters."""
+    """List the registered stages with their parameters (and the values a parameter allows)."""
     from curate.stage import GlobalStage
     from curate.stages import REGISTRY
 
     for name, cls in REGISTRY.items():
         kind = "global" if issubclass(cls, GlobalStage) else "map"
         click.echo(f"{name} ({kind}): {cls.summary()}")
+        choices = getattr(cls.Config, "choices", {})
         for field, info in cls.Config.model_fields.items():
-            annotation = getattr(info.annotation, "__name__", str(info.annotation)).replace("typing.", "")
             doc = f"  {info.description}" if info.description else ""
             default = "(required)" if info.is_required() else f"= {info.default!r}"
-            click.echo(f"    {field}: {annotation} {default}{doc}")
+            click.echo(f"    {field}: {_type_name(info.annotation)} {default}{doc}")
+            allowed = _literal_values(info.annotation) or choices.get(field)
+            if allowed:
+                click.echo(f"      allowed: {', '.join(map(str, allowed))}")
         if cls.reasons:
             click.echo(f"    rejects: {', '.join(cls.reasons)}")
+
+
+def _type_name(annotation) -> str:
+    """A parameter's type as a reader writes it (`int`, `list[str] | None`, `Literal[...]`)."""
+    return getattr(annotation, "__name__", str(annotation)).replace("typing.", "")
+
+
+def _literal_values(annotation) -> list:
+    """The values a Literal annotation allows, also inside Optional, unions and lists; [] if none."""
+    from typing import Literal, get_args, get_origin
+
+    if get_origin(annotation) is Literal:
+        return list(get_args(annotation))
+    return [v for arg in get_args(annotation) for v in _literal_values(arg)]
 
 
 @main.group()

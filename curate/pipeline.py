@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from curate.config import ConfigError, load_yaml, validate
+from curate.config import ConfigError, load_yaml, short_repr, suggest, validate
 from curate.io.readers import ReadLimits
 from curate.schema import INPUT_SCHEMA
 from curate.stage import Stage, StageConfig
@@ -47,6 +47,10 @@ class PipelineSettings(BaseModel):
     max_caption_bytes: int = Field(
         ReadLimits.max_caption_bytes, gt=0, description="longest caption read (UTF-8 bytes; default 64 KiB): a "
         "longer one is rejected at read time (caption_too_long)")
+
+    limit: int | None = Field(
+        None, gt=0, description="read only the input's first N samples, in input order (a quick try; `curate run "
+        "--limit N`); the tasks after them are not read")
 
     def read_limits(self) -> ReadLimits:
         """The readers' size caps."""
@@ -147,31 +151,82 @@ def _missing(spec: StageSpec, choices: list[tuple[str, ...]], available: set[str
 
 
 def load_pipeline(path: str | Path, overrides: list[str] = ()) -> Pipeline:
-    """Read, override (`key=value`) and validate a pipeline file."""
-    return parse_pipeline(load_yaml(path, overrides), str(path))
+    """Read, override (`key=value`) and validate a pipeline file; every problem of the file is
+    reported at once (one line each), and a file of another kind (an ablation file, say) is
+    refused naming the command that takes it."""
+    raw = load_yaml(path, overrides, "pipeline")
+    return parse_pipeline(raw, str(path))
 
 
 def parse_pipeline(raw: Any, source: str) -> Pipeline:
-    """Validate an already-loaded pipeline mapping."""
+    """Validate an already-loaded pipeline mapping; a ConfigError lists every problem found."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping with name, input, output and stages, got {type(raw).__name__}")
     raw = dict(raw)
     stage_entries = raw.pop("stages", None)
-    settings = validate(PipelineSettings, raw, source)
+    problems: list[str] = []
+    settings = _collect(problems, validate, PipelineSettings, raw, source)
     if not isinstance(stage_entries, list) or not stage_entries:
-        raise ConfigError(f"{source}: stages: expected a non-empty list of stages, got {stage_entries!r}")
-    specs = [_parse_stage(entry, i, source) for i, entry in enumerate(stage_entries)]
+        problems.append(f"{source}: stages: expected a non-empty list of stages, got {short_repr(stage_entries)}")
+        stage_entries = []
+    specs = [_collect(problems, _parse_stage, entry, i, source) for i, entry in enumerate(stage_entries)]
+    if problems:
+        raise ConfigError("\n".join(problems))
     return Pipeline(settings, specs, source, {**raw, "stages": stage_entries})
+
+
+def _collect(problems: list[str], fn, *args):
+    """`fn(*args)`, or None with its ConfigError's lines added to `problems`."""
+    try:
+        return fn(*args)
+    except ConfigError as exc:
+        problems.append(str(exc))
+        return None
 
 
 def _parse_stage(entry: Any, index: int, source: str) -> StageSpec:
     where = f"{source}: stages[{index}]"
     if not isinstance(entry, dict) or "stage" not in entry:
-        raise ConfigError(f"{where}: expected a mapping with a 'stage' key naming the stage, got {entry!r}")
+        raise ConfigError(f"{where}: expected a mapping with a 'stage' key naming the stage, got {short_repr(entry)}")
     params = dict(entry)
     name = params.pop("stage")
-    if name not in REGISTRY:
-        raise ConfigError(f"{where}.stage: unknown stage {name!r}; known stages: {', '.join(sorted(REGISTRY))}")
+    if not isinstance(name, str) or name not in REGISTRY:
+        hint = suggest(name, list(REGISTRY)) if isinstance(name, str) else ""
+        raise ConfigError(f"{where}.stage: unknown stage {short_repr(name)}; {hint}known stages: "
+                          f"{', '.join(sorted(REGISTRY))}")
     return StageSpec(name, validate(REGISTRY[name].Config, params, source, f"stages[{index}]", f"stage {name}"))
 
 
+# config keys that name a file or folder a stage reads, and what writes it when it is missing
+READ_PATHS = {
+    "checkpoint": "a checkpoint: train one with `curate train clip` (clip_score) or `curate train llava` (recaption)",
+    "metadata": "an entry list: build it with `curate metadata build --out FILE`",
+    "eval_data": "evaluation data: `curate sample openclipart` writes data/openclipart/eval",
+    "target": "a target image set",
+    "blocklist_file": "a word list",
+    "language.model": "a fastText model file",  # elsewhere `model` names an architecture, not a file
+}
+
+
+def missing_files(pipeline: Pipeline, input_paths: str | list[str] | None = None) -> list[str]:
+    """The local paths a run would read that do not exist: the input (given, or the file's) and
+    the checkpoints, metadata and data sets its stages name; one line each, with what makes them.
+    URLs and patterns are not looked up (the readers check them when the run plans its input)."""
+    from curate.io.paths import is_url
+
+    def absent(path: str) -> bool:
+        return not is_url(path) and not any(c in path for c in "*?[{") and not Path(path).exists()
+
+    problems = []
+    inputs = input_paths or pipeline.settings.input or []
+    for path in [inputs] if isinstance(inputs, str) else inputs:
+        if absent(path):
+            problems.append(f"{pipeline.source}: input: {path}: no such file or folder")
+    for i, spec in enumerate(pipeline.stages):
+        for named, what in READ_PATHS.items():
+            stage, _, key = named.rpartition(".")
+            value = getattr(spec.config, key, None) if stage in ("", spec.name) else None
+            for path in [value] if isinstance(value, str) else value or []:
+                if isinstance(path, str) and absent(path):
+                    problems.append(f"{pipeline.source}: stages[{i}].{key}: {path}: no such file or folder ({what})")
+    return problems

@@ -80,6 +80,7 @@ class InputTask:
     path: str
     row_group: int = 0
     rows: int | None = None  # known up front for Parquet
+    limit: int | None = None  # read only the task's first `limit` samples (`curate run --limit`)
 
     def describe(self) -> str:
         return f"{self.path} (row group {self.row_group})" if self.kind == "parquet" else self.path
@@ -157,9 +158,15 @@ def _sorted(paths) -> list[str]:
 
 def read_task(task: InputTask, batch_size: int, limits: ReadLimits = ReadLimits()) -> Iterator[Verdict]:
     """Batches of the task's samples in the core schema, with read failures and values over
-    `limits` as rejections."""
+    `limits` as rejections; only the first `task.limit` samples when the task has a limit."""
+    left = task.limit
     for verdict in _read_task(task, batch_size, limits):
+        if left is not None:
+            verdict = Verdict(verdict.table.slice(0, left), verdict.reasons[:left], verdict.values[:left])
+            left -= verdict.table.num_rows
         yield limits.check(verdict)
+        if left == 0:
+            return
 
 
 def _read_task(task: InputTask, batch_size: int, limits: ReadLimits) -> Iterator[Verdict]:

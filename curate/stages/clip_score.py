@@ -45,6 +45,10 @@ class ClipScoreConfig(EmbeddingConfig):
             raise ValueError(f"set exactly one of threshold, thresholds, top_fraction (got {rules or 'none'})")
         if self.thresholds is not None and "default" not in self.thresholds:
             raise ValueError("thresholds needs a 'default' entry for languages not listed")
+        from curate.stages.language import unknown_languages
+
+        if self.thresholds is not None and (problem := unknown_languages([k for k in self.thresholds if k != "default"])):
+            raise ValueError(f"thresholds: {problem}")
         if (self.checkpoint is None) == (self.score_column is None):
             raise ValueError("set exactly one of checkpoint (score with a model) and score_column (read scores)")
         return self

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from curate.schema import set_column
 from curate.stage import MapStage, StageConfig, Verdict
@@ -23,12 +24,46 @@ def default_model_path() -> Path:
     return path
 
 
+# The 176 labels of fastText's lid.176 (ISO 639 codes, and a few Wikipedia language names), as it predicts them.
+LID176_LABELS = frozenset(
+    "af als am an ar arz as ast av az azb ba bar bcl be bg bh bn bo bpy br bs bxr ca cbk ce ceb ckb co cs cv cy da "
+    "de diq dsb dty dv el eml en eo es et eu fa fi fr frr fy ga gd gl gn gom gu gv he hi hif hr hsb ht hu hy ia id ie "
+    "ilo io is it ja jbo jv ka kk km kn ko krc ku kv kw ky la lb lez li lmo lo lrc lt lv mai mg mhr min mk ml mn mr "
+    "mrj ms mt mwl my myv mzn nah nap nds ne new nl nn no oc or os pa pam pfl pl pms pnb ps pt qu rm ro ru rue sa sah "
+    "sc scn sco sd sh si sk sl so sq sr su sv sw ta te tg th tk tl tr tt tyv ug uk ur uz vec vep vi vls vo wa war wuu "
+    "xal xmf yi yo yue zh".split())
+
+
+def unknown_languages(codes: list[str]) -> str | None:
+    """Why `codes` are not all lid.176 labels (with the closest label for each), or None."""
+    import difflib
+
+    wrong = [c for c in codes if c not in LID176_LABELS]
+    if not wrong:
+        return None
+    hints = []
+    for code in wrong:
+        close = difflib.get_close_matches(code.lower()[:3], sorted(LID176_LABELS), n=1, cutoff=0.5)
+        hints.append(f"{code!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return (f"unknown language code(s) {', '.join(hints)}: fastText lid.176 labels are ISO 639 codes such as 'en', "
+            "'de', 'zh' (`curate stages` lists them)")
+
+
 class LanguageConfig(StageConfig):
     """Parameters of the language stage (DataComp basic: languages [en], min_score 0)."""
+
+    choices: ClassVar[dict[str, list[str]]] = {"languages": sorted(LID176_LABELS)}  # shown by `curate stages`
 
     languages: list[str] | None = Field(["en"], description="ISO codes to keep; null keeps all (only tags)")
     min_score: float = Field(0.0, ge=0.0, le=1.0, description="fastText probability of the top language at least this")
     model: str | None = Field(None, description="path to a fastText language-id model (default: lid.176.ftz)")
+
+    @model_validator(mode="after")
+    def _known(self):
+        # a model of one's own may have other labels: only lid.176's are known here
+        if self.languages is not None and self.model is None and (problem := unknown_languages(self.languages)):
+            raise ValueError(problem)
+        return self
 
 
 class Language(MapStage):

@@ -22,4 +22,4 @@ class ClipTrainConfig(TrainConfig):
 
 def load_clip_config(path: str | Path, overrides: list[str] = ()) -> ClipTrainConfig:
     """Read, override (`key=value`) and validate a CLIP training config."""
-    return validate(ClipTrainConfig, load_yaml(path, overrides), str(path))
+    return validate(ClipTrainConfig, load_yaml(path, overrides, "training"), str(path))

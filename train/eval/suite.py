@@ -180,7 +180,7 @@ def load_suite(path: str | Path) -> Suite:
     """Read and validate a suite file and the data it names; raises SuiteError."""
     path = Path(path)
     try:
-        raw = load_yaml(path)
+        raw = load_yaml(path, kind="suite")
         if not isinstance(raw, dict):
             raise SuiteError(f"{path}: expected a mapping with a `tasks:` list, got {type(raw).__name__}")
         spec = validate(SuiteSpec, raw, str(path))

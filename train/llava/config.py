@@ -66,4 +66,4 @@ class LlavaTrainConfig(TrainConfig):
 
 def load_llava_config(path: str | Path, overrides: list[str] = ()) -> LlavaTrainConfig:
     """Read, override (`key=value`, e.g. `model.prefix_lm=true`) and validate a LLaVA config."""
-    return validate(LlavaTrainConfig, load_yaml(path, overrides), str(path))
+    return validate(LlavaTrainConfig, load_yaml(path, overrides, "training"), str(path))
