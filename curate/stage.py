@@ -32,28 +32,27 @@ class StageConfig(BaseModel):
         return []
 
 
-@dataclass
 class Verdict:
     """A stage's answer for a batch: the batch with the stage's columns, and a reason per row.
 
     `reasons[i]` is None when row i is kept; otherwise a short reason code, with
-    `values[i]` the offending value as text (the ledger's `value` column). Stages mark rows
-    one at a time (`reject`) or a whole mask at once (`reject_where`, for columnar stages);
-    either way the first reason a row gets is the one it keeps.
+    `values[i]` the offending value as text (the ledger's `value` column). Both are NumPy
+    object arrays of the batch's length (a list given to the constructor is converted). Stages
+    mark rows one at a time (`reject`) or a whole mask at once (`reject_where`, for columnar
+    stages); either way the first reason a row gets is the one it keeps.
     """
 
-    table: pa.Table
-    reasons: list[str | None] = field(default_factory=list)
-    values: list[str | None] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        n = self.table.num_rows
-        if not self.reasons:
-            self.reasons = [None] * n
-        if not self.values:
-            self.values = [None] * n
+    def __init__(self, table: pa.Table, reasons=None, values=None):
+        n = table.num_rows
+        self.table = table
+        self.reasons = _objects(reasons, n)
+        self.values = _objects(values, n)
         if len(self.reasons) != n or len(self.values) != n:
-            raise ValueError(f"verdict has {len(self.reasons)} reasons for {n} rows")
+            raise ValueError(f"verdict has {len(self.reasons)} reasons and {len(self.values)} values for {n} rows")
+
+    def kept_mask(self) -> np.ndarray:
+        """True where no check has rejected the row (yet)."""
+        return np.equal(self.reasons, None).astype(bool)
 
     def reject(self, row: int, reason: str, value: Any = None) -> None:
         """Mark `row` rejected unless an earlier check of the same stage already did."""
@@ -63,42 +62,68 @@ class Verdict:
 
     def reject_where(self, mask, reason: str, values=None) -> None:
         """Reject every row where `mask` (a boolean NumPy or Arrow array; nulls count as false)
-        is true and no earlier check rejected it; `values` (an array or list of the batch's length,
-        or None) gives each row's ledger value."""
+        is true and no earlier check rejected it; `values` (an Arrow or NumPy array or a list of
+        the batch's length, or None) gives each row's ledger value."""
         if isinstance(mask, (pa.Array, pa.ChunkedArray)):
             mask = mask.fill_null(False).to_numpy(zero_copy_only=False)
-        rows = np.flatnonzero(mask)
+        rows = np.flatnonzero(np.asarray(mask, bool) & self.kept_mask())
         if not len(rows):
             return
-        if isinstance(values, (pa.Array, pa.ChunkedArray)):
-            values = values.take(pa.array(rows)).to_pylist()
-        elif values is not None:
-            values = [values[i] for i in rows]
-        for k, row in enumerate(rows.tolist()):
-            if self.reasons[row] is None:
-                self.reasons[row] = reason
-                value = None if values is None else values[k]
-                self.values[row] = None if value is None else str(value)
+        self.reasons[rows] = reason
+        if values is not None:
+            self.values[rows] = _as_text(values, rows)
 
     def split(self, stage: str) -> tuple[pa.Table, pa.Table]:
         """Kept rows, and ledger rows (uid, stage, reason, value) for the rejected ones."""
-        reasons = pa.array(self.reasons, pa.string())
-        rejected = reasons.is_valid()
-        uids = self.table.column("uid").filter(rejected)
+        rejected = ~self.kept_mask()
+        if not rejected.any():
+            return self.table, LEDGER_SCHEMA.empty_table()
+        rows = pa.array(np.flatnonzero(rejected))
+        uids = self.table.column("uid").take(rows)
         ledger = pa.Table.from_arrays(
             [
-                uids.cast(pa.string()),
-                pa.array(np.full(len(uids), stage, dtype=object), pa.string()),
-                reasons.filter(rejected),
-                pa.array(self.values, pa.string()).filter(rejected),
+                pc.cast(uids, pa.string()),
+                pa.array(np.full(len(rows), stage, dtype=object), pa.string()),
+                pa.array(self.reasons[rejected], pa.string()),
+                pa.array(self.values[rejected], pa.string()),
             ],
             schema=LEDGER_SCHEMA,
         )
-        return self.table.filter(pc.invert(rejected)), ledger
+        return self.table.filter(pa.array(~rejected)), ledger
 
     def reason_counts(self) -> Counter:
         """How many rows were rejected for each reason."""
-        return Counter(r for r in self.reasons if r is not None)
+        counts = pc.value_counts(pa.array(self.reasons[~self.kept_mask()], pa.string()))
+        return Counter(dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist())))
+
+
+def fixed_decimals(values: np.ndarray, decimals: int) -> pa.Array:
+    """`values` as text with `decimals` digits after the point (f"{v:.{decimals}f}"), in bulk."""
+    scaled = np.round(np.abs(np.asarray(values, np.float64)) * 10**decimals).astype(np.int64)
+    whole = pc.cast(pa.array(scaled // 10**decimals), pa.string())
+    text = whole if not decimals else pc.binary_join_element_wise(
+        whole, pc.utf8_lpad(pc.cast(pa.array(scaled % 10**decimals), pa.string()), decimals, "0"), ".")
+    negative = (np.asarray(values) < 0) & (scaled > 0)
+    return pc.if_else(pa.array(negative), pc.binary_join_element_wise("-", text, ""), text)
+
+
+def _objects(items, n: int) -> np.ndarray:
+    """A NumPy object array of `items` (None: n Nones)."""
+    if items is None:
+        return np.full(n, None, object)
+    out = np.empty(len(items), object)
+    out[:] = items
+    return out
+
+
+def _as_text(values, rows: np.ndarray) -> np.ndarray:
+    """The ledger text of `values` at `rows`: None stays None, anything else becomes str."""
+    if isinstance(values, np.ndarray) and values.dtype != object:
+        values = pa.array(values)
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return pc.cast(values.take(pa.array(rows)), pa.string()).to_numpy(zero_copy_only=False)
+    picked = values[rows] if isinstance(values, np.ndarray) else [values[i] for i in rows.tolist()]
+    return np.array([None if v is None else str(v) for v in picked], object)
 
 
 def map_rows(values: list, fn: Callable[[Any], Any]) -> tuple[list, dict[int, str]]:

@@ -303,4 +303,4 @@ def run_global_stage(stage: GlobalStage, table: pa.Table, engine: TaskEngine, ta
         verdicts = [stage.apply(part, state, TaskRejections(root / "decisions" / f"task-{task:05d}.parquet")
                                 .next(part.num_rows)) for task, part in enumerate(parts)]
     return processed, Verdict(pa.concat_tables([v.table for v in verdicts]),
-                              [r for v in verdicts for r in v.reasons], [x for v in verdicts for x in v.values])
+                              np.concatenate([v.reasons for v in verdicts]), np.concatenate([v.values for v in verdicts]))

@@ -8,10 +8,14 @@ is a batch on the map side and a partition on the reduce side, whatever the data
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import signal
 import sys
 import shutil
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -19,6 +23,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -26,6 +31,9 @@ from curate.engines.driver import TaskEngine, TaskJob, run_task
 from curate.engines.shuffle import Reducer, batches, partition_of
 from curate.io.writers import atomic
 from curate.stage import Dataset
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_WATCH_INTERVAL = 0.5  # seconds between the watchdog's looks at the parent
 
 
 class LocalEngine(TaskEngine):
@@ -53,7 +61,7 @@ class LocalEngine(TaskEngine):
         method = "fork" if fork_safe else "forkserver"
         threads = max(1, len(os.sched_getaffinity(0)) // self.workers)
         self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context(method),
-                                             initializer=share_cores, initargs=(threads,))
+                                             initializer=start_worker, initargs=(threads, os.getpid()))
         try:
             yield
         finally:
@@ -91,7 +99,7 @@ def spill(keys: list[str], partitions: int, paths: tuple[str, str]) -> list[int]
         writer = None
         for table in batches(source):
             if writer is None:
-                writer = pq.ParquetWriter(tmp, table.schema, compression="none")
+                writer = pq.ParquetWriter(tmp, table.schema, compression="none", use_dictionary=False)
             parts = partition_of(table.column(keys[0]), partitions)
             order = np.argsort(parts, kind="stable")
             table, parts = table.take(pa.array(order)), parts[order]
@@ -113,6 +121,30 @@ def reduce_spilled(reduce: Reducer, job: tuple[int, list[tuple[str, list[int]]]]
     partition, sources = job
     table = pa.concat_tables(pq.ParquetFile(path).read_row_groups(groups) for path, groups in sources)
     return reduce(partition, table)
+
+
+def start_worker(threads: int, parent: int) -> None:
+    """The local pool's initializer: the worker's share of the cores, and its exit with `parent`."""
+    share_cores(threads)
+    exit_with_parent(parent)
+
+
+def exit_with_parent(parent: int) -> None:
+    """Make this process exit when `parent` (the run's process) dies, SIGKILL included, so no
+    orphaned worker keeps running: on Linux the kernel's parent-death signal (prctl
+    PR_SET_PDEATHSIG: SIGKILL when the process that forked this one exits; with forkserver that
+    is the server, which exits with the run), and everywhere a watchdog thread that exits once
+    `parent` is gone or this process has another parent (also covering a parent that died before
+    the signal was set)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    threading.Thread(target=_watch_parent, args=(parent, os.getppid()), daemon=True, name="curate-parent-watch").start()
+
+
+def _watch_parent(parent: int, forked_by: int) -> None:
+    while os.getppid() == forked_by and psutil.pid_exists(parent):
+        time.sleep(_WATCH_INTERVAL)
+    os._exit(1)
 
 
 def share_cores(threads: int) -> None:

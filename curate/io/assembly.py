@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.io.writers import atomic
+from curate.io.writers import atomic, parquet_options
 from curate.schema import UID_DTYPE
 
 MERGE_BUFFER = 1 << 20  # uid pairs held at once by a merge, over all parts (16 MiB)
@@ -20,20 +20,33 @@ MERGE_BUFFER = 1 << 20  # uid pairs held at once by a merge, over all parts (16 
 def concat_parquet(parts: list[Path], out: Path, schema: pa.Schema) -> int:
     """Write the rows of `parts` (in order) to one Parquet file, a row group at a time; returns
     the row count."""
-    rows = 0
-    with atomic(out) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+    rows, writer = 0, None
+    with atomic(out) as tmp:
         for part in parts:
             source = pq.ParquetFile(part)
             for group in range(source.num_row_groups):
                 table = source.read_row_group(group).cast(schema)
+                writer = writer or pq.ParquetWriter(tmp, schema, **parquet_options(table))
                 writer.write_table(table)
                 rows += table.num_rows
+        writer = writer or pq.ParquetWriter(tmp, schema, compression="zstd")
+        writer.close()
     return rows
+
+
+def sort_uids(pairs: np.ndarray) -> np.ndarray:
+    """Uid pairs (dtype u8,u8) in order. NumPy sorts a structured dtype through a generic
+    field-by-field comparison (about 7x slower); the high half alone decides unless it ties."""
+    ordered = pairs[np.argsort(pairs["f0"], kind="stable")]  # stable: fast on the merge's sorted runs
+    high = ordered["f0"]
+    if len(high) > 1 and (high[1:] == high[:-1]).any():
+        ordered = ordered[np.lexsort((ordered["f1"], high))]
+    return ordered
 
 
 def write_sorted_uids(pairs: np.ndarray, path: Path) -> None:
     """Save a part of uid pairs (dtype u8,u8), sorted, for `merge_uids`."""
-    pairs = np.sort(pairs)
+    pairs = sort_uids(pairs)
     with atomic(path) as tmp, open(tmp, "wb") as handle:
         np.save(handle, pairs)
 
@@ -80,7 +93,7 @@ def _merged(parts: list[Path]) -> Iterator[np.ndarray]:
             if not live:
                 return
             bound = min((r.buffer[-1] for r in live), key=lambda v: (int(v[0]), int(v[1])))
-            yield np.sort(np.concatenate([r.take(bound) for r in live]))
+            yield sort_uids(np.concatenate([r.take(bound) for r in live]))
     finally:
         for reader in readers:
             reader.handle.close()

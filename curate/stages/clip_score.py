@@ -19,7 +19,7 @@ from pydantic import Field, model_validator
 
 from curate.embeddings import EmbeddingConfig, Embeddings
 from curate.schema import set_column
-from curate.stage import Dataset, FitContext, Fitted, GlobalStage, Verdict
+from curate.stage import Dataset, FitContext, Fitted, GlobalStage, Verdict, fixed_decimals
 
 BINS = 1 << 16
 
@@ -169,7 +169,7 @@ class ClipScore(GlobalStage):
             limits = np.full(table.num_rows, state["threshold"], np.float32)
         values = scores.to_numpy(zero_copy_only=False)
         low = values < limits
-        messages = np.full(table.num_rows, None, object)
-        messages[low] = [f"{s:.4f} < {t:.4f}" for s, t in zip(values[low], limits[low])]
+        shown = np.where(low, values, 0)  # a null score (NaN here) is never low
+        messages = pc.binary_join_element_wise(fixed_decimals(shown, 4), fixed_decimals(limits, 4), " < ")
         verdict.reject_where(low, "low_clip_score", messages)
         return verdict

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from curate.stage import MapStage, StageConfig, Verdict
+from curate.stage import MapStage, StageConfig, Verdict, fixed_decimals
 
 # where the size comes from, preferred first: decode/resize (or the input), then DataComp's metadata
 SIZE_COLUMNS = (("width", "height"), ("original_width", "original_height"))
@@ -56,10 +56,16 @@ class ImageSize(MapStage):
         values = np.full(n, None, object)
         values[code == 1] = f"no {names[0]}/{names[1]}"
         sized = np.flatnonzero((code == 2) | (code == 3))
-        values[sized] = [f"{a}x{b}" for a, b in zip(w[sized].tolist(), h[sized].tolist())]
+        values[sized] = _joined([w[sized], h[sized]], "x")
         wide = np.flatnonzero(code == 4)
-        values[wide] = [f"{r:.2f}" for r in (long[wide] / np.maximum(short[wide], 1)).tolist()]
-        return Verdict(table, _REASONS[code].tolist(), values.tolist())
+        values[wide] = fixed_decimals(long[wide] / np.maximum(short[wide], 1), 2).to_numpy(zero_copy_only=False)
+        return Verdict(table, _REASONS[code], values)
+
+
+def _joined(parts: list[np.ndarray], separator: str) -> np.ndarray:
+    """Row-wise text of integer arrays joined by `separator`, as objects."""
+    texts = [pc.cast(pa.array(p), pa.string()) for p in parts]
+    return pc.binary_join_element_wise(*texts, separator).to_numpy(zero_copy_only=False)
 
 
 _REASONS = np.array([None, *ImageSize.reasons], object)  # reason code 0 keeps the row

@@ -143,7 +143,7 @@ def test_draw_depends_only_on_uid_and_seed(matched, concept_metadata):
     assert dict(zip(shuffled.column("uid").to_pylist(), again)) == dict(zip(matched.column("uid").to_pylist(),
                                                                             verdict.reasons))
     other = balance(concept_metadata, t=2, seed=8).apply(matched, state)
-    assert other.reasons != verdict.reasons
+    assert other.reasons.tolist() != verdict.reasons.tolist()
 
 
 def test_t_from_target_size(matched, concept_metadata):

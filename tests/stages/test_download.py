@@ -65,7 +65,7 @@ def test_rows_with_images_are_not_downloaded_again(pool_table, image_server):
     table = pa.table({"uid": ["a" * 32, "b" * 32], "url": [image_server + "/img/3.jpg", image_server + "/img/3.jpg"],
                       "image": pa.array([image, None], pa.binary())})
     verdict = Download(DownloadConfig(timeout=TIMEOUT)).process(table)
-    assert verdict.reasons == [None, None]
+    assert verdict.reasons.tolist() == [None, None]
     assert verdict.table.column("image").to_pylist() == [image, FaultyHandler.images[3]]
     assert FaultyHandler.attempts["/img/3.jpg"] == 1
 
@@ -81,7 +81,7 @@ table = pa.table({"uid": [f"{i:032x}" for i in range(len(urls))], "url": urls,
                   "image": pa.nulls(len(urls), pa.binary())})
 before, started = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.monotonic()
 verdict = Download(DownloadConfig(timeout=timeout, max_bytes=max_bytes)).process(table)
-print(json.dumps({"reasons": verdict.reasons, "values": verdict.values, "elapsed": time.monotonic() - started,
+print(json.dumps({"reasons": verdict.reasons.tolist(), "values": verdict.values.tolist(), "elapsed": time.monotonic() - started,
                   "growth_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before}))
 """
 

@@ -24,7 +24,7 @@ def test_real_fasttext_identifies_languages(english_only):
     assert verdict.table.column("lang").to_pylist() == list(CAPTIONS.values())
     scores = verdict.table.column("lang_score").to_pylist()
     assert all(0.5 < s <= 1.0 for s in scores)
-    assert verdict.reasons == [None, "language", "language", "language"]
+    assert verdict.reasons.tolist() == [None, "language", "language", "language"]
     assert verdict.values[1].startswith("de:")
 
 
