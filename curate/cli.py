@@ -15,7 +15,7 @@ from curate.metadata import WORDNET_DIR, MetadataError
 from curate.pipeline import load_pipeline
 from train.eval.cli import eval_command
 from train.launch import launch_options
-from train.llava.cli import caption_command, train_llava_command
+from train.llava.cli import caption_command, export_llava_command, train_llava_command
 
 
 class UserError(click.ClickException):
@@ -326,6 +326,7 @@ def metadata_build(out, wordnet, no_wordnet, corpora, no_corpus, min_unigram_cou
 main.add_command(eval_command)
 main.add_command(caption_command)
 train.add_command(train_llava_command)
+train.add_command(export_llava_command)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -48,6 +48,24 @@ def train_llava_command(config_path, stage, data, output, launch_with, overrides
     click.echo(f"LLaVA stage {config.stage} trained: {output}/last.pt (log: {output}/log.jsonl)")
 
 
+@click.command("export-llava")
+@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to create: the LM as a Hugging Face model, with the projector and vision tower beside it.")
+def export_llava_command(checkpoint, out):
+    """Export a LLaVA checkpoint: its LM and tokenizer via save_pretrained (AutoModelForCausalLM loads the
+    folder), plus projector.safetensors, vision.safetensors and llava.json saying how they connect."""
+    from train.llava.export import export_llava
+
+    try:
+        manifest = export_llava(checkpoint, out)
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        raise LlavaError(str(exc)) from exc
+    vision = manifest["vision"]
+    click.echo(f"{out}: the LM and tokenizer (AutoModelForCausalLM.from_pretrained), {manifest['projector']['file']}, "
+               f"{vision['file']} ({vision['open_clip_model']}, blocks 0-{vision['layer']}), llava.json")
+
+
 def image_seed(uid: str, seed: int) -> int:
     """A sample's sampling seed: a function of its uid and the run's seed only."""
     return int.from_bytes(hashlib.sha256(f"{seed}:{uid}".encode()).digest()[:4], "little")
