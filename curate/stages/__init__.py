@@ -13,11 +13,14 @@ from curate.stages.download import Download
 from curate.stages.embed import Embed
 from curate.stages.embed_dedup import EmbedDedup
 from curate.stages.exact_dedup import ExactDedup
+from curate.stages.face_blur import FaceBlur
 from curate.stages.file_size import FileSize
 from curate.stages.image_based_filter import ImageBasedFilter
 from curate.stages.image_size import ImageSize
 from curate.stages.language import Language
 from curate.stages.near_dedup import NearDedup
+from curate.stages.nsfw import Nsfw
+from curate.stages.pii import Pii
 from curate.stages.recaption import Recaption
 from curate.stages.resize import Resize
 from curate.stages.semdedup import SemDedup
@@ -28,5 +31,5 @@ REGISTRY: dict[str, type[Stage]] = {
     for cls in (Download, Decode, ImageSize, FileSize, Caption, Language, TextFilter, Resize, ExactDedup, NearDedup, Decontaminate, ClipScore,
                 ConceptMatch, ConceptBalance,
                 Embed, EmbedDedup, SemDedup, ImageBasedFilter, DecontaminateEmbedding,
-                Recaption, CaptionFilter)
+                Recaption, CaptionFilter, Nsfw, FaceBlur, Pii)
 }
