@@ -107,7 +107,8 @@ def test_unknown_input_is_taken_to_hold_the_columns_no_stage_writes(tmp_path):
                                       "  - stage: concept_match\n    metadata: m.parquet\n")).check_columns()
 
 
-@pytest.mark.parametrize("recipe", ["quickstart", "datacomp_basic", "laion_filter", "clip_score", "no_filter"])
+@pytest.mark.parametrize("recipe", ["quickstart", "datacomp_basic", "laion_filter", "clip_score", "no_filter",
+                                    "datacomp_pool"])
 def test_shipped_recipes_validate(recipe):
     pipeline = load_pipeline(RECIPES / f"{recipe}.yaml")
     pipeline.check_columns(["uid", "text", "image"])
@@ -125,6 +126,38 @@ def test_datacomp_basic_recipe_matches_the_paper():
     assert stages["language"].languages == ["en"]
     assert (stages["caption"].min_words, stages["caption"].min_chars) == (3, 6)
     assert (stages["image_size"].min_side, stages["image_size"].max_aspect_ratio) == (200, 3)
+
+
+def test_datacomp_pool_recipe_runs_dataComps_steps_in_order(tmp_path, pool_table, pool_root):
+    """NSFW removal, then evaluation-set deduplication, then face blurring, as DataComp built its pool:
+    an eval image is rejected by decontaminate, a photograph's face is blurred, drawings pass."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import skimage.data
+    from PIL import Image
+
+    from curate.engines import LocalEngine
+    from curate.runner import run_pipeline
+
+    pipeline = load_pipeline(RECIPES / "datacomp_pool.yaml", [f"stages[2].eval_data=[{pool_root / 'eval'}]"])
+    assert [s.name for s in pipeline.stages] == ["decode", "nsfw", "decontaminate", "face_blur"]
+    photo = io.BytesIO()
+    Image.fromarray(skimage.data.astronaut()).save(photo, format="JPEG", quality=90)
+    eval_image = pq.read_table(next((pool_root / "eval").glob("*.parquet"))).column("image")[0].as_py()
+    rows = pool_table.select(["uid", "text", "image"]).slice(0, 12).to_pylist() + [
+        {"uid": "f" * 32, "text": "an astronaut", "image": photo.getvalue()},
+        {"uid": "e" * 32, "text": "an evaluation drawing", "image": eval_image}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "input.parquet")
+    stats = run_pipeline(pipeline, LocalEngine(workers=1, progress=False), [str(tmp_path / "input.parquet")], tmp_path / "out")
+    ledger = pq.read_table(tmp_path / "out" / "rejected.parquet").to_pylist()
+    assert [(r["uid"], r["stage"], r["reason"]) for r in ledger] == [("e" * 32, "decontaminate", "eval_exact")]
+    kept = pa.concat_tables(pq.read_table(p) for p in sorted((tmp_path / "out" / "parquet").glob("*.parquet")))
+    astronaut = kept.filter(pa.compute.equal(kept.column("uid"), "f" * 32)).to_pylist()[0]
+    assert len(astronaut["face_bboxes"]) == 1 and astronaut["image"] != photo.getvalue()
+    assert astronaut["nsfw_score"] <= 0.5
+    assert stats["kept"] == len(rows) - 1
 
 
 def test_outputs_default_to_all_and_are_validated(tmp_path):

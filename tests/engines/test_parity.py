@@ -36,6 +36,12 @@ PIPELINES = {
     "capfilt": [{"stage": "decode"}, {"stage": "caption", "min_words": 5},
                 {"stage": "recaption", "checkpoint": "CAPTIONER", "num_captions": 2, "max_new_tokens": 6},
                 {"stage": "caption_filter", "checkpoint": "CHECKPOINT", "top_n": 2, "policy": "separate"}],
+    # NudeNet's clothed and face classes too, so the drawings give scores on both sides of the threshold
+    "safety": [{"stage": "decode"}, {"stage": "pii", "mode": "reject", "types": ["ADDRESS", "PHONE"]},
+               {"stage": "pii", "mode": "redact"},
+               {"stage": "nsfw", "threshold": 0.3, "classes": ["FEET_COVERED", "FACE_FEMALE", "FACE_MALE", "BELLY_COVERED",
+                                                               "FEMALE_BREAST_COVERED", "BUTTOCKS_COVERED", "ARMPITS_EXPOSED"]},
+               {"stage": "face_blur", "min_confidence": 0.25}, {"stage": "face_blur", "blur": False}],
     "embeddings": [{"stage": "decode"}, {"stage": "embed", **EMBEDDING},
                    {"stage": "clip_score", "top_fraction": 0.8, **EMBEDDING},
                    {"stage": "decontaminate_embedding", "eval_data": ["EVAL_SPLIT"], "threshold": 0.995, **EMBEDDING},
