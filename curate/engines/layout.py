@@ -14,11 +14,10 @@ import pyarrow.parquet as pq
 
 from curate.engines.plan import Pass, StageStats, merge_stats, stage_key
 from curate.io.readers import READ_STAGE
-from curate.io.assembly import concat_parquet, merge_uids, repeated_uids, uid_count
+from curate.io.assembly import merge_uids, repeated_uids, uid_count
 from curate.io.paths import file_stamp, is_url
 from curate.io.shards import SIZES_FILE, place_task_tars, reshard
 from curate.io.writers import remove_temp_files, write_json_atomic
-from curate.schema import LEDGER_SCHEMA
 from curate.stage import Stage
 
 
@@ -56,7 +55,9 @@ class RunLayout:
         return self.work / f"pass{pass_index}" / f"{self.part_name(task)}.parquet"
 
     def ledger_part(self, pass_index: int, task: int) -> Path:
-        return self.work / "ledger" / f"pass{pass_index}-{self.part_name(task)}.parquet"
+        """A task's rejections in one pass: the ledger rejected.parquet is the folder of these parts
+        (written in place, so finishing a run never copies the ledger)."""
+        return self.rejected / f"pass{pass_index}-{self.part_name(task)}.parquet"
 
     def fit_rows(self, pass_index: int, task: int) -> Path:
         """The narrow rows (uid, the decision's columns, _row) a task gives the fit of its pass's global stage."""
@@ -153,7 +154,7 @@ class RunLayout:
         kept + rejected == input, all
         streaming: ledger parts are copied row group by row group, uids merged from sorted parts."""
         ledger_parts = [p for k in range(len(passes)) for t in tasks if (p := self.ledger_part(k, t)).exists()]
-        rejected = concat_parquet(ledger_parts, self.rejected, LEDGER_SCHEMA)
+        rejected = sum(pq.ParquetFile(p).metadata.num_rows for p in ledger_parts)
         kept = sum(pq.ParquetFile(self.kept_parquet(t)).metadata.num_rows for t in tasks)
         repeats, examples = repeated_uids([self.uid_part("all", t) for t in tasks])
         if repeats:
@@ -197,7 +198,7 @@ class RunLayout:
     def mark_complete(self) -> None:
         """Record the run as finished and drop intermediates (markers and fit states stay, for reruns)."""
         for sub in self.work.iterdir():
-            if sub.is_dir() and sub.name not in ("done", "ledger"):
+            if sub.is_dir() and sub.name != "done":
                 shutil.rmtree(sub, ignore_errors=True)
         run = json.loads(self.run_file.read_text())
         write_json_atomic({**run, "complete": True}, self.run_file)

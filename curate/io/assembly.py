@@ -1,6 +1,5 @@
-"""A run's final assembly in bounded memory: Parquet parts concatenated row group by row group,
-and sorted 128-bit uid parts merged k ways (an external merge sort: uids.npy of a billion
-samples never sits in one process's memory)."""
+"""A run's final assembly in bounded memory: sorted 128-bit uid parts merged k ways (an external
+merge sort: uids.npy of a billion samples never sits in one process's memory)."""
 
 from __future__ import annotations
 
@@ -8,30 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from curate.io.writers import atomic, parquet_options
+from curate.io.writers import atomic
 from curate.schema import UID_DTYPE
 
 MERGE_BUFFER = 1 << 20  # uid pairs held at once by a merge, over all parts (16 MiB)
-
-
-def concat_parquet(parts: list[Path], out: Path, schema: pa.Schema) -> int:
-    """Write the rows of `parts` (in order) to one Parquet file, a row group at a time; returns
-    the row count."""
-    rows, writer = 0, None
-    with atomic(out) as tmp:
-        for part in parts:
-            source = pq.ParquetFile(part)
-            for group in range(source.num_row_groups):
-                table = source.read_row_group(group).cast(schema)
-                writer = writer or pq.ParquetWriter(tmp, schema, **parquet_options(table))
-                writer.write_table(table)
-                rows += table.num_rows
-        writer = writer or pq.ParquetWriter(tmp, schema, compression="zstd")
-        writer.close()
-    return rows
 
 
 def sort_uids(pairs: np.ndarray) -> np.ndarray:

@@ -22,8 +22,9 @@ from pathlib import Path
 from curate.io.paths import (atomic_output, exists, explained, files_in, filesystem, is_url, read_bytes, remove,
                              write_bytes)
 
-FILES = ("rejected.parquet", "stats.json", "report.html", "uids.npy")
-PART_FOLDERS = {"shards": re.compile(r"part-\d{5,}\.tar|sizes\.json"), "parquet": re.compile(r"part-\d{5,}\.parquet")}
+FILES = ("stats.json", "report.html", "uids.npy")
+PART_FOLDERS = {"shards": re.compile(r"part-\d{5,}\.tar|sizes\.json"), "parquet": re.compile(r"part-\d{5,}\.parquet"),
+                "rejected.parquet": re.compile(r"pass\d+-part-\d{5,}\.parquet")}
 RUN_FILE = "_work/run.json"
 _UPLOADS = 8  # objects uploaded at once
 _CHUNK = 8 * 2**20

@@ -26,7 +26,7 @@ from curate.schema import uid_array
 
 TMP_SUFFIX = ".tmp"
 _OWN_TEMP = re.compile(r"(.+\.\d+-[0-9a-f]{8}|part-\d{5,}\.(parquet|tar))\.tmp")  # atomic()'s, PartWriter's
-_PART_FOLDERS, _WORK_FOLDER = ("shards", "parquet"), "_work"  # RunLayout's folders
+_PART_FOLDERS, _WORK_FOLDER = ("shards", "parquet", "rejected.parquet"), "_work"  # RunLayout's folders
 _SAFE_KEY = re.compile(r"[0-9A-Za-z_-]+")
 _MAGIC = ((b"\xff\xd8\xff", "jpg"), (b"\x89PNG", "png"), (b"GIF8", "gif"), (b"BM", "bmp"))
 _NAME_BYTES = 100  # a USTAR member name

@@ -1,12 +1,10 @@
 """The run's streaming assembly: uid parts merged k ways equal one sort of everything, repeats are
-found across and within parts, and the ledger is concatenated row group by row group."""
+found across and within parts, and uid sorting equals NumPy's structured sort."""
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 import curate.io.assembly as assembly
-from curate.schema import LEDGER_SCHEMA, UID_DTYPE
+from curate.schema import UID_DTYPE
 
 
 def random_parts(tmp_path, rng, count=7):
@@ -40,12 +38,10 @@ def test_repeated_uids_are_counted_across_parts(tmp_path, monkeypatch):
     assert examples == [f"{int(v[0]):016x}{int(v[1]):016x}" for v in np.sort(arrays[2][:5])[:3]]
 
 
-def test_ledger_parts_concatenate_in_order(tmp_path):
-    parts = []
-    for i in range(3):
-        table = pa.table({"uid": [f"{i}-{k}" for k in range(4 * i)], "stage": ["s"] * (4 * i),
-                          "reason": ["r"] * (4 * i), "value": [None] * (4 * i)}, schema=LEDGER_SCHEMA)
-        parts.append(tmp_path / f"ledger-{i}.parquet")
-        pq.write_table(table, parts[-1], row_group_size=3)
-    assert assembly.concat_parquet(parts, tmp_path / "all.parquet", LEDGER_SCHEMA) == 12
-    assert pq.read_table(tmp_path / "all.parquet")["uid"].to_pylist() == [f"{i}-{k}" for i in range(3) for k in range(4 * i)]
+def test_sort_uids_equals_the_structured_sort_with_ties_and_runs():
+    rng = np.random.default_rng(2)
+    values = np.zeros(20_000, UID_DTYPE)
+    values["f0"], values["f1"] = rng.integers(0, 300, len(values)), rng.integers(0, 2**64 - 1, len(values), dtype=np.uint64)
+    runs = np.concatenate([np.sort(values[k::5]) for k in range(5)])  # the merge's input: sorted runs
+    for pairs in (values, runs, values[:1], values[:0]):
+        assert np.array_equal(assembly.sort_uids(pairs), np.sort(pairs))
