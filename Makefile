@@ -9,6 +9,7 @@ STAMP := $(VENV)/.curate-installed
 SVG_DIR := /usr/share/openclipart/svg
 JAVA := /usr/bin/java
 WORDNET := /usr/share/wordnet/data.noun
+CHROMIUM := /usr/bin/chromium
 POOL := data/openclipart/summary.json
 METADATA := data/openclipart/metadata.parquet
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -43,6 +44,11 @@ $(WORDNET):
 	$(SUDO) apt-get update -q
 	$(SUDO) apt-get install -y -q wordnet-base
 
+# Chromium: the report test renders report.html in it, headless (driven by playwright, a dev extra)
+$(CHROMIUM):
+	$(SUDO) apt-get update -q
+	$(SUDO) apt-get install -y -q chromium
+
 $(POOL): | $(STAMP) $(SVG_DIR)
 	$(BIN)/curate sample openclipart --out data/openclipart
 
@@ -57,7 +63,7 @@ demo: $(STAMP) $(POOL) $(METADATA)
 	@echo
 	@echo "demo finished: shards in out/quickstart/shards, report in out/quickstart/report.html"
 
-test: $(STAMP) | $(SVG_DIR) $(JAVA) $(WORDNET)
+test: $(STAMP) | $(SVG_DIR) $(JAVA) $(WORDNET) $(CHROMIUM)
 	$(BIN)/python -m pytest -q
 
 # Data-Juicer, the peer the heuristics benchmark compares against, in its own venv

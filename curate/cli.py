@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -36,7 +35,7 @@ def _user_errors(fn):
 
 
 @click.group()
-@click.version_option(package_name="curate", message="%(prog)s %(version)s")
+@click.version_option(package_name="curate", prog_name="curate", message="%(prog)s %(version)s")
 def main() -> None:
     """curate: curate image-text pretraining data and score every data choice end to end."""
 
@@ -67,24 +66,22 @@ def engine_options(fn):
                    "every node mounts) [default: under ~/.cache/curate/staging].")
 @engine_options
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key, e.g. stages[1].min_words=3.")
+@click.option("--limit", type=click.IntRange(min=1), help="Read only the input's first N samples (a quick try; the "
+                                                         "pipeline's `limit` key).")
 @_user_errors
-def run(pipeline, input_paths, output, staging, engine, workers, address, master, overwrite, overrides, quiet):
+def run(pipeline, input_paths, output, staging, engine, workers, address, master, overwrite, overrides, limit, quiet):
     """Run PIPELINE (a YAML file): filter, dedup and write shards, ledger, stats and report."""
-    spec = load_pipeline(pipeline, list(overrides))
+    spec = load_pipeline(pipeline, list(overrides) + ([f"limit={limit}"] if limit else []))
     _run_and_summarize(spec, _engine(engine, workers, address, master, quiet), list(input_paths) or None, output,
                        overwrite, staging)
 
 
 def _engine(engine: str, workers: int | None, address: str | None, master: str | None, quiet: bool):
-    from curate.engines import LocalEngine, RayEngine, SparkEngine
+    from curate.engines import make_engine
 
     if address and engine != "ray" or master and engine != "spark":
         raise UserError("--address goes with --engine ray, --master with --engine spark")
-    if engine == "ray":
-        return RayEngine(workers, address, not quiet)
-    if engine == "spark":
-        return SparkEngine(workers, master, not quiet)
-    return LocalEngine(workers or os.cpu_count() or 1, not quiet)
+    return make_engine(engine, workers, address, master, not quiet)
 
 
 def _run_and_summarize(spec, engine, input_paths, output, overwrite, staging=None) -> None:
@@ -188,6 +185,24 @@ def _literal_values(annotation) -> list:
     if get_origin(annotation) is Literal:
         return list(get_args(annotation))
     return [v for arg in get_args(annotation) for v in _literal_values(arg)]
+
+
+@main.command()
+@click.argument("output", type=click.Path(file_okay=False, exists=True))
+@click.option("--reason", required=True, help="A rejection reason of the run (stats.json lists them), e.g. near_duplicate.")
+@click.option("--stage", help="Only the rejections of this stage (when several give the reason).")
+@click.option("--n", "count", type=click.IntRange(min=1), default=20, show_default=True, help="Samples to show.")
+@click.option("--out", type=click.Path(dir_okay=False),
+              help="Where to write: a .html page or a .parquet file [default: inspect-REASON.html here].")
+@_user_errors
+def inspect(output, reason, stage, count, out):
+    """Show OUTPUT's rejected samples of one reason with their images and captions (for a duplicate,
+    the sample kept in its place beside it), as an HTML page or a Parquet file."""
+    from curate.inspection import inspect_rejected, write_inspection
+
+    table = inspect_rejected(output, reason, count, stage)
+    path = write_inspection(table, out or f"inspect-{reason}.html", f"{output}: {reason} ({table.num_rows} samples)")
+    click.echo(f"{table.num_rows} samples rejected with {reason} -> {path}")
 
 
 @main.group()

@@ -1,5 +1,12 @@
-"""The run report: a self-contained HTML page with the funnel, rejection reasons and
-distributions of the kept samples (caption length, image size, language)."""
+"""The run report: a self-contained HTML page that shows what each stage removed and why.
+
+Sections: how the output was made (run.json), the funnel with percentages, the rejection
+reasons, distributions of the pool and of the kept set side by side (caption length, shorter
+side, aspect ratio, language, CLIP score), a gallery of example rejected images per reason with
+their captions and ledger values, a gallery of kept samples, and the CapFilt and concept
+sections when those stages ran. It stays bounded at pool scale: plots read at most SAMPLE_ROWS
+kept rows and POOL_ROWS input rows, galleries a few tasks' rows (curate.samples).
+"""
 
 from __future__ import annotations
 
@@ -12,13 +19,23 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.dataset as ds  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
+import yaml  # noqa: E402
 
+from curate import provenance as runs  # noqa: E402
+from curate import samples  # noqa: E402
 from curate.io.writers import atomic  # noqa: E402
 
 SAMPLE_ROWS = 200_000  # kept rows the distribution plots are drawn from
+POOL_ROWS = 5_000  # input rows (whole tasks in a seeded order) the pool's distributions are drawn from
+GALLERY_PER_REASON = 12  # example images per rejection reason, and of kept samples
+SEED = 0  # the galleries' and the pool sample's fixed seed
+THUMBNAIL = 160
+MAX_THUMBNAIL_PIXELS = 50_000_000  # a larger image (a decompression bomb, say) is not opened for a thumbnail
+POOL, KEPT = "#8c8c8c", "#55a868"
 
 
 def _png(fig) -> str:
@@ -28,76 +45,287 @@ def _png(fig) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def _bars(title: str, rows: list[tuple[str, int]], color: str) -> str:
-    """A horizontal bar chart as HTML (cheaper than a figure, and the labels stay text)."""
-    top = max((n for _, n in rows), default=0) or 1
+def _bars(title: str, rows: list[tuple[str, int, str]], color: str, section: str) -> str:
+    """A horizontal bar chart as HTML (cheaper than a figure, and the labels stay text); each row
+    is (label, count, note)."""
+    top = max((n for _, n, _ in rows), default=0) or 1
     bars = "".join(
-        f"<tr><td>{html.escape(label)}</td><td class='n'>{n}</td><td class='bar'>"
-        f"<div style='width:{100 * n / top:.1f}%;background:{color}'>&nbsp;</div></td></tr>"
-        for label, n in rows
+        f"<tr><td>{html.escape(label)}</td><td class='n'>{n:,}</td><td class='n'>{html.escape(note)}</td>"
+        f"<td class='bar'><div style='width:{100 * n / top:.1f}%;background:{color}'>&nbsp;</div></td></tr>"
+        for label, n, note in rows
     )
-    return f"<h2>{title}</h2><table class='bars'>{bars}</table>"
+    return f"<section id='{section}'><h2>{title}</h2><table class='bars'>{bars}</table></section>"
 
 
-def _funnel(stats: dict) -> str:
-    rows = [("input", stats["input"])] + [(f"after {s['key']}", s["out"]) for s in stats["stages"]]
-    return _bars("Funnel", rows, "#4c72b0")
+def fold_fits(stages: list[dict]) -> list[dict]:
+    """Stats rows with each global stage's `:fit` row (its own rejections while the fit rows were
+    made) folded into the stage's row: in from the fit row, out from the stage's, reasons summed."""
+    folded: list[dict] = []
+    fits = {s["key"].removesuffix(":fit"): s for s in stages if s["key"].endswith(":fit")}
+    for stage in stages:
+        if stage["key"].endswith(":fit"):
+            if stage["key"].removesuffix(":fit") not in {s["key"] for s in stages}:
+                folded.append({**stage, "key": stage["key"].removesuffix(":fit")})
+            continue
+        fit = fits.get(stage["key"])
+        if fit is not None:
+            reasons = Counter(fit["reasons"]) + Counter(stage["reasons"])
+            stage = {**stage, "in": fit["in"], "rejected": fit["rejected"] + stage["rejected"],
+                     "reasons": dict(sorted(reasons.items()))}
+        folded.append(stage)
+    return folded
 
 
-def _reasons(stats: dict) -> str:
-    rows = sorted(((f"{s['name']}: {r}", n) for s in stats["stages"] for r, n in s["reasons"].items()),
-                  key=lambda x: -x[1])
-    return _bars("Rejection reasons", rows, "#c44e52") if rows else ""
+def _funnel(stats: dict, stages: list[dict]) -> str:
+    total = stats["input"] or 1
+    rows = [("input", stats["input"], "100.0%")]
+    for s in stages:
+        share = f"{100 * s['out'] / total:.1f}% of input"
+        step = f", -{100 * s['rejected'] / s['in']:.1f}% here" if s["in"] else ""
+        rows.append((f"after {s['key']}", s["out"], share + step))
+    return _bars("Funnel", rows, "#4c72b0", "funnel")
+
+
+def _reasons(stats: dict, stages: list[dict]) -> str:
+    total = stats["input"] or 1
+    rows = sorted(((f"{s['name']}: {r}", n, f"{100 * n / total:.1f}% of input") for s in stages
+                   for r, n in s["reasons"].items()), key=lambda x: -x[1])
+    return _bars("Rejection reasons", rows, "#c44e52", "reasons") if rows else ""
 
 
 def _figure():
     return plt.subplots(figsize=(6, 3), layout="constrained")
 
 
-def _distributions(kept) -> list[tuple[str, str]]:
-    plots = []
-    if kept.num_rows == 0:
-        return plots
-    lengths = [len(t or "") for t in kept.column("text").to_pylist()]
+def _features(table: pa.Table | None) -> dict[str, np.ndarray]:
+    """Per-sample values the distribution plots compare: caption length, shorter side, aspect
+    ratio (longer / shorter side), language, CLIP score (where the table has them)."""
+    if table is None or not table.num_rows:
+        return {}
+    out = {"caption": np.array([len(t or "") for t in table.column("text").to_pylist()], np.float64)}
+    if "width" in table.column_names and "height" in table.column_names:
+        w = table.column("width").to_numpy(zero_copy_only=False).astype(np.float64)
+        h = table.column("height").to_numpy(zero_copy_only=False).astype(np.float64)
+        sized = (w > 0) & (h > 0)
+        out["side"] = np.minimum(w, h)[sized]
+        out["aspect"] = (np.maximum(w, h) / np.maximum(np.minimum(w, h), 1))[sized]
+    if "lang" in table.column_names:
+        out["lang"] = np.array(table.column("lang").fill_null("-").to_pylist(), object)
+    if "clip_score" in table.column_names:
+        scores = table.column("clip_score").to_numpy(zero_copy_only=False).astype(np.float64)
+        out["clip_score"] = scores[np.isfinite(scores)]
+    return out
+
+
+PLOTS = {  # feature -> (title, x label, log x)
+    "caption": ("Caption length", "caption length (characters)", False),
+    "side": ("Image size", "shorter side (px)", False),
+    "aspect": ("Aspect ratio", "longer / shorter side", True),
+    "clip_score": ("CLIP score", "image-caption cosine", False),
+}
+
+
+def _histogram(feature: str, pool: np.ndarray | None, kept: np.ndarray) -> str:
+    """Pool and kept distributions of one feature as shares, on the same bins."""
+    title, label, log = PLOTS[feature]
+    both = np.concatenate([kept, pool]) if pool is not None and len(pool) else kept
+    low, high = float(both.min()), float(both.max())
+    if log:
+        bins = np.geomspace(max(low, 1.0), max(high, 1.0) * 1.001 + 1e-9, 30)
+    else:
+        bins = np.linspace(low, high if high > low else low + 1, 40)
     fig, ax = _figure()
-    ax.hist(lengths, bins=40, color="#55a868")
-    ax.set_xlabel("caption length (characters)")
-    ax.set_ylabel("kept samples")
-    plots.append(("Caption length", _png(fig)))
-    sized = []
-    if "width" in kept.column_names:
-        sized = [(w, h) for w, h in zip(kept.column("width").to_pylist(), kept.column("height").to_pylist()) if w and h]
-    if sized:
-        fig, ax = _figure()
-        ax.scatter([w for w, _ in sized], [h for _, h in sized], s=4, alpha=0.4)
-        ax.set_xlabel("width (px)")
-        ax.set_ylabel("height (px)")
-        plots.append(("Image size", _png(fig)))
-    if "lang" in kept.column_names:
-        counts: dict[str, int] = {}
-        for lang in kept.column("lang").to_pylist():
-            counts[lang] = counts.get(lang, 0) + 1
-        top = sorted(counts.items(), key=lambda x: -x[1])[:15]
-        fig, ax = _figure()
-        ax.bar([k for k, _ in top], [v for _, v in top], color="#8172b2")
-        ax.set_ylabel("kept samples")
-        ax.set_title("Language (fastText lid.176)")
-        plots.append(("Language", _png(fig)))
-    return plots
+    if pool is not None and len(pool):
+        ax.hist(pool, bins=bins, weights=np.full(len(pool), 1 / len(pool)), color=POOL, alpha=0.6,
+                label=f"pool sample ({len(pool):,})")
+    ax.hist(kept, bins=bins, weights=np.full(len(kept), 1 / len(kept)), color=KEPT, alpha=0.6,
+            label=f"kept ({len(kept):,})")
+    ax.set_xscale("log" if log else "linear")
+    ax.set_xlabel(label)
+    ax.set_ylabel("share of samples")
+    ax.legend()
+    return _plot(feature, title, fig)
 
 
-GALLERY_SIZE = 8
+def _languages(pool: np.ndarray | None, kept: np.ndarray) -> str:
+    """The 12 most common languages of the pool (else of the kept set), shares side by side."""
+    ranked = Counter(pool if pool is not None and len(pool) else kept).most_common(12)
+    names = [name for name, _ in ranked]
+    x = np.arange(len(names))
+    fig, ax = _figure()
+    for offset, values, color, label in ((-0.2, pool, POOL, "pool sample"), (0.2, kept, KEPT, "kept")):
+        if values is not None and len(values):
+            counts = Counter(values)
+            ax.bar(x + offset, [counts[n] / len(values) for n in names], 0.4, color=color, label=label)
+    ax.set_xticks(x, names)
+    ax.set_ylabel("share of samples")
+    ax.set_title("Language (fastText lid.176)")
+    ax.legend()
+    return _plot("lang", "Language", fig)
 
 
-def _thumbnail(data: bytes) -> str:
+def _plot(name: str, title: str, fig) -> str:
+    return (f"<figure class='plot' data-plot='{name}'><h3>{title}</h3>"
+            f"<img alt='{html.escape(title)}' src='data:image/png;base64,{_png(fig)}'/></figure>")
+
+
+def _distributions(kept: pa.Table | None, pool: pa.Table | None) -> str:
+    """Pool and kept distributions side by side (the pool's where its sample has the feature)."""
+    kept_values, pool_values = _features(kept), _features(pool)
+    figures = []
+    for feature in ("caption", "side", "aspect", "clip_score"):
+        if len(kept_values.get(feature, ())):
+            figures.append(_histogram(feature, pool_values.get(feature), kept_values[feature]))
+    if len(kept_values.get("lang", ())):
+        figures.append(_languages(pool_values.get("lang"), kept_values["lang"]))
+    if not figures:
+        return ""
+    note = (f"Pool: {pool.num_rows:,} input samples (whole tasks in a seeded order; sizes read from the image "
+            "headers, languages by the pipeline's language stage); kept: " if pool is not None else "Kept: ")
+    note += f"{kept.num_rows:,} kept samples (every k-th of the output)."
+    return f"<section id='distributions'><h2>Pool and kept</h2><p>{note}</p>{''.join(figures)}</section>"
+
+
+def pool_sample(provenance: dict, rows: int = POOL_ROWS) -> pa.Table | None:
+    """About `rows` input samples (whole tasks in a seeded order, the last one cut) with text,
+    width and height (from the image headers) and, when the pipeline has a language stage, lang
+    as that stage gives it."""
+    from dataclasses import replace
+
+    from curate.io.readers import read_task
+
+    tasks = runs.input_tasks(provenance)
+    limits = runs.read_limits(provenance)
+    pieces, left = [], rows
+    for index in samples.task_order([t.index for t in tasks], SEED):
+        if left <= 0:
+            break
+        task = tasks[index]
+        for verdict in read_task(replace(task, limit=min(left, task.limit or left)), 1024, limits):
+            table = verdict.table
+            pieces.append(_with_sizes(table.select(["uid", "text"]), table.column("image")))
+            left -= table.num_rows
+    if not pieces:
+        return None
+    table = pa.concat_tables(pieces)
+    return _with_languages(table, provenance["pipeline"].get("stages", []))
+
+
+def _with_sizes(table: pa.Table, images: pa.ChunkedArray) -> pa.Table:
+    """`table` with width and height read from each image's header (0 where it cannot be read)."""
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as image:
-        image = image.convert("RGB")
-        image.thumbnail((160, 160))
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=80)
+    sizes = []
+    for data in images.to_pylist():
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                sizes.append(image.size)
+        except Exception:  # noqa: BLE001 - a missing or broken image has no size to plot
+            sizes.append((0, 0))
+    width, height = (np.array([s[i] for s in sizes], np.int32) for i in (0, 1))
+    return table.append_column("width", pa.array(width)).append_column("height", pa.array(height))
+
+
+def _with_languages(table: pa.Table, stages: list[dict]) -> pa.Table:
+    """`table` with lang from the pipeline's (first) language stage, configured as in the run."""
+    from curate.stages import REGISTRY
+
+    entry = next((s for s in stages if isinstance(s, dict) and s.get("stage") == "language"), None)
+    if entry is None:
+        return table
+    stage = REGISTRY["language"](REGISTRY["language"].Config(**{k: v for k, v in entry.items() if k != "stage"}))
+    stage.setup()
+    return table.append_column("lang", stage.process(table).table.column("lang"))
+
+
+def thumbnail(data: bytes | None) -> str | None:
+    """A JPEG thumbnail (base64) of an encoded image, or None when it cannot be shown (missing,
+    broken, or larger than MAX_THUMBNAIL_PIXELS)."""
+    from PIL import Image
+
+    if not data:
+        return None
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.width * image.height > MAX_THUMBNAIL_PIXELS:
+                return None
+            image.draft("RGB", (THUMBNAIL * 2, THUMBNAIL * 2))
+            image = image.convert("RGB")
+            image.thumbnail((THUMBNAIL, THUMBNAIL))
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG", quality=80)
+    except Exception:  # noqa: BLE001 - an image the decoder rejects is shown as such, not a failed report
+        return None
     return base64.b64encode(buffer.getvalue()).decode()
+
+
+def card(image: bytes | None, caption: str | None, note: str = "", extra: str = "") -> str:
+    """One gallery card: the thumbnail (or why there is none), the caption, a note (the ledger value)."""
+    thumb = thumbnail(image)
+    picture = (f"<img src='data:image/jpeg;base64,{thumb}' alt='{html.escape((caption or '')[:80])}'/>" if thumb
+               else f"<div class='noimage'>{'no image' if not image else 'image not decodable'}</div>")
+    text = html.escape((caption or "")[:300]) or "<i>(empty caption)</i>"
+    note = f"<code>{html.escape(note[:200])}</code>" if note else ""
+    return f"<figure class='card'>{picture}<figcaption>{text}{note}{extra}</figcaption></figure>"
+
+
+def _rejected_galleries(layout, stats: dict, provenance: dict, n: int) -> str:
+    """A gallery per (stage, reason): up to `n` seeded examples, read back from their inputs."""
+    counts = samples.reason_counts(stats)
+    tasks = runs.input_tasks(provenance)
+    picked = samples.pick_rejected(layout, [t.index for t in tasks], {k: min(n, c) for k, c in counts.items()}, SEED)
+    inputs = samples.read_inputs(picked, {t.index: t for t in tasks}, runs.read_limits(provenance))
+    sections = []
+    for (stage, reason), count in sorted(counts.items(), key=lambda item: -item[1]):
+        mine = [row for row in picked.to_pylist() if (row["stage"], row["reason"]) == (stage, reason)]
+        cards = "".join(card(inputs.get(r["uid"], {}).get("image"), inputs.get(r["uid"], {}).get("text"),
+                             f"{reason}: {r['value']}" if r["value"] is not None else reason) for r in mine)
+        sections.append(f"<section class='gallery' data-stage='{html.escape(stage)}' data-reason='{html.escape(reason)}'>"
+                        f"<h3>{html.escape(stage)}: {html.escape(reason)} ({count:,} rejected, {len(mine)} shown)</h3>"
+                        f"<div class='cards'>{cards}</div></section>")
+    if not sections:
+        return ""
+    return (f"<section id='rejected'><h2>Rejected samples</h2><p>Up to {n} examples per reason (a fixed seeded "
+            f"choice), with the ledger's value; `curate inspect OUTPUT --reason R` shows more.</p>"
+            f"{''.join(sections)}</section>")
+
+
+def _kept_gallery(layout, provenance: dict, n: int) -> str:
+    tasks = [t.index for t in runs.input_tasks(provenance)]
+    kept = samples.read_kept(layout, samples.pick_kept(layout, tasks, n, SEED), ["uid", "text", "image"])
+    if kept is None or not kept.num_rows:
+        return ""
+    cards = "".join(card(row.get("image"), row.get("text")) for row in kept.to_pylist())
+    return (f"<section id='kept'><h2>Kept samples</h2><section class='gallery' data-kept='true'>"
+            f"<div class='cards'>{cards}</div></section></section>")
+
+
+def _header(stats: dict, provenance: dict | None) -> str:
+    """How the output was made: version, command, times, engine, inputs and the resolved pipeline."""
+    summary = (f"<p>{stats['input']:,} input samples, <b>{stats['kept']:,} kept</b> "
+               f"({100 * stats['kept_fraction']:.1f}%), {stats['rejected']:,} rejected (every rejection is in "
+               f"rejected.parquet). Engine {html.escape(str(stats.get('engine')))}, {stats.get('workers')} worker(s), "
+               f"{stats.get('elapsed_s')} s, {stats.get('samples_per_s')} samples/s.</p>")
+    if provenance is None:
+        return summary
+    inputs = provenance["inputs"]
+    size = sum(f["bytes"] or 0 for f in inputs)
+    listed = "".join(f"<li><code>{html.escape(f['path'])}</code> ({f['kind']}, {f['bytes'] or 0:,} bytes, "
+                     f"{f['tasks']} task(s))</li>" for f in inputs[:20])
+    more = f"<li>... and {len(inputs) - 20:,} more (run.json lists them all)</li>" if len(inputs) > 20 else ""
+    pipeline = yaml.safe_dump(provenance["pipeline"], sort_keys=False, allow_unicode=True)
+    return (f"{summary}<section id='provenance'><h2>How this output was made</h2><table>"
+            f"<tr><th>curate</th><td>{html.escape(provenance['curate_version'])}</td></tr>"
+            f"<tr><th>command</th><td><code>{html.escape(provenance['command'])}</code></td></tr>"
+            f"<tr><th>started</th><td>{html.escape(provenance['started'])}</td></tr>"
+            f"<tr><th>finished</th><td>{html.escape(provenance['finished'])}</td></tr>"
+            f"<tr><th>engine</th><td>{html.escape(provenance['engine'])}, {provenance['workers']} worker(s)</td></tr>"
+            f"<tr><th>input</th><td>{len(inputs):,} file(s), {size:,} bytes<ul>{listed}{more}</ul></td></tr></table>"
+            f"<details open><summary>pipeline ({html.escape(provenance['pipeline_file'])}, after --set)</summary>"
+            f"<pre>{html.escape(pipeline)}</pre></details></section>")
+
+
+GALLERY_SIZE = 8  # the CapFilt section's examples
 
 
 def _capfilt(parts: list) -> str:
@@ -122,7 +350,7 @@ def _capfilt(parts: list) -> str:
     for row in gallery:
         synthetic = "".join(f"<li>{html.escape(c)} <i>({s:.3f})</i></li>"
                             for c, s in zip(row["synthetic_captions"] or [], row["synthetic_scores"] or []))
-        cells.append(f"<tr><td><img src='data:image/jpeg;base64,{_thumbnail(images[row['uid']])}'/></td>"
+        cells.append(f"<tr><td><img src='data:image/jpeg;base64,{thumbnail(images[row['uid']])}'/></td>"
                      f"<td>{html.escape(row['web_text'] or '')} <i>({row['web_score']:.3f})</i></td><td><ul>{synthetic}</ul>"
                      f"</td><td>{html.escape(row['text'] or '')} ({row['caption_source']})</td></tr>")
     return (f"<h2>Recaptioning (CapFilt)</h2><p>{len(replaced)} of {len(originals)} kept samples had their web caption "
@@ -181,34 +409,41 @@ def sample_rows(parts: list, columns: list[str], limit: int = SAMPLE_ROWS):
     return pa.Table.from_batches(pieces) if pieces else None
 
 
-def write_report(layout, stats: dict) -> None:
-    """Write OUTPUT/report.html from stats.json's content and the kept Parquet parts."""
+def write_report(layout, stats: dict, gallery: int = GALLERY_PER_REASON) -> None:
+    """Write OUTPUT/report.html from stats.json's content, run.json (how the output was made),
+    the kept Parquet parts, the ledger's parts and the input (`gallery` examples per reason)."""
     parts = sorted(layout.parquet.glob("*.parquet"))
-    if parts:
-        names = set(pq.read_schema(parts[0]).names)
-        kept = sample_rows(parts, [c for c in ("text", "width", "height", "lang") if c in names])
-    else:
-        kept = None
+    provenance = runs.read(layout.root)
+    names = set(pq.read_schema(parts[0]).names) if parts else set()
+    kept = sample_rows(parts, [c for c in ("text", "width", "height", "lang", "clip_score") if c in names]) \
+        if parts else None
+    stages = fold_fits(stats["stages"])
     rows = "".join(
-        f"<tr><td>{html.escape(s['key'])}</td><td>{s['in']}</td><td>{s['out']}</td><td>{s['rejected']}</td>"
-        f"<td>{html.escape(', '.join(f'{r}: {n}' for r, n in s['reasons'].items()))}</td></tr>"
-        for s in stats["stages"]
+        f"<tr><td>{html.escape(s['key'])}</td><td>{s['in']:,}</td><td>{s['out']:,}</td><td>{s['rejected']:,}</td>"
+        f"<td>{html.escape(', '.join(f'{r}: {n:,}' for r, n in s['reasons'].items()))}</td></tr>"
+        for s in stages
     )
-    images = _distributions(kept) if kept is not None else []
-    figures = _funnel(stats) + _reasons(stats) + "".join(
-        f"<h2>{t}</h2><img src='data:image/png;base64,{b}'/>" for t, b in images
-    )
+    body = _funnel(stats, stages) + _reasons(stats, stages)
+    if provenance is not None:
+        body += _distributions(kept, pool_sample(provenance)) + _rejected_galleries(layout, stats, provenance, gallery)
+        body += _kept_gallery(layout, provenance, gallery)
+    else:
+        body += _distributions(kept, None)
     if parts and "caption_source" in names:
-        figures += _capfilt(parts)
-    figures += "".join(_concepts(fit, parts) for fit in stats.get("fits", {}).values() if fit.get("kind") == "concepts")
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>curate run: {html.escape(str(stats.get('pipeline')))}</title>
-<style>body{{font-family:sans-serif;max-width:980px;margin:2em auto}}td,th{{border:1px solid #ccc;padding:3px 8px}}
-table{{border-collapse:collapse}}.bars td{{border:none}}.bars .n{{text-align:right}}.bars .bar{{width:60%}}</style></head><body>
-<h1>curate run: {html.escape(str(stats.get('pipeline')))}</h1>
-<p>{stats['input']} input samples, <b>{stats['kept']} kept</b> ({100 * stats['kept_fraction']:.1f}%), {stats['rejected']} rejected
-(every rejection is in rejected.parquet). Engine {html.escape(str(stats.get('engine')))}, {stats.get('workers')} worker(s),
-{stats.get('elapsed_s')} s, {stats.get('samples_per_s')} samples/s.</p>
-<table><tr><th>stage</th><th>in</th><th>out</th><th>rejected</th><th>reasons</th></tr>{rows}</table>
-{figures}</body></html>"""
+        body += _capfilt(parts)
+    body += "".join(_concepts(fit, parts) for fit in stats.get("fits", {}).values() if fit.get("kind") == "concepts")
+    title = html.escape(str(stats.get("pipeline")))
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>curate run: {title}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}td,th{{border:1px solid #ccc;padding:3px 8px}}
+table{{border-collapse:collapse}}.bars td{{border:none}}.bars .n{{text-align:right}}.bars .bar{{width:50%}}
+th{{text-align:left}}.cards{{display:flex;flex-wrap:wrap;gap:8px}}.card{{width:170px;margin:0;font-size:12px}}
+.card img{{max-width:160px;max-height:160px;display:block}}.card code{{display:block;color:#a33;word-break:break-all}}
+.noimage{{width:160px;height:60px;background:#eee;color:#777;display:flex;align-items:center;justify-content:center}}
+figure.plot{{display:inline-block;margin:0 8px 8px 0}}</style></head><body>
+<h1>curate run: {title}</h1>
+{_header(stats, provenance)}
+<section id='stages'><h2>Stages</h2><table><tr><th>stage</th><th>in</th><th>out</th><th>rejected</th><th>reasons</th>
+</tr>{rows}</table></section>
+{body}</body></html>"""
     with atomic(layout.report) as tmp:
         tmp.write_text(page, encoding="utf-8")

@@ -3,33 +3,40 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from curate.engines.layout import RunLayout, fingerprint
+from curate import provenance
 from curate.io import publish
 from curate.io.paths import is_url
-from curate.io.readers import InputTask, holds_images, plan_inputs, read_task
+from curate.io.readers import InputTask, ReadLimits, holds_images, plan_inputs, read_task
 from curate.config import ConfigError
-from curate.pipeline import Pipeline
+from curate.pipeline import Pipeline, missing_files
 from curate.schema import INPUT_SCHEMA
 from curate.report import write_report
 
 
 def run_pipeline(pipeline: Pipeline, engine, input_paths: str | list[str] | None = None,
-                 output: str | Path | None = None, overwrite: bool = False, staging: str | Path | None = None) -> dict:
+                 output: str | Path | None = None, overwrite: bool = False, staging: str | Path | None = None,
+                 command: str | None = None) -> dict:
     """Run `pipeline` with `engine`; input and output default to the pipeline file's.
 
     Returns the run's stats (also in OUTPUT/stats.json). A finished identical run in the
     output folder is not redone; an interrupted one resumes. An output URL (s3://, gs://, ...)
     is run in the local folder `staging` (default: one derived from the URL under the user's
-    cache, see curate.io.publish) and published to the URL when the run finishes.
+    cache, see curate.io.publish) and published to the URL when the run finishes. OUTPUT/run.json
+    records how the output was made (`command`: what started the run, default this process's argv).
     """
+    started = provenance.now()
     input_paths = input_paths or pipeline.settings.input
     output = output or pipeline.settings.output
     if not input_paths:
         raise ConfigError(f"{pipeline.source}: no input: set 'input' in the file or pass --input")
     if not output:
         raise ConfigError(f"{pipeline.source}: no output: set 'output' in the file or pass --output")
+    if problems := missing_files(pipeline, input_paths):
+        raise ConfigError("\n".join(problems))
     tasks = plan_checked(pipeline, input_paths)
     written = [path for spec in pipeline.stages for path in spec.config.written_paths()]
     inputs = [input_paths] if isinstance(input_paths, str) else [*input_paths]
@@ -51,6 +58,7 @@ def run_pipeline(pipeline: Pipeline, engine, input_paths: str | list[str] | None
             stats["resumed_complete"] = True
     else:
         stats = engine.run(pipeline, tasks, layout)
+        provenance.write(layout.root, provenance.record(pipeline, engine, tasks, str(url or output), started, command))
         write_report(layout, stats)
         layout.mark_complete()
     if url:
@@ -63,9 +71,28 @@ def plan_checked(pipeline: Pipeline, input_paths: str | list[str]) -> list[Input
     first batch), before any work; without image bytes in every input file the input is metadata,
     and a stage that needs images fails here."""
     tasks = plan_inputs(input_paths)
+    if pipeline.settings.limit is not None:
+        tasks = first_samples(tasks, pipeline.settings.limit, pipeline.settings.read_limits())
     first = next(read_task(tasks[0], 1, pipeline.settings.read_limits()), None)
     columns = first.table.column_names if first else list(INPUT_SCHEMA.names)
     if not all(holds_images(task) for task in {task.path: task for task in tasks}.values()):
         columns = [c for c in columns if c != "image"]
     pipeline.check_columns(columns)
     return tasks
+
+
+def first_samples(tasks: list[InputTask], limit: int, read_limits=None) -> list[InputTask]:
+    """The tasks holding the input's first `limit` samples, in order, the last cut to its share
+    (`curate run --limit`). A task of unknown size (a tar, a folder) is counted by reading it, up
+    to the samples still wanted."""
+    chosen, left = [], limit
+    for task in tasks:
+        if left <= 0:
+            break
+        rows = task.rows
+        if rows is None:
+            rows = sum(v.table.num_rows for v in read_task(replace(task, limit=left), 1024, read_limits or ReadLimits()))
+        take = min(rows, left)
+        chosen.append(replace(task, rows=take, limit=take))
+        left -= take
+    return chosen

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
@@ -236,7 +237,11 @@ class TaskEngine(ABC):
         sizes = {t.index: input_rows(t) for t in tasks}
         total = None if None in sizes.values() else sum(sizes.values())
         finished = sum(sizes[t] or 0 for _, t in done)
-        desc = f"pass {pass_.index + 1}/{n_passes}" if n_passes > 1 else pipeline.name
+        names = [pipeline.stages[i].name for i in (pass_.apply, *pass_.maps) if i is not None]
+        names += [f"{pipeline.stages[pass_.fit].name} (fit)"] if pass_.fit is not None else []
+        desc = (f"pass {pass_.index + 1}/{n_passes}: " if n_passes > 1 else f"{pipeline.name}: ") + ", ".join(names)
+        if done:
+            tqdm.write(f"resuming: {len(done)} of {len(tasks)} tasks of pass {pass_.index + 1} done", file=sys.stderr)
         with tqdm(total=total, initial=finished, unit="sample", desc=desc, disable=not self.progress,
                   dynamic_ncols=True) as bar:
             for marker in self.map_tasks(todo) if todo else []:

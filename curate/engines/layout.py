@@ -90,7 +90,8 @@ class RunLayout:
         return self.work / "done" / f"pass{pass_index}-{self.part_name(task)}.json"
 
     def outputs(self) -> list[Path]:
-        return [self.shards, self.parquet, self.rejected, self.stats, self.report, self.uids, self.work]
+        return [self.shards, self.parquet, self.rejected, self.stats, self.report, self.uids, self.work,
+                self.root / "run.json"]  # run.json: how the output was made (curate.provenance)
 
     def prepare(self, fingerprint: dict, overwrite: bool, inputs: Iterable[str] = ()) -> bool:
         """Claim the output folder for this run; returns True when a finished identical run is there.
