@@ -12,6 +12,7 @@ WORDNET := /usr/share/wordnet/data.noun
 CHROMIUM := /usr/bin/chromium
 POOL := data/openclipart/summary.json
 METADATA := data/openclipart/metadata.parquet
+CONVERSATIONS := data/openclipart/conversations/train.json
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 DJ_VENV := bench/.venv-dj
@@ -56,9 +57,14 @@ $(POOL): | $(STAMP) $(SVG_DIR)
 $(METADATA): $(POOL) | $(WORDNET)
 	$(BIN)/curate metadata build --out $@ --corpus data/openclipart/pool
 
-pool: $(POOL) $(METADATA)
+# the LLaVA stage-2 conversations (and eval.json's category questions) built from the pool's metadata
+$(CONVERSATIONS): $(POOL)
+	$(BIN)/python -m train.llava.conversations --pool data/openclipart/pool --out data/openclipart/conversations \
+		--eval data/openclipart/eval --quiet
 
-demo: $(STAMP) $(POOL) $(METADATA)
+pool: $(POOL) $(METADATA) $(CONVERSATIONS)
+
+demo: $(STAMP) $(POOL) $(METADATA) $(CONVERSATIONS)
 	$(BIN)/curate run pipelines/quickstart.yaml --overwrite  # reused when nothing changed, redone when the pool did
 	@echo
 	@echo "demo finished: shards in out/quickstart/shards, report in out/quickstart/report.html"
