@@ -19,7 +19,6 @@ a map or a per-cluster group that the engines distribute.
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
 import json
 import math
@@ -34,6 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from curate.images import open_rgb
 from curate.io.readers import plan_inputs, read_task
 from curate.io.writers import atomic, write_json_atomic
 from curate.neighbours import KMeansConfig, nearest_centroid, spherical_kmeans
@@ -291,10 +291,7 @@ class ClipEmbedder:
         return self._clip
 
     def _preprocess(self, data: bytes):
-        from PIL import Image
-
-        with Image.open(io.BytesIO(data)) as im:
-            return self._clip.preprocess(im.convert("RGB"))
+        return self._clip.preprocess(open_rgb(data))
 
     def embed(self, images: list[bytes | None], texts: list[str | None]) -> Embedded:
         """Unit-norm image and text embeddings and their cosine; undecodable images are failures."""

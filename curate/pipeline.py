@@ -47,14 +47,17 @@ class PipelineSettings(BaseModel):
     max_caption_bytes: int = Field(
         ReadLimits.max_caption_bytes, gt=0, description="longest caption read (UTF-8 bytes; default 64 KiB): a "
         "longer one is rejected at read time (caption_too_long)")
+    on_unreadable: Literal["fail", "ledger"] = Field(
+        "fail", description="a Parquet row group that cannot be read (a corrupt page): fail the run naming the file "
+        "and row group, or send its rows (counted from the file's metadata) to the ledger as unreadable_row_group")
 
     limit: int | None = Field(
         None, gt=0, description="read only the input's first N samples, in input order (a quick try; `curate run "
         "--limit N`); the tasks after them are not read")
 
     def read_limits(self) -> ReadLimits:
-        """The readers' size caps."""
-        return ReadLimits(self.max_member_bytes, self.max_caption_bytes)
+        """The readers' size caps and what they do with an unreadable row group."""
+        return ReadLimits(self.max_member_bytes, self.max_caption_bytes, self.on_unreadable)
 
     @field_validator("outputs")
     @classmethod

@@ -17,7 +17,8 @@ CORE_FIELDS = (
     pa.field("height", pa.int32()),
 )
 INPUT_SCHEMA = pa.schema(CORE_FIELDS[:4])  # what every reader yields; width/height come from the decoder
-INPUT_NEEDS = "'text' (caption) and 'image' (encoded bytes) or 'url' (a URL list, for the download stage)"
+INPUT_NEEDS = ("'text' (caption) and 'image' (encoded bytes, image file paths or {bytes, path} structs) or 'url' "
+               "(a URL list, for the download stage)")
 
 LEDGER_SCHEMA = pa.schema(
     [

@@ -2,7 +2,10 @@
 
 A task is the unit of work and of resume: one Parquet row group, one tar, or one
 img2dataset `files` subfolder. Reading a task yields `Verdict`s in the core schema, so a
-sample that cannot be read whole (a tar cut off mid-member) still reaches the ledger.
+sample that cannot be read whole (a tar cut off mid-member, a corrupt row group when
+`on_unreadable: ledger`) still reaches the ledger: every sample key a reader sees is counted.
+A sample's `.json` fields become columns (typed as the json has them), and a Parquet `image`
+column may hold file paths or Hugging Face `datasets`' Image structs instead of bytes.
 Inputs are local paths or URLs (s3://, gs://, hf://, ...; see curate.io.paths), with globs
 and brace ranges (`s3://bucket/shards/{00000..00099}.tar`).
 """
@@ -10,7 +13,9 @@ and brace ranges (`s3://bucket/shards/{00000..00099}.tar`).
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import tarfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,13 +23,14 @@ from functools import lru_cache
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.io.paths import (StorageError, expand, file_sizes, files_in, files_under, is_folder, is_url, open_input,
                              read_files, readable)
-from curate.schema import INPUT_NEEDS, make_uid, normalize
+from curate.schema import INPUT_NEEDS, make_uid, normalize, uid_pairs
 from curate.stage import Verdict
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
@@ -39,14 +45,20 @@ InputError = StorageError  # an input path or URL cannot be read; the message na
 
 @dataclass(frozen=True)
 class ReadLimits:
-    """Sizes above which the readers do not load a value: its sample goes to the ledger instead
+    """What the readers do not load, and what they do with what they cannot read.
+
+    Sizes above which a value is not loaded: its sample goes to the ledger instead
     (`member_too_large`: a tar member or image file, `image_too_large`: a Parquet image cell,
     `caption_too_long`: a caption, in UTF-8 bytes). A tar member's size is in its header, so an
     oversized member is skipped unread; a Parquet row group is read whole, then its oversized
-    cells are rejected before any stage sees them."""
+    cells are rejected before any stage sees them. `on_unreadable`: a Parquet row group that
+    cannot be read (a corrupt page) fails its task naming the file and row group ("fail"), or
+    sends its rows, counted from the file's metadata, to the ledger as `unreadable_row_group`
+    ("ledger")."""
 
     max_member_bytes: int = 64 << 20
     max_caption_bytes: int = 64 << 10
+    on_unreadable: str = "fail"
 
     def refuse_member(self, name: str, ext: str, size: int) -> tuple[str, str] | None:
         """(reason, ledger value) when a member of `size` bytes must not be read, else None."""
@@ -111,13 +123,121 @@ def plan_inputs(paths: str | list[str]) -> list[InputTask]:
     return tasks
 
 
+# The input's own uids are checked at planning, before any work: none empty, none given twice.
+# Only the uid columns are read (a Parquet row group's, a URL list's), with 16 bytes held a uid
+# (DataComp's 128-bit pairs, uid_pairs: the identity the run's final check uses); a pool of more
+# than UID_CHECK_ROWS uids is checked in as many passes over the uid columns as keep each pass's
+# share (split by the uids' hash) under it. Uids that curate makes (an input without a uid
+# column, a tar's samples) are checked by the run's final accounting instead.
+UID_CHECK_ROWS = 1 << 23  # uids held at once: 128 MiB of pairs, plus their places
+_TASK_SHIFT = 32  # a uid's place: task index << 32 | row
+
+
+def check_input_uids(tasks: list[InputTask], limits: ReadLimits = ReadLimits()) -> None:
+    """Raise InputError (one line naming the file, row group and row) when a uid the input gives
+    is empty or null, or the same uid is given twice anywhere in the input."""
+    owned = [task for task in tasks if _has_uids(task)]
+    if not owned:
+        return
+    total = sum(task.rows or 0 for task in owned)  # a URL list's rows are unknown, but read whole anyway
+    passes = max(1, math.ceil(total / UID_CHECK_ROWS))
+    repeats, example, by_index = 0, None, {task.index: task for task in owned}
+    for share in range(passes):
+        pairs, places = [], []
+        for task in owned:
+            uids = _uids(task, limits)
+            if uids is None:
+                continue
+            if share == 0:
+                _check_present(task, uids)
+            values = uid_pairs(uids)
+            mine = np.flatnonzero(values["f0"] % passes == share) if passes > 1 else np.arange(len(values))
+            pairs.append(values[mine])
+            places.append((np.int64(task.index) << _TASK_SHIFT) | mine.astype(np.int64))
+        if not pairs:
+            return
+        found, first = _repeats(np.concatenate(pairs), np.concatenate(places))
+        repeats += found
+        example = example or first
+    if repeats:
+        (a, row_a), (b, row_b) = [(by_index[p >> _TASK_SHIFT], p & ((1 << _TASK_SHIFT) - 1)) for p in example]
+        uid = _uids(a, limits)[row_a].as_py()
+        raise InputError(f"{repeats} row(s) give a uid that another row gives too, e.g. {uid!r} at {_where(a, row_a)} "
+                         f"and {_where(b, row_b)}: uids must be unique; drop the uid column to have curate make them")
+
+
+def _has_uids(task: InputTask) -> bool:
+    if task.kind == "parquet":
+        return "uid" in _parquet_file(task.path).schema_arrow.names
+    return task.kind == "url_list"
+
+
+def _uids(task: InputTask, limits: ReadLimits) -> pa.Array | None:
+    """The task's own uids as strings (its first `limit` when it has a limit), or None where it gives
+    none: no uid column, an all-null one (curate makes them), or a row group that cannot be read
+    while `on_unreadable: ledger` (its rows go to the ledger when the run reads it)."""
+    if task.kind == "parquet":
+        file = _parquet_file(task.path)
+        try:
+            column = file.read_row_group(task.row_group, columns=["uid"]).column(0)
+        except (OSError, pa.ArrowException) as exc:
+            if limits.on_unreadable == "ledger":
+                return None
+            raise InputError(f"{task.path}: row group {task.row_group} of {file.metadata.num_row_groups}: "
+                             f"unreadable uid column ({error_text(exc)}); set "
+                             "on_unreadable: ledger to send its rows to the ledger as unreadable_row_group and "
+                             "go on") from exc
+    else:
+        table = _url_list(task)
+        if "uid" not in table.column_names:
+            return None
+        column = table.column("uid")
+    column = column.slice(0, task.limit) if task.limit is not None else column
+    if column.null_count == len(column):
+        return None
+    try:
+        return pc.cast(column.combine_chunks(), pa.string())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise InputError(f"{task.describe()}: column 'uid' has type {column.type}, expected text") from exc
+
+
+def _check_present(task: InputTask, uids: pa.Array) -> None:
+    """Fail on the first null or empty uid of a column that gives some."""
+    missing = pc.fill_null(pc.equal(pc.utf8_length(uids), 0), True)
+    if pc.any(missing).as_py():
+        row = int(np.flatnonzero(missing.to_numpy(zero_copy_only=False))[0])
+        what = "null" if uids[row].as_py() is None else "empty"
+        count = pc.sum(missing).as_py()
+        raise InputError(f"{_where(task, row)}: {what} uid ({count} row(s) of this part have a null or empty uid): "
+                         "every row needs a uid, or drop the uid column to have curate make them")
+
+
+def _repeats(pairs: np.ndarray, places: np.ndarray) -> tuple[int, tuple[int, int] | None]:
+    """How many uids repeat one before them (in sorted order), and the places of one repeated pair."""
+    if len(pairs) < 2:
+        return 0, None
+    order = np.lexsort((pairs["f1"], pairs["f0"]))
+    ordered = pairs[order]
+    same = (ordered["f0"][1:] == ordered["f0"][:-1]) & (ordered["f1"][1:] == ordered["f1"][:-1])
+    hits = np.flatnonzero(same)
+    if not len(hits):
+        return 0, None
+    first = sorted((int(places[order[hits[0]]]), int(places[order[hits[0] + 1]])))
+    return len(hits), (first[0], first[1])
+
+
+def _where(task: InputTask, row: int) -> str:
+    """A row's place as a user finds it: the file, its row group for a Parquet, the row within."""
+    return f"{task.describe()} row {row}"
+
+
 def _parquet_metadata(path: str) -> pq.FileMetaData:
     try:
         with readable(path) as source:
             meta = pq.ParquetFile(source).metadata
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(f"{path}: not a readable Parquet file (half-written?): {exc}") from exc
-    names = set(meta.schema.names)
+    names = set(meta.schema.to_arrow_schema().names)  # top-level columns (the Parquet schema's names are its leaves)
     if not ({"text", "caption"} & names and {"image", "jpg", "png", "webp", "url"} & names):
         raise InputError(f"{path}: missing column(s): an input needs {INPUT_NEEDS}, found {sorted(names)}")
     return meta
@@ -142,10 +262,14 @@ def _expand(raw: str) -> list[tuple[str, str]]:
     tars = _sorted(by_suffix.get(".tar", []))
     if tars:  # img2dataset's webdataset output also has per-shard .parquet metadata: the tars hold the samples
         return [("tar", p) for p in tars]
-    parquets = _sorted(f for f in by_suffix.get(".parquet", []) if not f.rpartition("/")[2].startswith((".", "_")))
+    folders = _sorted({f.rpartition("/")[0] for ext in IMAGE_EXTENSIONS for f in by_suffix.get(f".{ext}", [])})
+    # img2dataset's `files` format writes NNNNN.parquet beside each folder NNNNN of samples: that
+    # folder's metadata (its samples' .json hold the same fields), not samples
+    samples = set(folders)
+    parquets = _sorted(f for f in by_suffix.get(".parquet", [])
+                       if not f.rpartition("/")[2].startswith((".", "_")) and f[: -len(".parquet")] not in samples)
     if parquets:
         return [("parquet", p) for p in parquets]
-    folders = _sorted({f.rpartition("/")[0] for ext in IMAGE_EXTENSIONS for f in by_suffix.get(f".{ext}", [])})
     if folders:
         return [("files", p) for p in folders]
     return [("url_list", p) for p in _sorted(f for ext in URL_LIST_SUFFIXES for f in by_suffix.get(ext, []))]
@@ -171,14 +295,10 @@ def read_task(task: InputTask, batch_size: int, limits: ReadLimits = ReadLimits(
 
 def _read_task(task: InputTask, batch_size: int, limits: ReadLimits) -> Iterator[Verdict]:
     if task.kind in ("parquet", "url_list"):
-        table = _parquet_file(task.path).read_row_group(task.row_group) if task.kind == "parquet" else _url_list(task)
-        table = table.rename_columns([_alias(c, table.column_names) for c in table.column_names])
-        try:
-            table = normalize(table, task.describe())
-        except ValueError as exc:
-            raise InputError(str(exc)) from exc
-        for start in range(0, max(table.num_rows, 1), batch_size):  # an empty task still yields its schema
-            yield Verdict(table.slice(start, batch_size))
+        whole = _row_group(task, limits) if task.kind == "parquet" else _table_verdict(_url_list(task), task, limits)
+        for start in range(0, max(whole.table.num_rows, 1), batch_size):  # an empty task still yields its schema
+            end = start + batch_size
+            yield Verdict(whole.table.slice(start, batch_size), whole.reasons[start:end], whole.values[start:end])
         return
     samples = _tar_samples(task.path, limits) if task.kind == "tar" else _folder_samples(task.path, limits)
     batch: list[dict] = []
@@ -189,6 +309,134 @@ def _read_task(task: InputTask, batch_size: int, limits: ReadLimits) -> Iterator
             batch = []
     if batch:
         yield _samples_to_verdict(batch, task)
+
+
+def _row_group(task: InputTask, limits: ReadLimits) -> Verdict:
+    """A Parquet task's rows; an unreadable row group fails naming the file and row group, or with
+    `on_unreadable: ledger` comes back as rejections, one per row the file's metadata counts."""
+    file = _parquet_file(task.path)
+    try:
+        table = file.read_row_group(task.row_group)
+    except (OSError, pa.ArrowException) as exc:
+        where = f"{task.path}: row group {task.row_group} of {file.metadata.num_row_groups}"
+        if limits.on_unreadable != "ledger":
+            raise InputError(f"{where}: unreadable ({error_text(exc)}); set "
+                             "on_unreadable: ledger to send its rows to the ledger as unreadable_row_group "
+                             "and go on") from exc
+        return _unreadable_rows(file, task, f"{where}: {error_text(exc, 200)}")
+    return _table_verdict(table, task, limits)
+
+
+def error_text(exc: BaseException, limit: int = 300) -> str:
+    """An exception as one printable line of at most `limit` characters (a reader's message may
+    hold newlines and the garbage bytes it met)."""
+    text = " ".join("".join(c if c.isprintable() else " " for c in str(exc)).split())
+    return f"{type(exc).__name__}: {text[:limit]}"
+
+
+def _unreadable_rows(file: pq.ParquetFile, task: InputTask, error: str) -> Verdict:
+    """Every row of an unreadable row group, rejected as `unreadable_row_group`: with the uids the
+    file gives (its uid column, or its url and caption when it has none) where those columns still
+    read, else uids naming the row's place (`FILE#ROW_GROUP:ROW`)."""
+    rows = file.metadata.row_group(task.row_group).num_rows
+    names = set(file.schema_arrow.names)
+    read: dict[str, pa.ChunkedArray] = {}
+    for name in sorted({"uid", "url", "text", "caption"} & names):
+        try:
+            read[name] = file.read_row_group(task.row_group, columns=[name]).column(0)
+        except (OSError, pa.ArrowException):
+            continue
+    text = read.get("text", read.get("caption"))
+    own = "uid" in read or ("uid" not in names and text is not None and ("url" in read or "url" not in names))
+    columns = {"url": read.get("url", pa.nulls(rows, pa.string())), "text": text if text is not None else
+               pa.nulls(rows, pa.string()), "image": pa.nulls(rows, pa.binary())}
+    if "uid" in read:
+        columns["uid"] = read["uid"]
+    elif not own:
+        columns["uid"] = pc.binary_join_element_wise(f"{task.path}#{task.row_group}:",
+                                                     pc.cast(pa.array(range(rows)), pa.string()), "")
+    table = normalize(pa.table(columns), task.describe())
+    return Verdict(table, ["unreadable_row_group"] * rows, [error] * rows)
+
+
+def _table_verdict(table: pa.Table, task: InputTask, limits: ReadLimits) -> Verdict:
+    """A Parquet row group or URL list in the core schema: img2dataset's column names aliased, an
+    `image` column of paths or Hugging Face Image structs read into bytes."""
+    table = table.rename_columns([_alias(c, table.column_names) for c in table.column_names])
+    reasons = values = None
+    if "image" in table.column_names and not _is_bytes(table.schema.field("image").type):
+        table, reasons, values = _image_files(table, task, limits)
+    try:
+        table = normalize(table, task.describe())
+    except ValueError as exc:
+        raise InputError(str(exc)) from exc
+    return Verdict(table, reasons, values)
+
+
+def _is_bytes(type_: pa.DataType) -> bool:
+    return pa.types.is_binary(type_) or pa.types.is_large_binary(type_) or pa.types.is_null(type_)
+
+
+_URL_PATH = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _image_files(table: pa.Table, task: InputTask, limits: ReadLimits) -> tuple[pa.Table, list, list]:
+    """The table with its `image` column as bytes, and the read's reasons and values, for a column of
+    file paths (strings: relative ones from the input file's folder, absolute ones and URLs as they
+    are) or of Hugging Face `datasets`' Image structs {bytes, path} (the bytes, else the file at the
+    path). A file that is missing or over `max_member_bytes` is rejected at read (`image_file_missing`,
+    `member_too_large`); the paths are kept as column `image_path`."""
+    column = table.column("image").combine_chunks()
+    type_ = column.type
+    if pa.types.is_struct(type_) and type_.get_field_index("bytes") >= 0:
+        data = pc.cast(pc.struct_field(column, "bytes"), pa.binary())
+        given = pc.struct_field(column, "path") if type_.get_field_index("path") >= 0 else pa.nulls(len(column),
+                                                                                                   pa.string())
+    elif pa.types.is_string(type_) or pa.types.is_large_string(type_):
+        data, given = pa.nulls(len(column), pa.binary()), column
+    else:
+        raise InputError(f"{task.describe()}: column 'image' has type {type_}; expected encoded image bytes (binary), "
+                         "image file paths (string) or Hugging Face datasets' Image struct {bytes, path}")
+    given = pc.cast(given, pa.string())
+    folder = task.path.rpartition("/")[0] or "."
+    absolute = pc.or_(pc.starts_with(given, "/"), pc.match_substring_regex(given, _URL_PATH.pattern))
+    paths = pc.if_else(absolute, given, pc.binary_join_element_wise(folder, given, "/"))
+    wanted = np.flatnonzero(pc.and_(pc.is_null(data), pc.is_valid(paths)).to_numpy(zero_copy_only=False))
+    reasons, values = [None] * len(column), [None] * len(column)
+    found: dict[int, bytes] = {}
+    to_read: dict[str, list[tuple[int, str]]] = {}  # by file system, to read each one's files together
+    for row, path in zip(wanted.tolist(), paths.take(pa.array(wanted, pa.int64())).to_pylist()):
+        size = _size_or_none(path)
+        refused = None if size is None else limits.refuse_member(path, path.rpartition(".")[2], size)
+        if size is None:
+            reasons[row], values[row] = "image_file_missing", f"{path}: no such file"
+        elif refused is not None:
+            reasons[row], values[row] = refused
+        else:
+            to_read.setdefault(path.partition("://")[0] if is_url(path) else "", []).append((row, path))
+    for group in to_read.values():
+        found.update(zip((row for row, _ in group), read_files([path for _, path in group])))
+    if found:
+        rows = sorted(found)
+        mask = np.zeros(len(column), bool)
+        mask[rows] = True
+        data = pc.replace_with_mask(data, pa.array(mask), pa.array([found[row] for row in rows], pa.binary()))
+    table = table.set_column(table.column_names.index("image"), "image", data)
+    if given.null_count < len(given) and "image_path" not in table.column_names:
+        table = table.append_column("image_path", given)
+    return table, reasons, values
+
+
+def _size_or_none(path: str) -> int | None:
+    """A file's size, or None when there is no file at `path`."""
+    try:
+        return file_sizes([path])[0]
+    except FileNotFoundError:
+        return None
+    except StorageError as exc:
+        if isinstance(exc.__cause__, FileNotFoundError):
+            return None
+        raise
 
 
 def holds_images(task: InputTask) -> bool:
@@ -227,8 +475,9 @@ def _parquet_file(path: str) -> pq.ParquetFile:
 
 @lru_cache(maxsize=8)
 def _open_parquet(path: str, pid: int) -> pq.ParquetFile:
-    """Keyed by process too: a URL's open file does not survive a fork into a worker."""
-    return pq.ParquetFile(path if not is_url(path) else open_input(path))
+    """Keyed by process too: a URL's open file does not survive a fork into a worker. Page checksums,
+    where the writer stored them, are verified: a corrupt page is an error, not wrong values."""
+    return pq.ParquetFile(path if not is_url(path) else open_input(path), page_checksum_verification=True)
 
 
 def _alias(column: str, columns: list[str]) -> str:
@@ -237,18 +486,65 @@ def _alias(column: str, columns: list[str]) -> str:
 
 
 def _samples_to_verdict(samples: list[dict], task: InputTask) -> Verdict:
-    table = normalize(
-        pa.table(
-            {
-                "uid": pa.array([s["uid"] for s in samples], pa.string()),
-                "url": pa.array([s["url"] for s in samples], pa.string()),
-                "text": pa.array([s["text"] for s in samples], pa.string()),
-                "image": pa.array([s["image"] for s in samples], pa.binary()),
-            }
-        ),
-        task.describe(),
+    table = pa.table(
+        {
+            "uid": pa.array([s["uid"] for s in samples], pa.string()),
+            "url": pa.array([s["url"] for s in samples], pa.string()),
+            "text": pa.array([s["text"] for s in samples], pa.string()),
+            "image": pa.array([s["image"] for s in samples], pa.binary()),
+        }
     )
+    for name, column in json_columns([s["meta"] for s in samples]).items():
+        table = table.append_column(name, column)
+    try:
+        table = normalize(table, task.describe())
+    except ValueError as exc:
+        raise InputError(f"{exc} (from the samples' .json)") from exc
     return Verdict(table, [s["error"] for s in samples], [s["error_value"] for s in samples])
+
+
+# .json fields that are the sample's core values (its caption is the .txt when it has one), not more columns
+JSON_CORE = ("uid", "url", "text", "caption", "image")
+
+
+def json_columns(metas: list[dict]) -> dict[str, pa.Array]:
+    """The samples' .json fields as columns, typed as the json has them (numbers as int64 or double,
+    strings, booleans, lists, objects as structs; a field a sample lacks is null there). A field
+    whose values no one Arrow type holds (a number in one sample, text in another) is kept as
+    each value's JSON text; an integer past int64 as uint64."""
+    if not any(metas):
+        return {}
+    try:
+        struct = pa.array(metas)
+        columns = {field.name: struct.field(i) for i, field in enumerate(struct.type)}
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+        names = dict.fromkeys(name for meta in metas for name in meta)
+        columns = {name: _json_column([meta.get(name) for meta in metas]) for name in names}
+    return {name: column if _parquet_writable(column.type) else _json_text([meta.get(name) for meta in metas])
+            for name, column in columns.items()}
+
+
+def _json_column(values: list) -> pa.Array:
+    """One field's values as Arrow infers them, else as uint64, else as JSON text."""
+    for type_ in (None, pa.uint64()):
+        try:
+            return pa.array(values, type_)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+            continue
+    return _json_text(values)
+
+
+def _json_text(values: list) -> pa.Array:
+    return pa.array([None if v is None else json.dumps(v, ensure_ascii=False) for v in values], pa.string())
+
+
+def _parquet_writable(type_: pa.DataType) -> bool:
+    """False for types Parquet cannot store: a struct without fields (an empty json object), at any depth."""
+    if pa.types.is_struct(type_):
+        return type_.num_fields > 0 and all(_parquet_writable(type_.field(i).type) for i in range(type_.num_fields))
+    if pa.types.is_list(type_) or pa.types.is_large_list(type_):
+        return _parquet_writable(type_.value_type)
+    return True
 
 
 def _sample(key: str, files: dict[str, bytes], error: str | None = None, error_value: str | None = None) -> dict:
@@ -256,30 +552,49 @@ def _sample(key: str, files: dict[str, bytes], error: str | None = None, error_v
     if "json" in files:
         try:
             meta = json.loads(files["json"])
+            if not isinstance(meta, dict):
+                raise ValueError("not an object")
         except (ValueError, UnicodeDecodeError):
-            error, error_value = error or "bad_metadata", error_value or f"{key}.json is not valid JSON"
-    text = files["txt"].decode("utf-8", errors="replace") if "txt" in files else meta.get("caption")
+            meta = {}
+            error, error_value = (error, error_value) if error else ("bad_metadata", f"{key}.json is not a JSON object")
+    if "txt" in files:
+        try:
+            text = files["txt"].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            text = files["txt"].decode("utf-8", errors="replace")
+            bad = files["txt"][exc.start : exc.start + 4].hex()
+            error, error_value = (error, error_value) if error else (
+                "invalid_utf8", f"{key}.txt: invalid UTF-8 at byte {exc.start} ({bad}...)")
+    else:
+        text = meta.get("caption", meta.get("text"))
     image = next((files[e] for e in IMAGE_EXTENSIONS if e in files), None)
     url = meta.get("url")
     uid = str(meta.get("uid") or make_uid(url or key, text))
-    return {"uid": uid, "url": url, "text": text, "image": image, "error": error, "error_value": error_value}
+    extra = {name: value for name, value in meta.items() if name not in JSON_CORE}
+    return {"uid": uid, "url": url, "text": text, "image": image, "meta": extra, "error": error,
+            "error_value": error_value}
 
 
 def _tar_samples(path: str, limits: ReadLimits) -> Iterator[dict]:
     """Samples of a WebDataset tar, grouped by key; a tar cut off mid-sample ends with that
     sample flagged `truncated_shard` instead of an exception (webdataset would drop it). A member
-    over `limits` (its header gives the size) is skipped unread and flags its sample."""
+    over `limits` (its header gives the size) is skipped unread and flags its sample, as does a
+    member that is a link or a device (`unsupported_member`): webdataset skips those, and a sample
+    made only of them would vanish."""
     key, files, refused = None, {}, (None, None)
     try:
         with open_input(path) as handle, tarfile.open(fileobj=handle, mode="r|") as tar:
             for member in tar:
-                if not member.isfile() or "." not in Path(member.name).name:
+                if member.isdir() or "." not in Path(member.name).name:
                     continue
                 stem, ext = _split_key(member.name)
                 if key is not None and stem != key:
                     yield _sample(key, files, *refused)
                     files, refused = {}, (None, None)
                 key = stem
+                if not member.isfile():  # a link or device is not read, but its sample is counted
+                    refused = refused if refused[0] else ("unsupported_member", _not_a_file(member))
+                    continue
                 too_big = limits.refuse_member(member.name, ext, member.size)
                 if too_big is not None:  # the next member's header is found without reading this one's bytes
                     refused = refused if refused[0] else too_big
@@ -292,6 +607,17 @@ def _tar_samples(path: str, limits: ReadLimits) -> Iterator[dict]:
         return
     if key is not None:
         yield _sample(key, files, *refused)
+
+
+def _not_a_file(member: tarfile.TarInfo) -> str:
+    """The ledger value of a tar member that is not a regular file."""
+    if member.issym():
+        kind = f"a symbolic link to {member.linkname}"
+    elif member.islnk():
+        kind = f"a hard link to {member.linkname}"
+    else:
+        kind = "a device, fifo or other special file"
+    return f"{member.name}: {kind}; only regular files are read"
 
 
 def _split_key(name: str) -> tuple[str, str]:

@@ -93,17 +93,42 @@ class PartWriter:
         return self
 
     def write(self, table: pa.Table) -> None:
-        """Append a batch of rows."""
+        """Append a batch of rows. A batch with a column more, or a column of a wider type (a column
+        of nulls now holding text, int64 now double: a tar's json fields are typed batch by batch),
+        widens the part: the rows written so far are rewritten to the wider schema."""
         if self._parquet is None:
-            self._schema = table.schema
-            self._parquet = pq.ParquetWriter(temp_path(self.parquet_path), self._schema, **parquet_options(table))
+            self._open(table)
         elif not table.schema.equals(self._schema):
-            table = table.select(self._schema.names).cast(self._schema)
+            try:
+                wider = pa.unify_schemas([self._schema, table.schema], promote_options="permissive")
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+                raise ValueError(f"{self.parquet_path}: a batch's columns do not fit the earlier batches' ({exc})") from exc
+            if not wider.equals(self._schema):
+                self._widen(wider)
+            table = _conformed(table, self._schema)
         if table.num_rows:
             self._parquet.write_table(table)
         if self._tar is not None:
             self._write_tar(table)
         self.rows += table.num_rows
+
+    def _open(self, table: pa.Table) -> None:
+        self._schema = table.schema
+        self._parquet = pq.ParquetWriter(temp_path(self.parquet_path), self._schema, **parquet_options(table))
+
+    def _widen(self, schema: pa.Schema) -> None:
+        """Rewrite the part so far to `schema`, a row group at a time, and go on writing with it."""
+        self._parquet.close()
+        tmp = temp_path(self.parquet_path)
+        narrow = tmp.with_name(f"{tmp.name}.{os.getpid()}-{secrets.token_hex(4)}{TMP_SUFFIX}")  # atomic()'s form
+        os.replace(tmp, narrow)
+        try:
+            source = pq.ParquetFile(narrow)
+            self._open(_conformed(source.read_row_group(0), schema) if source.num_row_groups else schema.empty_table())
+            for group in range(source.num_row_groups):
+                self._parquet.write_table(_conformed(source.read_row_group(group), schema))
+        finally:
+            narrow.unlink(missing_ok=True)
 
     def _write_tar(self, table: pa.Table) -> None:
         """Each row as WebDataset members: {key}.{jpg,png,...} (when it has an image), {key}.txt, {key}.json."""
@@ -134,6 +159,12 @@ class PartWriter:
                 os.replace(tmp, path)
             elif tmp.exists():
                 tmp.unlink()
+
+
+def _conformed(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with `schema`'s columns in its order (nulls for those it lacks), cast to its types."""
+    columns = [table.column(f.name) if f.name in table.column_names else pa.nulls(table.num_rows, f.type) for f in schema]
+    return pa.Table.from_arrays(columns, names=schema.names).cast(schema)
 
 
 def _binary_views(column: pa.ChunkedArray) -> list[memoryview | None]:

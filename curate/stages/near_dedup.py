@@ -61,12 +61,15 @@ GRAPH_SCHEMA = pa.schema([("node", pa.int64()), ("other", pa.int64()), ("uid", p
 
 
 def phash(data: bytes) -> int:
-    """64-bit DCT perceptual hash (imagehash.phash) of an encoded image, as an unsigned int."""
+    """64-bit DCT perceptual hash (imagehash.phash) of an encoded image, as an unsigned int; of the
+    image upright and in 8 bits (a sideways photo hashes as its upright copy, a 16-bit PNG not as white)."""
     import imagehash
     from PIL import Image
 
+    from curate.images import eight_bit, upright
+
     with Image.open(io.BytesIO(data)) as im:
-        bits = imagehash.phash(im, hash_size=8).hash.flatten()
+        bits = imagehash.phash(eight_bit(upright(im)), hash_size=8).hash.flatten()
     return int(np.packbits(bits).view(">u8")[0])
 
 

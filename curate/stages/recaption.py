@@ -5,7 +5,6 @@ depend on the engine, the worker count or which images share a batch."""
 from __future__ import annotations
 
 import hashlib
-import io
 from typing import Literal
 
 import pyarrow as pa
@@ -69,11 +68,7 @@ class Recaption(MapStage):
             seeds=[sample_seed(uid, config.seed) for uid in uids], batch_size=config.batch_size)
 
     def process(self, table: pa.Table) -> Verdict:
-        from PIL import Image
-
-        def open_rgb(data: bytes):
-            with Image.open(io.BytesIO(data)) as image:
-                return image.convert("RGB")
+        from curate.images import open_rgb
 
         uids, images = table.column("uid").to_pylist(), table.column("image")
         digests = dict(zip(uids, (digest(images[i].as_py()) for i in range(table.num_rows))))

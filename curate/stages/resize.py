@@ -1,4 +1,8 @@
-"""Resize stage: resize and re-encode images with img2dataset's resizer and its resize modes."""
+"""Resize stage: resize and re-encode images with img2dataset's resizer and its resize modes.
+
+The resizer decodes with OpenCV, which ignores the EXIF orientation and clips 16-bit images to
+white in its 8-bit encoders: such an image is handed to it as an upright 8-bit PNG first.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field, model_validator
 
+from curate.images import normalized_png
 from curate.schema import set_column
 from curate.stage import MapStage, StageConfig, Verdict
 
@@ -60,7 +65,7 @@ class Resize(MapStage):
         images, widths, heights, formats = [], [], [], []
         failures: list[tuple[int, str]] = []
         for i, data in enumerate(table.column("image").to_pylist()):
-            encoded, width, height, *_, error = self._resizer(io.BytesIO(data or b""))
+            encoded, width, height, *_, error = self._resizer(io.BytesIO(_resizable(data)))
             if error is not None:
                 failures.append((i, error))
                 encoded, width, height = data, None, None
@@ -75,3 +80,14 @@ class Resize(MapStage):
         for i, error in failures:
             verdict.reject(i, "resize_failed", error[:200])
         return verdict
+
+
+def _resizable(data: bytes | None) -> bytes:
+    """The bytes to hand the resizer: an upright 8-bit PNG of a sideways or 16-bit image, else the
+    image's own bytes (what the resizer cannot decode it reports itself)."""
+    if not data:
+        return b""
+    try:
+        return normalized_png(data) or data
+    except (OSError, SyntaxError, ValueError):  # not an image Pillow reads: the resizer says what is wrong
+        return data

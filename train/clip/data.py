@@ -8,6 +8,7 @@ import io
 import torch
 from PIL import Image
 
+from curate.images import to_rgb
 from train.data import Pair, ShardSource, StreamLoader, StreamSettings
 
 
@@ -24,7 +25,7 @@ class ClipTransform:
                 im.draft("RGB", (2 * self.image_size, 2 * self.image_size))
                 # the CPU generator only: torch.manual_seed would queue a CUDA seeding too (2 ms a call)
                 torch.default_generator.manual_seed(self.seed * 1_000_003 + g)
-                image = self.preprocess(im.convert("RGB"))
+                image = self.preprocess(to_rgb(im))
         except (OSError, ValueError) as exc:
             raise ValueError(f"sample {pair.uid}: unreadable image: {exc}") from exc
         return image, pair.text
