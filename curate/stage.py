@@ -37,9 +37,10 @@ class Verdict:
 
     `reasons[i]` is None when row i is kept; otherwise a short reason code, with
     `values[i]` the offending value as text (the ledger's `value` column). Both are NumPy
-    object arrays of the batch's length (a list given to the constructor is converted). Stages
-    mark rows one at a time (`reject`) or a whole mask at once (`reject_where`, for columnar
-    stages); either way the first reason a row gets is the one it keeps.
+    object arrays of the batch's length (a list given to the constructor is converted), to read;
+    stages mark rows one at a time (`reject`) or a whole mask at once (`reject_where`, for
+    columnar stages), which keep the kept mask in step; either way the first reason a row gets
+    is the one it keeps.
     """
 
     def __init__(self, table: pa.Table, reasons=None, values=None):
@@ -49,14 +50,18 @@ class Verdict:
         self.values = _objects(values, n)
         if len(self.reasons) != n or len(self.values) != n:
             raise ValueError(f"verdict has {len(self.reasons)} reasons and {len(self.values)} values for {n} rows")
+        self._kept = np.ones(n, bool) if reasons is None else np.equal(self.reasons, None).astype(bool)
 
     def kept_mask(self) -> np.ndarray:
-        """True where no check has rejected the row (yet)."""
-        return np.equal(self.reasons, None).astype(bool)
+        """True where no check has rejected the row (yet); read-only (mark rows with `reject`)."""
+        view = self._kept.view()
+        view.flags.writeable = False
+        return view
 
     def reject(self, row: int, reason: str, value: Any = None) -> None:
         """Mark `row` rejected unless an earlier check of the same stage already did."""
-        if self.reasons[row] is None:
+        if self._kept[row]:
+            self._kept[row] = False
             self.reasons[row] = reason
             self.values[row] = None if value is None else str(value)
 
@@ -70,6 +75,7 @@ class Verdict:
         if not len(rows):
             return
         self.reasons[rows] = reason
+        self._kept[rows] = False
         if values is not None:
             self.values[rows] = _as_text(values, rows)
 
@@ -83,7 +89,7 @@ class Verdict:
         ledger = pa.Table.from_arrays(
             [
                 pc.cast(uids, pa.string()),
-                pa.array(np.full(len(rows), stage, dtype=object), pa.string()),
+                pa.nulls(len(rows), pa.string()).fill_null(stage),
                 pa.array(self.reasons[rejected], pa.string()),
                 pa.array(self.values[rejected], pa.string()),
             ],
@@ -91,10 +97,11 @@ class Verdict:
         )
         return self.table.filter(pa.array(~rejected)), ledger
 
-    def reason_counts(self) -> Counter:
-        """How many rows were rejected for each reason."""
-        counts = pc.value_counts(pa.array(self.reasons[~self.kept_mask()], pa.string()))
-        return Counter(dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist())))
+
+def reason_counts(ledger: pa.Table) -> Counter:
+    """How many rows of a ledger table (Verdict.split's) were rejected for each reason."""
+    counts = pc.value_counts(ledger.column("reason"))
+    return Counter(dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist())))
 
 
 def fixed_decimals(values: np.ndarray, decimals: int) -> pa.Array:

@@ -16,7 +16,7 @@ from typing import Any
 import pyarrow as pa
 
 from curate.io.readers import READ_STAGE
-from curate.stage import GlobalStage, Stage, Verdict
+from curate.stage import GlobalStage, Stage, Verdict, reason_counts
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ def run_pass_on_batch(stages: list[Stage], pass_: Pass, verdict: Verdict, state:
         if made < 0 or made and not stage.derives_samples:
             raise RuntimeError(f"stage {key} answered {v.table.num_rows} rows for {rows_in}: every row must be kept "
                                "or rejected (only a stage that derives samples may add rows)")
-        stats[key] = StageStats(name, rows_in, kept.num_rows, v.reason_counts())
+        stats[key] = StageStats(name, rows_in, kept.num_rows, reason_counts(rejected))
         if rejected.num_rows:
             ledger.append(rejected)
         return kept
