@@ -42,3 +42,21 @@ def test_multiline_and_null_captions_do_not_crash(english_only):
     table = pa.table({"uid": ["a" * 32, "b" * 32], "text": ["two lines\nof english text here", None]})
     verdict = english_only.process(table)
     assert verdict.table.column("lang").to_pylist()[0] == "en"
+
+
+def test_lid176_labels_are_the_models_own(english_only):
+    from curate.stages.language import LID176_LABELS
+
+    seen = set()
+    for text in [*CAPTIONS, "你好世界", "Привет, мир", "lingua latina", "ĉu vi parolas esperanton", "x"]:
+        labels, _ = english_only._model.predict(text, k=-1, threshold=0.0)
+        seen |= {label.removeprefix("__label__") for label in labels}
+    assert seen <= LID176_LABELS and len(LID176_LABELS) == 176 and len(seen) >= 170
+
+
+def test_unknown_language_codes_are_refused_with_a_suggestion():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"unknown language code\(s\) 'eng' \(did you mean 'en'\?\)"):
+        LanguageConfig(languages=["eng"])
+    assert LanguageConfig(languages=["eng"], model="/models/my-lid.bin").languages == ["eng"]  # its own labels
