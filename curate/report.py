@@ -432,6 +432,9 @@ def write_report(layout, stats: dict, gallery: int = GALLERY_PER_REASON) -> None
     if parts and "caption_source" in names:
         body += _capfilt(parts)
     body += "".join(_concepts(fit, parts) for fit in stats.get("fits", {}).values() if fit.get("kind") == "concepts")
+    from curate.report_safety import safety_section  # after this module loads: it draws with _figure and _png
+
+    body += safety_section(parts, layout.rejected)
     title = html.escape(str(stats.get("pipeline")))
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>curate run: {title}</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}td,th{{border:1px solid #ccc;padding:3px 8px}}

@@ -158,6 +158,9 @@ def test_datacomp_pool_recipe_runs_dataComps_steps_in_order(tmp_path, pool_table
     assert len(astronaut["face_bboxes"]) == 1 and astronaut["image"] != photo.getvalue()
     assert astronaut["nsfw_score"] <= 0.5
     assert stats["kept"] == len(rows) - 1
+    report = (tmp_path / "out" / "report.html").read_text()
+    faces = sum(len(b) > 0 for b in kept.column("face_bboxes").to_pylist())
+    assert f"{faces:,} kept images have faces" in report and "NSFW scores" in report
 
 
 def test_outputs_default_to_all_and_are_validated(tmp_path):
