@@ -10,6 +10,7 @@ SVG_DIR := /usr/share/openclipart/svg
 JAVA := /usr/bin/java
 WORDNET := /usr/share/wordnet/data.noun
 CHROMIUM := /usr/bin/chromium
+PROTOC := /usr/bin/protoc
 POOL := data/openclipart/summary.json
 METADATA := data/openclipart/metadata.parquet
 CONVERSATIONS := data/openclipart/conversations/train.json
@@ -24,7 +25,8 @@ DUCKDB_VENV := bench/.venv-duckdb
 setup: $(STAMP)
 
 # torch first, from the versions this machine keeps on disk (see DEVELOPERS.md), then the package
-$(STAMP): pyproject.toml
+# (gcld3 builds from its source there: it needs protoc and the protobuf headers)
+$(STAMP): pyproject.toml | $(PROTOC)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
@@ -44,6 +46,12 @@ $(JAVA):
 $(WORDNET):
 	$(SUDO) apt-get update -q
 	$(SUDO) apt-get install -y -q wordnet-base
+
+# protobuf's compiler and headers: gcld3 (the language stage's CLD3 backend, DataComp's LAION-2B rule) builds
+# from its PyPI source with them
+$(PROTOC):
+	$(SUDO) apt-get update -q
+	$(SUDO) apt-get install -y -q protobuf-compiler libprotobuf-dev
 
 # Chromium: the report test renders report.html in it, headless (driven by playwright, a dev extra)
 $(CHROMIUM):

@@ -345,3 +345,77 @@ train.add_command(export_llava_command)
 
 if __name__ == "__main__":
     sys.exit(main())
+@sample.command("datacomp")
+@click.option("--pool", "pool", multiple=True, default=["data/openclipart/pool"], show_default=True,
+              help="Input(s) to copy (any `curate run` input with images).")
+@click.option("--out", default="data/datacomp", show_default=True, type=click.Path(file_okay=False))
+@click.option("--checkpoint", type=click.Path(dir_okay=False, exists=True),
+              help="A CLIP checkpoint for the vectors (default: random vectors with spread image-text cosines).")
+@click.option("--model", help="open_clip architecture of a plain open_clip weights file (with --checkpoint).")
+@click.option("--eval", "eval_data", multiple=True, default=["data/openclipart/eval"], show_default=True,
+              help="Input(s) whose image vectors become targets/l14_img.npy (the image-based filter's targets).")
+@click.option("--rows-per-file", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Samples per metadata file (and per shard).")
+@click.option("--image-size", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Longest side of a shard's image (larger ones are shrunk, as img2dataset's keep_ratio_largest).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random vectors.")
+@_user_errors
+def sample_datacomp(pool, out, checkpoint, model, eval_data, rows_per_file, image_size, seed):
+    """Write a pool in DataComp's release format: metadata Parquet + .npz embeddings, img2dataset shards, targets."""
+    from curate.sample.datacomp import build_datacomp
+
+    summary = build_datacomp(list(pool), Path(out), checkpoint, model, list(eval_data), rows_per_file, image_size, seed)
+    click.echo(f"{summary['samples']} samples in {summary['files']} file(s): metadata in {summary['metadata']}, "
+               f"shards in {summary['shards']}" + (f", targets in {summary['targets']}" if "targets" in summary else ""))
+
+
+@main.group()
+def embeddings():
+    """Embedding stores: vectors the embedding stages read."""
+
+
+@embeddings.command("import")
+@click.argument("metadata", type=click.Path(file_okay=False, exists=True))
+@click.option("--store", required=True, type=click.Path(file_okay=False),
+              help="Embedding store folder to fill (one per pair of arrays: l14 and b32 go to different stores).")
+@click.option("--image-key", default="l14_img", show_default=True, help="The .npz array of image vectors.")
+@click.option("--text-key", help="The .npz array of text vectors [default: the image key's _txt twin].")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Files imported at once.")
+@_user_errors
+def embeddings_import(metadata, store, image_key, text_key, workers):
+    """Import DataComp .npz vectors (beside each metadata Parquet, in its row order) into an embedding store keyed by uid."""
+    from curate.io.datacomp import import_embeddings
+
+    try:
+        summary = import_embeddings(metadata, store, image_key, text_key, workers)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    click.echo(f"{summary['rows']:,} vectors ({summary['dim']} wide) from {summary['files']} file(s) -> {store} "
+               f"({summary['model']}); read it with checkpoint: null, store: {store}")
+
+
+@main.command("reshard")
+@click.option("--uids", "uids_path", required=True, type=click.Path(dir_okay=False, exists=True),
+              help="Sorted uid file (DataComp's u8,u8 .npy, e.g. a run's uids.npy).")
+@click.option("--input", "input_paths", multiple=True, required=True, help="WebDataset shards (folders, files, globs).")
+@click.option("--output", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--samples-per-shard", type=click.IntRange(min=1), default=10_000, show_default=True)
+@click.option("--blur-faces", is_flag=True, help="Blur each sample's json face_bboxes (img2dataset's blurrer, as DataComp).")
+@click.option("--webp-quality", type=click.IntRange(1, 100),
+              help="Re-encode blurred images as lossy WebP at this quality (DataComp: 100) [default: lossless].")
+@click.option("--overwrite", is_flag=True, help="Replace a reshard's output in a folder that is not empty.")
+@_user_errors
+def reshard_command(uids_path, input_paths, output, samples_per_shard, blur_faces, webp_quality, overwrite):
+    """DataComp's resharder: the samples of SHARDS whose uid is listed, as new shards with sizes.json."""
+    from curate.io.reshard import reshard
+
+    try:
+        summary = reshard(uids_path, list(input_paths), output, samples_per_shard, blur_faces, webp_quality, overwrite)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    skipped = ", ".join(f"{k} {v}" for k, v in summary["skipped"].items())
+    click.echo(f"{summary['written']:,} of {summary['listed']:,} listed samples written ({summary['read']:,} read) in "
+               f"{summary['shards']} shard(s) -> {output}; {summary['not_found']:,} listed not found"
+               + (f"; {summary['blurred']:,} blurred" if blur_faces else "") + (f"; skipped: {skipped}" if skipped else ""))
+
+

@@ -36,7 +36,7 @@ from pydantic import Field
 from curate.images import open_rgb
 from curate.io.readers import plan_inputs, read_task
 from curate.io.writers import atomic, write_json_atomic
-from curate.neighbours import KMeansConfig, nearest_centroid, spherical_kmeans
+from curate.neighbours import KMeansConfig, kmeans, nearest_centroid
 from curate.schema import uid_pairs
 from curate.stage import ROW_COLUMN, Dataset, FitContext, GlobalStage, StageConfig, Verdict, map_rows
 
@@ -48,6 +48,7 @@ _SHARD_SCHEMA = pa.schema([("uid", pa.string()), ("image_digest", pa.int64()), (
 
 
 Key = tuple[str, int, int]  # uid, image digest, text digest: what a store entry is looked up by
+KEYED_BY_SAMPLE, KEYED_BY_UID = "sample", "uid"  # a store's entries: per (uid, image, caption), or per uid (imported)
 
 
 def digest(data: bytes | str | None) -> int:
@@ -90,14 +91,39 @@ class Embedded:
 
 
 class EmbeddingStore:
-    """A folder of float16 CLIP embeddings keyed by uid (see the module docstring)."""
+    """A folder of float16 CLIP embeddings keyed by uid (see the module docstring).
 
-    def __init__(self, root: str | Path, fingerprint: str):
+    A store filled by a scorer is keyed by uid and the digests of the image and the caption
+    (`keyed_by` "sample"); one imported from precomputed vectors (`curate embeddings import`:
+    DataComp's .npz files) is keyed by uid alone ("uid"), since its vectors describe the source's
+    own images whatever bytes a run holds (none, in a metadata run)."""
+
+    def __init__(self, root: str | Path, fingerprint: str, keyed_by: str = KEYED_BY_SAMPLE, index: bool = True):
         self.root = Path(root)
         self.fingerprint = fingerprint
+        self.keyed_by = keyed_by
+        self.indexing = index  # False: a writer that never reads (an importer), so its memory stays one shard's
         self.dim: int | None = None
         self._forget()
         self.refresh()
+
+    @classmethod
+    def existing(cls, root: str | Path) -> "EmbeddingStore":
+        """A store read as it is, whatever filled it (no scorer to check it against or to embed
+        what it lacks): an imported one, or a scorer's read back without that scorer."""
+        meta_path = Path(root) / "meta.json"
+        if not meta_path.exists():
+            raise FileNotFoundError(f"embedding store {root} has no meta.json: fill it first (`curate embeddings "
+                                    "import` of precomputed vectors, or an `embed` stage with a checkpoint)")
+        meta = json.loads(meta_path.read_text())
+        return cls(root, meta.get("model"), meta.get("keyed_by", KEYED_BY_SAMPLE))
+
+    def keys(self, table: pa.Table) -> list[Key]:
+        """The store keys of a batch's rows: (uid, image digest, caption digest), or (uid, 0, 0)
+        in a store keyed by uid."""
+        if self.keyed_by == KEYED_BY_UID:
+            return [(uid, 0, 0) for uid in table["uid"].to_pylist()]
+        return sample_keys(table)
 
     def _forget(self) -> None:
         self._loaded: set[str] = set()  # stems of the live shards indexed
@@ -118,6 +144,9 @@ class EmbeddingStore:
         if meta.get("version") != STORE_VERSION or meta.get("model") != self.fingerprint:
             raise ValueError(f"embedding store {self.root} holds embeddings of another model "
                              f"({meta.get('model')}); this stage's scorer is {self.fingerprint}: use another store folder")
+        if meta.get("keyed_by", KEYED_BY_SAMPLE) != self.keyed_by:
+            raise ValueError(f"embedding store {self.root} is keyed by {meta.get('keyed_by', KEYED_BY_SAMPLE)}, "
+                             f"expected {self.keyed_by}")
         self.dim = meta["dim"]
 
     def refresh(self) -> None:
@@ -126,6 +155,8 @@ class EmbeddingStore:
             return
         if self.dim is None:
             self._check_meta()
+        if not self.indexing:
+            return
         for path in sorted(self.root.glob("*.parquet")):
             if path.stem not in self._loaded:
                 self._index(path)
@@ -203,8 +234,8 @@ class EmbeddingStore:
         if self.dim is None:
             self.root.mkdir(parents=True, exist_ok=True)
             if not self.meta_path.exists():
-                write_json_atomic({"version": STORE_VERSION, "model": self.fingerprint, "dim": int(image.shape[1])},
-                                  self.meta_path)
+                write_json_atomic({"version": STORE_VERSION, "model": self.fingerprint, "dim": int(image.shape[1]),
+                                   "keyed_by": self.keyed_by}, self.meta_path)
             self._check_meta()
         vectors = np.ascontiguousarray(np.concatenate([image, text], axis=1).astype(np.float16))
 
@@ -228,7 +259,7 @@ class EmbeddingStore:
                                      schema=_SHARD_SCHEMA)
         with atomic(path) as tmp:
             pq.write_table(table, tmp)
-        if path.stem not in self._loaded:
+        if self.indexing and path.stem not in self._loaded:
             self._index(path)
         return path.with_suffix(".npy")
 
@@ -336,15 +367,27 @@ class ClipEmbedder:
 
 
 class EmbeddingConfig(StageConfig):
-    """Where a stage's embeddings come from: the scorer, and the store that keeps them."""
+    """Where a stage's embeddings come from: the scorer, and the store that keeps them; without a
+    scorer, the store alone (vectors imported by `curate embeddings import`, e.g. DataComp's)."""
 
-    checkpoint: str = Field(..., description="a CLIP checkpoint from `curate train clip`, or an open_clip weights file")
+    checkpoint: str | None = Field(None, description="a CLIP checkpoint from `curate train clip`, or an open_clip "
+                                                     "weights file; null: read the store only (imported vectors)")
     model: str | None = Field(None, description="open_clip architecture of a plain open_clip weights file")
     store: str | None = Field(None, description="embedding store folder: embeddings computed once, reused by later stages")
     batch_size: int = Field(64, gt=0, description="images per model call")
 
+    def embedding_reads(self) -> list[tuple[str, ...]]:
+        """What the embeddings need: a scorer reads the image and caption; a store read without
+        one, the uid alone (so a metadata run, with no image bytes, works from imported vectors)."""
+        return [("uid", "image", "text")] if self.checkpoint else [("uid",)]
+
+    def check_source(self) -> None:
+        """Raise unless the config names a scorer or a store to read."""
+        if self.checkpoint is None and self.store is None:
+            raise ValueError("set checkpoint (a scorer), store (vectors imported by `curate embeddings import`), or both")
+
     def written_paths(self) -> list[str]:
-        return [self.store] if self.store else []
+        return [self.store] if self.store and self.checkpoint else []
 
 
 class StoredEmbeddingConfig(EmbeddingConfig):
@@ -353,16 +396,28 @@ class StoredEmbeddingConfig(EmbeddingConfig):
     store: str = Field(..., description="embedding store folder, shared by embed, clip_score and the stages that "
                                         "read vectors from it")
 
+    def reads_one_of(self) -> list[tuple[str, ...]]:
+        """uid, image and caption with a scorer; uid alone from a store without one."""
+        return self.embedding_reads()
+
 
 class Embeddings:
-    """A stage's access to embeddings: stored ones are read, missing ones computed and stored."""
+    """A stage's access to embeddings: stored ones are read, missing ones computed and stored
+    (without a scorer, missing ones are failures)."""
 
     def __init__(self, config: EmbeddingConfig):
+        config.check_source()
+        if config.checkpoint is None:
+            self.embedder = None
+            self.store = EmbeddingStore.existing(config.store)
+            return
         self.embedder = ClipEmbedder.shared(config.checkpoint, config.model, config.batch_size)
         self.store = EmbeddingStore(config.store, self.embedder.fingerprint) if config.store else None
 
     def for_table(self, table: pa.Table) -> Embedded:
         """Embeddings of a batch's rows; only those not in the store reach the model."""
+        if self.embedder is None:
+            return self._stored_only(table)
         keys = sample_keys(table)
         found = self.store.find(keys) if self.store is not None else np.zeros(len(keys), bool)
         todo = np.flatnonzero(~found)
@@ -374,6 +429,17 @@ class Embeddings:
             return Embedded(todo[fresh.rows], *as_stored, fresh.score, failures)
         self.store.put([keys[i] for i in todo[fresh.rows]], fresh.image, fresh.text, fresh.score)
         rows = np.array([i for i in range(len(keys)) if i not in failures], np.int64)
+        return Embedded(rows, *self.store.get([keys[i] for i in rows]), failures)
+
+    def _stored_only(self, table: pa.Table) -> Embedded:
+        """The stored rows of a batch; a row the store lacks is a failure (there is no scorer)."""
+        keys = self.store.keys(table)
+        found = self.store.find(keys)
+        rows = np.flatnonzero(found)
+        failures = {int(i): f"not in embedding store {self.store.root} (no checkpoint to embed it)"
+                    for i in np.flatnonzero(~found)}
+        if not len(rows):
+            return Embedded.none(rows, failures)
         return Embedded(rows, *self.store.get([keys[i] for i in rows]), failures)
 
 
@@ -522,7 +588,8 @@ class StoredEmbeddingsStage(GlobalStage):
             scores = pc.fill_null(pc.cast(table.column("clip_score"), pa.float32()), math.nan)
         else:
             scores = pa.array(np.full(table.num_rows, math.nan, np.float32))
-        vectors = self.embeddings.store.images(sample_keys(table)) if table.num_rows else np.zeros((0, 0), np.float32)
+        store = self.embeddings.store
+        vectors = store.images(store.keys(table)) if table.num_rows else np.zeros((0, 0), np.float32)
         return pa.table({"uid": table.column("uid"), "clip_score": scores, VECTOR_COLUMN: vector_column(vectors),
                          ROW_COLUMN: table.column(ROW_COLUMN)})
 
@@ -537,14 +604,15 @@ class StoredEmbeddingsStage(GlobalStage):
             if cutoff is None or (found is not None and found.num_rows >= size):
                 return found.sort_by("uid")
 
-    def fit_centroids(self, data: Dataset, context: FitContext, clusters: int) -> tuple[np.ndarray, int]:
-        """Unit-norm centroids of spherical k-means (seeded, one thread) with `clusters` clusters
-        (fewer if the sample is smaller), fitted on the driver on the `sample` of
-        `config.sample_rows(clusters)` rows; and the sample's size."""
+    def fit_centroids(self, data: Dataset, context: FitContext, clusters: int,
+                      spherical: bool = True) -> tuple[np.ndarray, int]:
+        """Centroids of k-means (seeded, one thread; spherical: unit-norm centroids, else L2) with
+        `clusters` clusters (fewer if the sample is smaller), fitted on the driver on the `sample`
+        of `config.sample_rows(clusters)` rows; and the sample's size."""
         config: KMeansConfig = self.config
         sample = self.sample(data, context, config.sample_rows(clusters))
         vectors = column_vectors(sample.column(VECTOR_COLUMN))
-        centroids, _ = spherical_kmeans(vectors, clusters, config.seed, config.niter)
+        centroids, _ = kmeans(vectors, clusters, config.seed, config.niter, spherical)
         return centroids, sample.num_rows
 
     def fit_stats(self, state: dict) -> dict:

@@ -118,7 +118,14 @@ def components(n: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
 
 
 def spherical_kmeans(vectors: np.ndarray, k: int, seed: int, niter: int) -> tuple[np.ndarray, np.ndarray]:
-    """Spherical k-means (FAISS, seeded): unit-norm centroids and each row's nearest one.
+    """Spherical k-means (FAISS, seeded): unit-norm centroids and each row's nearest one (see `kmeans`)."""
+    return kmeans(vectors, k, seed, niter, spherical=True)
+
+
+def kmeans(vectors: np.ndarray, k: int, seed: int, niter: int, spherical: bool) -> tuple[np.ndarray, np.ndarray]:
+    """k-means (FAISS, seeded, every row used: no subsampling): centroids and each row's nearest
+    one. Spherical (centroids renormalised, inner product) or plain L2, as DataComp's
+    image_based_clustering.py fits its centroids (faiss.Clustering over an IndexFlatL2).
 
     On the CPU it runs on one thread: FAISS's threaded k-means depends on the thread count
     (BLAS tiles round differently and k-means amplifies it: 509 of 3,000 pool embeddings
@@ -129,13 +136,13 @@ def spherical_kmeans(vectors: np.ndarray, k: int, seed: int, niter: int) -> tupl
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
     try:
-        kmeans = faiss.Kmeans(vectors.shape[1], k, niter=niter, seed=seed, spherical=True, gpu=_gpu(),
-                              max_points_per_centroid=max(256, math.ceil(len(vectors) / k)))
-        kmeans.train(vectors)
-        _, assignment = kmeans.index.search(vectors, 1)
+        model = faiss.Kmeans(vectors.shape[1], k, niter=niter, seed=seed, spherical=spherical, gpu=_gpu(),
+                             max_points_per_centroid=max(256, math.ceil(len(vectors) / k)))
+        model.train(vectors)
+        _, assignment = model.index.search(vectors, 1)
     finally:
         faiss.omp_set_num_threads(threads)
-    return kmeans.centroids, assignment[:, 0].astype(np.int64)
+    return model.centroids, assignment[:, 0].astype(np.int64)
 
 
 def nearest_centroid(vectors: np.ndarray, centroids: np.ndarray) -> np.ndarray:

@@ -24,11 +24,12 @@ from curate.stages.pii import Pii
 from curate.stages.recaption import Recaption
 from curate.stages.resize import Resize
 from curate.stages.semdedup import SemDedup
+from curate.stages.synset_filter import SynsetFilter
 from curate.stages.text_filter import TextFilter
 
 REGISTRY: dict[str, type[Stage]] = {
     cls.name: cls
-    for cls in (Download, Decode, ImageSize, FileSize, Caption, Language, TextFilter, Resize, ExactDedup, NearDedup, Decontaminate, ClipScore,
+    for cls in (Download, Decode, ImageSize, FileSize, Caption, Language, SynsetFilter, TextFilter, Resize, ExactDedup, NearDedup, Decontaminate, ClipScore,
                 ConceptMatch, ConceptBalance,
                 Embed, EmbedDedup, SemDedup, ImageBasedFilter, DecontaminateEmbedding,
                 Recaption, CaptionFilter, Nsfw, FaceBlur, Pii)

@@ -32,6 +32,8 @@ class CaptionFilterConfig(EmbeddingConfig):
     def _a_rule(self):
         if self.threshold is None and self.top_n is None:
             raise ValueError("set threshold, top_n or both")
+        if self.checkpoint is None:
+            raise ValueError("set checkpoint: caption_filter embeds the synthetic captions with the scorer")
         return self
 
 

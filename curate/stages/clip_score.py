@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -37,6 +38,9 @@ class ClipScoreConfig(EmbeddingConfig):
     thresholds: dict[str, float] | None = Field(
         None, description="per language (needs `language` first), with a `default`; LAION: {en: 0.28, default: 0.26}")
     top_fraction: float | None = Field(None, gt=0, le=1, description="keep this top share of the pool (DataComp: 0.3)")
+    fraction_rule: Literal["ceil", "datacomp"] = Field(
+        "ceil", description="ceil: the threshold is the ceil(f n)-th best score; datacomp: DataComp's "
+                            "-np.sort(-scores)[int(n f)], the (int(n f) + 1)-th best; both keep scores >= it (ties too)")
 
     @model_validator(mode="after")
     def _one_rule(self):
@@ -134,18 +138,27 @@ class ClipScore(GlobalStage):
         return verdict
 
     def fit(self, data: Dataset, context: FitContext) -> Fitted:
-        """The threshold(s) to apply: given, or the exact score of the k-th best sample,
-        k = ceil(top_fraction * n); ties at that score are all kept."""
+        """The threshold(s) to apply: given, or the exact score of the k-th best sample (`kth`:
+        ceil(top_fraction * n), or DataComp's int(n * top_fraction) + 1); ties at it are all kept."""
         if self.config.top_fraction is None:
             if self.config.thresholds is not None:
                 return Fitted({"thresholds": self.config.thresholds})
             return Fitted({"threshold": self.config.threshold})
         if not data.rows:
             return Fitted({"threshold": math.inf, "scored": 0})
-        k = math.ceil(self.config.top_fraction * data.rows)
+        k = self.kth(data.rows)
         high, above = kth_largest_bin(context.aggregate(data, high_histogram, sum_histograms), k)
         low, _ = kth_largest_bin(context.aggregate(data, partial(low_histogram, high), sum_histograms), k - above)
         return Fitted({"threshold": key_score((high << 16) | low), "scored": data.rows, "kept_at_least": k})
+
+    def kth(self, n: int) -> int:
+        """Which best score (1-based) of `n` is the top fraction's threshold. DataComp's rule
+        (baselines/apply_filter.py, `get_threshold`, lines 391-392: `n = int(len(df) * fraction);
+        threshold = -np.sort(-df[key].values)[n]`) is the (int(n f) + 1)-th, here at most the n-th
+        (at fraction 1 DataComp's index is out of range)."""
+        if self.config.fraction_rule == "datacomp":
+            return min(int(n * self.config.top_fraction) + 1, n)
+        return math.ceil(self.config.top_fraction * n)
 
     def fit_stats(self, state: dict) -> dict:
         """The threshold a top fraction found."""

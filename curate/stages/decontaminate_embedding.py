@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pyarrow as pa
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from curate.embeddings import EmbeddingConfig, Embeddings, embed_paths
 from curate.neighbours import SearchConfig, build_index, search
@@ -13,8 +13,18 @@ from curate.stage import MapStage, Verdict
 class DecontaminateEmbeddingConfig(EmbeddingConfig, SearchConfig):
     """Parameters of the decontaminate_embedding stage."""
 
-    eval_data: list[str] = Field(..., min_length=1, description="evaluation sets (Parquet/WebDataset/folders) to keep out")
+    eval_data: list[str] = Field(..., min_length=1, description="evaluation sets (Parquet/WebDataset/folders) to keep "
+                                                               "out (without a checkpoint: their vectors in the store)")
     threshold: float = Field(0.9, ge=-1, le=1, description="image cosine to an eval image at or above which a sample goes")
+
+    @model_validator(mode="after")
+    def _a_source(self):
+        self.check_source()
+        return self
+
+    def reads_one_of(self) -> list[tuple[str, ...]]:
+        """uid, image and caption with a scorer; uid alone from a store without one."""
+        return self.embedding_reads()
 
 
 class DecontaminateEmbedding(MapStage):

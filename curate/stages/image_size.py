@@ -1,5 +1,10 @@
-"""Image size stage: shorter side, longer side and aspect ratio bounds, from the decoded size or,
-in a metadata run (no image bytes), from DataComp's `original_width`/`original_height`."""
+"""Image size stage: shorter side, longer side and aspect ratio bounds, from DataComp's
+`original_width`/`original_height` where a sample has them (its metadata; the json of
+img2dataset's shards), else from the decoded size.
+
+DataComp's rule (mlfoundations/datacomp, baselines/apply_filter.py, lines 229-232) reads the
+original sizes: shards are downloaded resized to 512 px, and a decoded 512-px image would fail
+rules that its original passes (a 2000 x 600 image is 512 x 153 there)."""
 
 from __future__ import annotations
 
@@ -10,8 +15,9 @@ from pydantic import Field
 
 from curate.stage import MapStage, StageConfig, Verdict, fixed_decimals
 
-# where the size comes from, preferred first: decode/resize (or the input), then DataComp's metadata
+# the columns a size can come from: decode/resize (or the input), DataComp's metadata (preferred per row)
 SIZE_COLUMNS = (("width", "height"), ("original_width", "original_height"))
+ORIGINAL_FIRST = SIZE_COLUMNS[::-1]
 
 
 class ImageSizeConfig(StageConfig):
@@ -28,7 +34,7 @@ class ImageSizeConfig(StageConfig):
 
 
 class ImageSize(MapStage):
-    """Reject images whose shorter side, longer side or aspect ratio is out of bounds (decoded size, else original_width/height)."""
+    """Reject images whose shorter side, longer side or aspect ratio is out of bounds (original_width/height, else the decoded size)."""
 
     name = "image_size"
     Config = ImageSizeConfig
@@ -37,24 +43,29 @@ class ImageSize(MapStage):
 
     def process(self, table: pa.Table) -> Verdict:
         cfg = self.config
-        names = next((pair for pair in SIZE_COLUMNS if set(pair) <= set(table.column_names)), None)
-        if names is None:
+        pairs = [pair for pair in ORIGINAL_FIRST if set(pair) <= set(table.column_names)]
+        if not pairs:
             raise ValueError(f"image_size needs width/height (run 'decode' before 'image_size') or "
                              f"original_width/original_height (DataComp's metadata); the batch has {table.column_names}")
         n = table.num_rows
-        unknown = pc.or_(pc.is_null(table.column(names[0])), pc.is_null(table.column(names[1])))
-        w, h = (table.column(name).cast(pa.int64()).fill_null(0).to_numpy() for name in names)
+        w, h, known = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, bool)
+        for pair in pairs:  # row by row, the first pair with both sides: the original size, else the decoded one
+            sides = [table.column(name).cast(pa.int64()) for name in pair]
+            fill = pc.and_(pc.is_valid(sides[0]), pc.is_valid(sides[1])).to_numpy(zero_copy_only=False) & ~known
+            w[fill], h[fill] = (side.fill_null(0).to_numpy()[fill] for side in sides)
+            known |= fill
+        unknown = ~known
         short, long = np.minimum(w, h), np.maximum(w, h)
         never = np.zeros(n, bool)
         checks = [  # in the order of REASONS: the first that holds is the row's reason
-            unknown.to_numpy(zero_copy_only=False),
+            unknown,
             short < cfg.min_side,
             long > cfg.max_side if cfg.max_side is not None else never,
             long > cfg.max_aspect_ratio * short if cfg.max_aspect_ratio is not None else never,
         ]
         code = np.select(checks, np.arange(1, len(checks) + 1), 0)
         values = np.full(n, None, object)
-        values[code == 1] = f"no {names[0]}/{names[1]}"
+        values[code == 1] = "no " + " or ".join("/".join(pair) for pair in pairs)
         sized = np.flatnonzero((code == 2) | (code == 3))
         values[sized] = _joined([w[sized], h[sized]], "x")
         wide = np.flatnonzero(code == 4)

@@ -1,9 +1,17 @@
-"""Language stage: fastText lid.176 language id of the caption."""
+"""Language stage: fastText lid.176 language id of the caption (or gcld3's, as DataComp's LAION-2B
+baseline uses).
+
+By default the model's line is the caption's words joined by single spaces; `line: newlines`
+gives it DataComp's `text.replace("\n", " ")` instead (mlfoundations/datacomp,
+baselines/apply_filter.py, `get_fasttext_language` and `get_gcld3_language`, lines 24-54: the
+basic and text-based filters keep `== "en"` with no score threshold; the LAION-2B reproduction
+asks `gcld3.NNetLanguageIdentifier(min_num_bytes=0, max_num_bytes=1000)`, lines 318-324).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -57,6 +65,11 @@ class LanguageConfig(StageConfig):
     languages: list[str] | None = Field(["en"], description="ISO codes to keep; null keeps all (only tags)")
     min_score: float = Field(0.0, ge=0.0, le=1.0, description="fastText probability of the top language at least this")
     model: str | None = Field(None, description="path to a fastText language-id model (default: lid.176.ftz)")
+    backend: Literal["fasttext", "gcld3"] = Field(
+        "fasttext", description="fastText (lid.176, or `model`), or Google's CLD3 (gcld3, DataComp's LAION-2B rule)")
+    line: Literal["words", "newlines"] = Field(
+        "words", description="the model's line: the caption's words joined by single spaces, or the caption with "
+                             "each newline made a space (DataComp's text.replace('\\n', ' '))")
 
     @model_validator(mode="after")
     def _known(self):
@@ -77,9 +90,22 @@ class Language(MapStage):
     uses_model = True
 
     def setup(self) -> None:
+        if self.config.backend == "gcld3":
+            import gcld3
+
+            self._cld3 = gcld3.NNetLanguageIdentifier(min_num_bytes=0, max_num_bytes=1000)
+            return
         import fasttext
 
         self._model = fasttext.load_model(str(self.config.model or default_model_path()))
+
+    def _predict(self, line: str) -> tuple[str, float]:
+        """The top language of one line and its probability."""
+        if self.config.backend == "gcld3":
+            result = self._cld3.FindLanguage(text=line)
+            return result.language, result.probability
+        label, prob = self._model.predict(line, k=1)
+        return label[0].removeprefix("__label__"), prob[0]
 
     def process(self, table: pa.Table) -> Verdict:
         captions = pc.dictionary_encode(table.column("text").fill_null("").combine_chunks())
@@ -88,9 +114,10 @@ class Language(MapStage):
         # call gives no probabilities. Its line is the caption's words joined by single spaces
         # (str.split here: cheaper than Arrow's split on the strings the call needs anyway).
         for caption in captions.dictionary.to_pylist():
-            label, prob = self._model.predict(" ".join(caption.split()), k=1)
-            labels.append(label[0].removeprefix("__label__"))
-            probs.append(prob[0])
+            label, prob = self._predict(" ".join(caption.split()) if self.config.line == "words"
+                                        else caption.replace("\n", " "))
+            labels.append(label)
+            probs.append(prob)
         codes = captions.indices.to_numpy(zero_copy_only=False)
         langs = np.array(labels, dtype=object)[codes]
         scores = np.minimum(np.array(probs, np.float64), 1.0)[codes]

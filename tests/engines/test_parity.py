@@ -26,6 +26,11 @@ PIPELINES = {
         {"stage": "exact_dedup", "key": "url_text"}, {"stage": "exact_dedup", "key": "image_text"},
     ],
     "download": [{"stage": "download", "timeout": 1.0}, {"stage": "decode"}, {"stage": "caption", "min_words": 1}],
+    "datacomp_rules": [  # DataComp's own counting, gcld3, the text-based synsets and the fraction rule
+        {"stage": "decode"}, {"stage": "caption", "min_words": 2, "min_chars": 6, "chars": "raw", "words": "fasttext"},
+        {"stage": "language", "backend": "gcld3", "line": "newlines", "languages": ["en", "de"]},
+        {"stage": "synset_filter"},
+        {"stage": "clip_score", "checkpoint": "CHECKPOINT", "top_fraction": 0.5, "fraction_rule": "datacomp"}],
     "decontaminate": [{"stage": "decode"}, {"stage": "decontaminate", "eval_data": ["EVAL_SPLIT"], "radius": 4}],
     "clip_score": [{"stage": "decode"}, {"stage": "language", "languages": None},
                    {"stage": "clip_score", "checkpoint": "CHECKPOINT", "top_fraction": 0.5},

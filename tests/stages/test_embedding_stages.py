@@ -206,8 +206,8 @@ def test_kmeans_fits_on_a_bounded_sample(planted, embedding_checkpoint, tmp_path
     """With fit_sample below the pool's size k-means sees exactly the rows with the smallest uid
     hashes (whatever the tasks), and every row, sampled or not, gets a cluster and a decision."""
     fitted = []
-    original = embeddings_module.spherical_kmeans
-    monkeypatch.setattr(embeddings_module, "spherical_kmeans",
+    original = embeddings_module.kmeans
+    monkeypatch.setattr(embeddings_module, "kmeans",
                         lambda vectors, *args: fitted.append((vectors, *original(vectors, *args))) or fitted[-1][1:])
     config = SemDedupConfig(checkpoint=str(embedding_checkpoint), store=str(tmp_path / "s"), clusters=4,
                             epsilon=0.01, fit_sample=30)

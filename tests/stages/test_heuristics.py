@@ -34,7 +34,8 @@ def test_image_size_bounds():
 
 def test_image_size_from_datacomp_original_sizes():
     """No decode ran (a metadata run): DataComp's original_width/original_height decide; a row
-    without a size is rejected, not guessed; decoded sizes win where both are present."""
+    without a size is rejected, not guessed. Where both are present the original size wins, as in
+    DataComp (a shard's image is stored resized); the decoded one counts where it has none."""
     table = pa.table({"uid": _uids(4), "original_width": pa.array([300, None, 150, 1000], pa.int64()),
                       "original_height": pa.array([300, 400, 300, 200], pa.int64())})
     stage = ImageSize(ImageSizeConfig(min_side=200, max_aspect_ratio=3))
@@ -43,7 +44,11 @@ def test_image_size_from_datacomp_original_sizes():
     assert verdict.values[1] == "no original_width/original_height"
     decoded = table.append_column("width", pa.array([300] * 4, pa.int32())).append_column(
         "height", pa.array([300] * 4, pa.int32()))
-    assert stage.process(decoded).reasons.tolist() == [None] * 4
+    assert stage.process(decoded).reasons.tolist() == [None, None, "image_too_small", "aspect_ratio"]
+    no_original = decoded.set_column(0, "uid", pa.array(_uids(4))).drop_columns(["original_width", "original_height"])
+    assert stage.process(no_original).reasons.tolist() == [None] * 4
+    unsized = decoded.set_column(decoded.column_names.index("width"), "width", pa.nulls(4, pa.int32()))
+    assert stage.process(unsized).values[1] == "no original_width/original_height or width/height"
 
 
 def test_image_size_needs_a_size():
