@@ -17,7 +17,7 @@ from typing import Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from curate.schema import set_column
 from curate.stage import MapStage, StageConfig, Verdict
@@ -55,6 +55,16 @@ class PiiConfig(StageConfig):
                                      description="regions (ISO 3166 codes) whose national phone formats are read; "
                                                  "numbers written with +country code are found whatever these are")
 
+    @field_validator("phone_regions")
+    @classmethod
+    def _known_regions(cls, regions: list[str]) -> list[str]:
+        import phonenumbers
+
+        unknown = sorted(set(regions) - phonenumbers.SUPPORTED_REGIONS)
+        if unknown:
+            raise ValueError(f"{unknown} are not regions libphonenumber knows (ISO 3166 codes such as US, DE, GB)")
+        return regions
+
 
 class Pii(MapStage):
     """Find PII in captions (emails, phones via libphonenumber, addresses, cards, SSNs, IBANs, IPs); write pii_types; reject, redact or record."""
@@ -68,9 +78,6 @@ class Pii(MapStage):
     def setup(self) -> None:
         import phonenumbers
 
-        unknown = sorted(set(self.config.phone_regions) - phonenumbers.SUPPORTED_REGIONS)
-        if unknown:
-            raise ValueError(f"pii: phone_regions {unknown} are not regions libphonenumber knows")
         self._phonenumbers = phonenumbers
 
     def process(self, table: pa.Table) -> Verdict:
