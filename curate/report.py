@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import warnings
 from collections import Counter
 
 import matplotlib
@@ -218,8 +219,10 @@ def _with_sizes(table: pa.Table, images: pa.ChunkedArray) -> pa.Table:
     sizes = []
     for data in images.to_pylist():
         try:
-            with Image.open(io.BytesIO(data)) as image:
-                sizes.append(image.size)
+            with warnings.catch_warnings():  # a header is read, never the pixels: a bomb's size is harmless
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(data)) as image:
+                    sizes.append(image.size)
         except Exception:  # noqa: BLE001 - a missing or broken image has no size to plot
             sizes.append((0, 0))
     width, height = (np.array([s[i] for s in sizes], np.int32) for i in (0, 1))
@@ -246,7 +249,10 @@ def thumbnail(data: bytes | None) -> str | None:
     if not data:
         return None
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with warnings.catch_warnings():  # a larger image than the cap is refused below, unread
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+        with image:
             if image.width * image.height > MAX_THUMBNAIL_PIXELS:
                 return None
             image.draft("RGB", (THUMBNAIL * 2, THUMBNAIL * 2))

@@ -22,8 +22,8 @@ def test_stages_lists_every_stage_with_parameters():
     assert "min_words: int = 0" in result.output and "rejects: missing_image" in result.output
 
 
-def test_validate_good_and_bad(tmp_path):
-    ok = CliRunner().invoke(main, ["validate", str(RECIPES / "datacomp_basic.yaml")])
+def test_validate_good_and_bad(tmp_path, pool_root):
+    ok = CliRunner().invoke(main, ["validate", str(RECIPES / "datacomp_basic.yaml"), "--input", str(pool_root / "pool")])
     assert ok.exit_code == 0 and "decode -> caption -> language -> image_size" in ok.output
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nstages:\n  - stage: decode\n  - stage: caption\n    min_chars: lots\n")
