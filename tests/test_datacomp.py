@@ -15,7 +15,7 @@ import pytest
 from curate.engines import LocalEngine
 from curate.io.datacomp import import_embeddings
 from curate.neighbours import kmeans
-from curate.pipeline import load_pipeline
+from curate.pipeline import load_pipeline, parse_pipeline
 from curate.runner import run_pipeline
 from curate.sample.datacomp import build_datacomp
 from curate.schema import UID_DTYPE, uid_array
@@ -224,3 +224,21 @@ def test_recipes_on_the_pool_in_datacomp_format(pool_folder, tmp_path, model):
     fitted = run_recipe("image_based", metadata, tmp_path / "fitted",
                         [store[0].format(i=2), store[2].format(i=2), "stages[2].clusters=8"])
     assert 0 < len(fitted) <= reference.caption_filter(table, model).sum()
+
+
+def test_image_runs_take_the_jsons_original_sizes(pool_folder, tmp_path):
+    """Shards stored at 128 px as img2dataset does (the json keeps original_width/height): by the
+    decoded size every image would be too small; the original sizes decide, as in the metadata run."""
+    rules = {"stage": "image_size", "min_side": 200, "max_aspect_ratio": 3}
+    engine = LocalEngine(workers=2, progress=False)
+    with_images = parse_pipeline({"name": "i", "outputs": ["parquet", "uids"], "stages": [{"stage": "decode"}, rules]},
+                                 "i.yaml")
+    run_pipeline(with_images, engine, [str(pool_folder / "shards")], tmp_path / "images")
+    metadata = parse_pipeline({"name": "m", "outputs": ["parquet", "uids"], "stages": [rules]}, "m.yaml")
+    run_pipeline(metadata, engine, [str(pool_folder / "metadata")], tmp_path / "metadata")
+    got, expected = np.load(tmp_path / "images" / "uids.npy"), np.load(tmp_path / "metadata" / "uids.npy")
+    assert len(got) > 20 and np.array_equal(got, expected)
+    kept = pa.concat_tables(pq.read_table(p) for p in sorted((tmp_path / "images" / "parquet").glob("*.parquet")))
+    assert max(kept.column("width").to_pylist() + kept.column("height").to_pylist()) <= 128
+    assert min(min(w, h) for w, h in zip(kept.column("original_width").to_pylist(),
+                                         kept.column("original_height").to_pylist())) >= 200
