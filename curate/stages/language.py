@@ -73,8 +73,9 @@ class LanguageConfig(StageConfig):
 
     @model_validator(mode="after")
     def _known(self):
-        # a model of one's own may have other labels: only lid.176's are known here
-        if self.languages is not None and self.model is None and (problem := unknown_languages(self.languages)):
+        # a model of one's own (or CLD3: iw, fil, zh-Latn...) may have other labels: only lid.176's are known here
+        if (self.languages is not None and self.model is None and self.backend == "fasttext"
+                and (problem := unknown_languages(self.languages))):
             raise ValueError(problem)
         return self
 

@@ -60,3 +60,34 @@ def test_unknown_language_codes_are_refused_with_a_suggestion():
     with pytest.raises(ValidationError, match=r"unknown language code\(s\) 'eng' \(did you mean 'en'\?\)"):
         LanguageConfig(languages=["eng"])
     assert LanguageConfig(languages=["eng"], model="/models/my-lid.bin").languages == ["eng"]  # its own labels
+
+
+def test_datacomps_line_and_gcld3():
+    """line: newlines gives the model DataComp's text.replace("\\n", " ") (a no-break space stays
+    inside a word), the default the caption's words joined by spaces; backend: gcld3 asks CLD3 as
+    DataComp's LAION-2B rule does (NNetLanguageIdentifier(min_num_bytes=0, max_num_bytes=1000))."""
+    import fasttext
+    import gcld3
+
+    from curate.stages.language import default_model_path
+
+    texts = ["bonjour\u00a0le\u00a0monde et merci", "a photo\nof a dog", "ein\u00a0Hund\tim Park", ""]
+    table = pa.table({"uid": [str(i) for i in range(len(texts))], "text": texts})
+    model = fasttext.load_model(str(default_model_path()))
+    scores = {}
+    for line, prepare in (("words", lambda t: " ".join(t.split())), ("newlines", lambda t: t.replace("\n", " "))):
+        stage = Language(LanguageConfig(languages=None, line=line))
+        stage.setup()
+        out = stage.process(table).table
+        expected = [model.predict(prepare(t), k=1) for t in texts]
+        assert out["lang"].to_pylist() == [e[0][0].removeprefix("__label__") for e in expected]
+        assert out["lang_score"].to_pylist() == pytest.approx([min(e[1][0], 1.0) for e in expected], abs=1e-6)
+        scores[line] = out["lang_score"].to_pylist()
+    assert scores["words"][0] != pytest.approx(scores["newlines"][0], abs=1e-3)  # the no-break spaces count
+    stage = Language(LanguageConfig(languages=["en"], backend="gcld3", line="newlines"))
+    stage.setup()
+    verdict = stage.process(table)
+    cld3 = gcld3.NNetLanguageIdentifier(min_num_bytes=0, max_num_bytes=1000)
+    assert verdict.table["lang"].to_pylist() == [cld3.FindLanguage(text=t.replace("\n", " ")).language for t in texts]
+    assert verdict.reasons.tolist()[1] is None and verdict.reasons.tolist()[0] == "language"
+    assert LanguageConfig(languages=["iw", "fil"], backend="gcld3").languages == ["iw", "fil"]  # CLD3's own codes
