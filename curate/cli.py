@@ -68,12 +68,16 @@ def engine_options(fn):
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key, e.g. stages[1].min_words=3.")
 @click.option("--limit", type=click.IntRange(min=1), help="Read only the input's first N samples (a quick try; the "
                                                          "pipeline's `limit` key).")
+@click.option("--verify", "checksums", is_flag=True,
+              help="When the output holds this run, finished: check every file's checksum against its manifest "
+                   "(reads them all), not only its size, before reusing it.")
 @_user_errors
-def run(pipeline, input_paths, output, staging, engine, workers, address, master, overwrite, overrides, limit, quiet):
+def run(pipeline, input_paths, output, staging, engine, workers, address, master, overwrite, overrides, limit,
+        checksums, quiet):
     """Run PIPELINE (a YAML file): filter, dedup and write shards, ledger, stats and report."""
     spec = load_pipeline(pipeline, list(overrides) + ([f"limit={limit}"] if limit else []))
     _run_and_summarize(spec, _engine(engine, workers, address, master, quiet), list(input_paths) or None, output,
-                       overwrite, staging)
+                       overwrite, staging, checksums)
 
 
 def _engine(engine: str, workers: int | None, address: str | None, master: str | None, quiet: bool):
@@ -84,13 +88,14 @@ def _engine(engine: str, workers: int | None, address: str | None, master: str |
     return make_engine(engine, workers, address, master, not quiet)
 
 
-def _run_and_summarize(spec, engine, input_paths, output, overwrite, staging=None) -> None:
+def _run_and_summarize(spec, engine, input_paths, output, overwrite, staging=None, checksums=False) -> None:
     from curate.runner import run_pipeline
 
-    stats = run_pipeline(spec, engine, input_paths, output, overwrite, staging)
+    stats = run_pipeline(spec, engine, input_paths, output, overwrite, staging, checksums=checksums)
     out = str(output or spec.settings.output).rstrip("/")  # a string: Path would mangle s3://
     if stats.get("resumed_complete"):
-        click.echo(f"{out} already holds this finished run (use --overwrite to redo it)")
+        checked = "sizes and checksums" if checksums else "sizes"
+        click.echo(f"{out} already holds this finished run (its files' {checked} match its manifest): not redone")
     click.echo(f"\n{spec.name}: {stats['input']} in -> {stats['kept']} kept ({100 * stats['kept_fraction']:.1f}%), "
                f"{stats['rejected']} rejected")
     for stage in stats["stages"]:
@@ -99,6 +104,23 @@ def _run_and_summarize(spec, engine, input_paths, output, overwrite, staging=Non
             click.echo(f"  {stage['key']:<24} -{stage['rejected']:<7} {reasons}")
     click.echo(f"shards:  {out}/shards\nparquet: {out}/parquet\nledger:  {out}/rejected.parquet\n"
                f"report:  {out}/report.html\nstats:   {out}/stats.json")
+
+
+@main.command()
+@click.argument("output")
+@click.option("--sizes-only", is_flag=True, help="Check sizes only (reads no file), not checksums.")
+@_user_errors
+def verify(output, sizes_only):
+    """Check a finished run's OUTPUT (folder or URL) against its manifest (_SUCCESS): every file
+    there, of its size and checksum; prints each problem and exits 1 if there is any."""
+    from curate.io.manifest import verify as check
+
+    problems = check(output, checksums=not sizes_only)
+    for problem in problems:
+        click.echo(f"{output}: {problem}")
+    if problems:
+        sys.exit(1)
+    click.echo(f"{output}: every file matches its manifest ({'sizes' if sizes_only else 'sizes and checksums'})")
 
 
 @main.command()

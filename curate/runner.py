@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from curate.engines.layout import RunLayout, fingerprint
+from curate.engines.lock import output_lock
 from curate import provenance
 from curate.io import publish
 from curate.io.paths import is_url
@@ -19,14 +20,16 @@ from curate.report import write_report
 
 def run_pipeline(pipeline: Pipeline, engine, input_paths: str | list[str] | None = None,
                  output: str | Path | None = None, overwrite: bool = False, staging: str | Path | None = None,
-                 command: str | None = None) -> dict:
+                 command: str | None = None, checksums: bool = False) -> dict:
     """Run `pipeline` with `engine`; input and output default to the pipeline file's.
 
     Returns the run's stats (also in OUTPUT/stats.json). A finished identical run in the
-    output folder is not redone; an interrupted one resumes. An output URL (s3://, gs://, ...)
+    output folder is not redone when its files match its manifest (sizes; with `checksums`, their
+    bytes too); an interrupted one resumes. An output URL (s3://, gs://, ...)
     is run in the local folder `staging` (default: one derived from the URL under the user's
     cache, see curate.io.publish) and published to the URL when the run finishes. OUTPUT/run.json
     records how the output was made (`command`: what started the run, default this process's argv).
+    The output folder (or staging folder) is locked for the run: a second run into it is refused.
     """
     started = provenance.now()
     input_paths = input_paths or pipeline.settings.input
@@ -45,24 +48,24 @@ def run_pipeline(pipeline: Pipeline, engine, input_paths: str | list[str] | None
     url = str(output) if is_url(output) else None
     if staging and not url:
         raise ConfigError(f"staging {staging}: a staging folder goes with an output URL, not the folder {output}")
-    if url:
-        if (published := publish.claim(url, run_id, overwrite, inputs)) is not None:
-            return published
-        output = staging or publish.staging_folder(url)
-        overwrite = overwrite or staging is None  # a stale run in curate's own staging folder is replaced
     settings = pipeline.settings
-    layout = RunLayout(output, "webdataset" in settings.outputs, settings.samples_per_shard)
-    if layout.prepare(run_id, overwrite, inputs):
-        stats = json.loads(layout.stats.read_text())
-        if not url:  # at a URL, the run is published only now
-            stats["resumed_complete"] = True
-    else:
-        stats = engine.run(pipeline, tasks, layout)
-        provenance.write(layout.root, provenance.record(pipeline, engine, tasks, str(url or output), started, command))
-        write_report(layout, stats)
-        layout.mark_complete()
-    if url:
-        publish.publish(layout.root, url)
+    layout = RunLayout((staging or publish.staging_folder(url)) if url else output, "webdataset" in settings.outputs,
+                       settings.samples_per_shard)
+    with output_lock(layout.root):
+        if url and (published := publish.claim(url, run_id, overwrite, inputs, checksums)) is not None:
+            return published
+        overwrite = overwrite or bool(url and staging is None)  # a stale run in curate's own staging folder is replaced
+        if layout.prepare(run_id, overwrite, inputs, checksums):
+            stats = json.loads(layout.stats.read_text())
+            if not url:  # at a URL, the run is published only now
+                stats["resumed_complete"] = True
+        else:
+            stats = engine.run(pipeline, tasks, layout)
+            provenance.write(layout.root, provenance.record(pipeline, engine, tasks, str(url or output), started, command))
+            write_report(layout, stats)
+            layout.mark_complete()
+        if url:
+            publish.publish(layout.root, url)
     return stats
 
 

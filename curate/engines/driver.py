@@ -32,7 +32,7 @@ from curate.engines.shuffle import EngineFitContext
 from curate.io.assembly import write_sorted_uids
 from curate.io.readers import InputError, InputTask, read_task
 from curate.io.state import load_state, save_state
-from curate.io.writers import PartWriter, remove_temp_files, write_json_atomic, write_table_atomic
+from curate.io.writers import PartWriter, remove_temp_files, write_table_atomic
 from curate.schema import INPUT_SCHEMA, LEDGER_SCHEMA, uid_pairs
 from curate.stage import REJECTED_SCHEMA, ROW_COLUMN, TASK_SHIFT, Dataset, GlobalStage, Stage, Verdict
 
@@ -155,8 +155,7 @@ def _run_task(job: TaskJob) -> dict:
     marker = {"task": task.index, "rows_in": rows_in, "rows_out": writer.rows,
               "fit_rows": sum(t.num_rows for t in fit_parts),
               "stats": {k: s.to_dict() for k, s in merge_stats(stats).items()}}
-    write_json_atomic(marker, layout.marker(pass_.index, task.index))
-    return marker
+    return layout.commit_task(pass_.index, task.index, marker, pass_.is_last)
 
 
 def _with_row_ids(rows: pa.Table, task: int, start: int) -> pa.Table:
@@ -264,8 +263,7 @@ class TaskEngine(ABC):
         files = tuple(str(layout.fit_rows(k, t.index)) for t in tasks)
         data = Dataset(files, sum(markers[(k, t.index)]["fit_rows"] for t in tasks))
         fitted = EngineFitContext(self, layout.fit_work(k), partition_rows).fit(stage, data, layout.decisions(k))
-        write_json_atomic(stage.fit_stats(fitted.state), layout.fit_stats(k))  # before the state, which marks the fit done
-        save_state(fitted.state, layout.state(k))
+        layout.commit_fit(k, stage.fit_stats(fitted.state), fitted.state)
         shutil.rmtree(layout.fit_work(k), ignore_errors=True)
 
     @abstractmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import shutil
 from collections.abc import Iterable
@@ -12,17 +13,21 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from curate.engines.lock import LOCK_FILE
 from curate.engines.plan import Pass, StageStats, merge_stats, stage_key
 from curate.io.readers import READ_STAGE
 from curate.io.assembly import merge_uids, repeated_uids, uid_count
+from curate.io.manifest import SUCCESS, content_samples, curate_version, describe, verify, write_manifest
 from curate.io.paths import file_stamp, is_url
 from curate.io.shards import SIZES_FILE, place_task_tars, reshard
-from curate.io.writers import remove_temp_files, write_json_atomic
+from curate.io.state import save_state
+from curate.io.writers import remove_temp_files, sync_paths, write_json_atomic
 from curate.stage import Stage
 
 
 _PART_TAR = re.compile(rf"part-\d{{5,}}\.tar|{re.escape(SIZES_FILE)}")  # the shards and open_clip's size file
 _PART_PARQUET = re.compile(r"part-\d{5,}\.parquet")
+_log = logging.getLogger(__name__)
 
 
 class RunLayout:
@@ -40,6 +45,8 @@ class RunLayout:
         self.uids = self.root / "uids.npy"
         self.work = self.root / "_work"
         self.run_file = self.work / "run.json"
+        self.success = self.root / SUCCESS  # the manifest, written last
+        self.lock = self.root / LOCK_FILE
 
     def part_name(self, task: int) -> str:
         return f"part-{task:05d}"
@@ -90,24 +97,37 @@ class RunLayout:
         return self.work / "done" / f"pass{pass_index}-{self.part_name(task)}.json"
 
     def outputs(self) -> list[Path]:
-        return [self.shards, self.parquet, self.rejected, self.stats, self.report, self.uids, self.work,
+        """What a run writes in the output folder (the manifest first: removed first, a run
+        half-removed is never taken for a finished one)."""
+        return [self.success, self.shards, self.parquet, self.rejected, self.stats, self.report, self.uids, self.work,
                 self.root / "run.json"]  # run.json: how the output was made (curate.provenance)
 
-    def prepare(self, fingerprint: dict, overwrite: bool, inputs: Iterable[str] = ()) -> bool:
+    def prepare(self, fingerprint: dict, overwrite: bool, inputs: Iterable[str] = (), checksums: bool = False) -> bool:
         """Claim the output folder for this run; returns True when a finished identical run is there.
 
         An output folder that is, holds or lies inside one of `inputs` (local input files and
         folders; URLs and patterns are skipped) is refused, overwrite or not. A folder holding
         another run (or unrelated files) is refused unless `overwrite`; the same run, finished or
-        interrupted, is reused either way. Overwriting removes only what a curate run writes (its
-        part files, ledger, stats, report, uids and _work/): the user's other files stay, and a
-        folder with curate's output names but no curate run in it is refused.
+        interrupted, is reused either way. A finished one is reused only when its files match its
+        manifest (sizes; with `checksums`, their bytes too): else it is removed and run again.
+        Overwriting removes only what a curate run writes (its part files, ledger, stats, report,
+        uids, manifest and _work/): the user's other files stay, and a folder with curate's output
+        names but no curate run in it is refused. The caller holds the folder's lock (curate.engines.lock).
         """
         self._refuse_inputs(inputs)
         previous = json.loads(self.run_file.read_text()) if self.run_file.exists() else None
         if previous is not None and previous["fingerprint"] == fingerprint["fingerprint"]:
-            return bool(previous.get("complete"))
-        occupied = self.root.exists() and any(self.root.iterdir())
+            if not previous.get("complete"):
+                return False
+            if not (problems := verify(self.root, checksums, fingerprint["fingerprint"])):
+                return True
+            more = f", and {len(problems) - 1} more" if len(problems) > 1 else ""
+            _log.warning(f"{self.root} holds this run, finished, but not as its manifest says ({problems[0]}{more}): "
+                         "running it again")
+            self._remove_run(True)
+            write_json_atomic({**fingerprint, "complete": False}, self.run_file)
+            return False
+        occupied = self.root.exists() and any(p.name != LOCK_FILE for p in self.root.iterdir())
         if occupied and not overwrite:
             what = "a run of a different pipeline or input" if previous else "files that are not a curate run"
             raise FileExistsError(f"{self.root} holds {what}; pass --overwrite or choose another --output")
@@ -131,10 +151,8 @@ class RunLayout:
     def _remove_run(self, is_run: bool) -> None:
         """Remove the files a curate run writes (`is_run`: the folder holds one's run.json); without
         a run there, refuse when any of those names is taken (they are the user's, not curate's)."""
-        parts = [(self.shards, _PART_TAR), (self.parquet, _PART_PARQUET)]
-        folders = [folder for folder, _ in parts]  # they may hold the user's files too: only curate's parts go
-        found = [p for p in self.outputs() if p not in folders and p.exists()]
-        found += [f for folder, name in parts if folder.is_dir() for f in folder.iterdir() if name.fullmatch(f.name)]
+        folders = (self.shards, self.parquet)  # they may hold the user's files too: only curate's parts go
+        found = [p for p in self.outputs() if p not in folders and p.exists()] + self._part_files()
         if not is_run and found:
             raise FileExistsError(f"{self.root} is not a curate run (no {self.run_file.relative_to(self.root)}) "
                                   f"but holds {found[0].relative_to(self.root)}: curate removes only what it "
@@ -145,9 +163,42 @@ class RunLayout:
                 shutil.rmtree(path)
             else:
                 path.unlink()
-        for folder, _ in parts:
+        for folder in folders:
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
+
+    def _part_files(self) -> list[Path]:
+        """The part files (and shards/'s size file) in shards/ and parquet/, by curate's names."""
+        parts = [(self.shards, _PART_TAR), (self.parquet, _PART_PARQUET)]
+        return [f for folder, name in parts if folder.is_dir() for f in sorted(folder.iterdir()) if name.fullmatch(f.name)]
+
+    def _output_files(self) -> list[Path]:
+        """Every file a finished run leaves outside _work/ but its manifest: its top-level files,
+        curate's part files, and what its other output folders hold (the ledger's parts)."""
+        files = self._part_files()
+        for path in self.outputs():
+            if path in (self.success, self.work, self.shards, self.parquet):
+                continue
+            files += [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        return files
+
+    def commit_task(self, pass_index: int, task: int, marker: dict, final: bool) -> dict:
+        """Make a finished task's files durable (fsync: its parts, or its pass's intermediate, ledger
+        part, fit rows and uid parts), then write its completion marker (`final`: its pass is the
+        run's last); returns the marker."""
+        outputs = [self.kept_parquet(task), self.kept_tar(task)] if final else [self.intermediate(pass_index, task)]
+        uids = [self.uid_part("all", task), self.uid_part("pool", task)] if final else []
+        written = [*outputs, self.ledger_part(pass_index, task), self.fit_rows(pass_index, task), *uids]
+        sync_paths([p for p in written if p.exists()])
+        write_json_atomic(marker, self.marker(pass_index, task))
+        return marker
+
+    def commit_fit(self, pass_index: int, fit_stats: dict, state: dict) -> None:
+        """Record a fit: its summary, and its rejections routed to their tasks made durable, then its
+        state, which marks the fit done (fsynced)."""
+        write_json_atomic(fit_stats, self.fit_stats(pass_index))
+        sync_paths([self.fit_stats(pass_index), *self.decisions(pass_index).glob("*.parquet")])
+        save_state(state, self.state(pass_index))
 
     def finish(self, stages: list[Stage], task_stats: list[dict[str, StageStats]], input_rows: int,
                tasks: list[int], passes: list[Pass], extra: dict, write_uids: bool = True) -> dict:
@@ -197,12 +248,17 @@ class RunLayout:
                 pass  # it commits a shard at a time
 
     def mark_complete(self) -> None:
-        """Record the run as finished and drop intermediates (markers and fit states stay, for reruns)."""
+        """Record the run as finished: drop intermediates (markers and fit states stay, for reruns),
+        fsync every output file and folder, mark run.json complete, then write the manifest
+        (_SUCCESS: every output file with its size and checksum), last."""
         for sub in self.work.iterdir():
             if sub.is_dir() and sub.name != "done":
                 shutil.rmtree(sub, ignore_errors=True)
+        files = self._output_files()
+        sync_paths(files)
         run = json.loads(self.run_file.read_text())
-        write_json_atomic({**run, "complete": True}, self.run_file)
+        write_json_atomic({**run, "complete": True}, self.run_file, durable=True)
+        write_manifest(self.root, run, describe(self.root, files))
 
 
 def _named_paths(value) -> list[Path]:
@@ -220,12 +276,15 @@ def _named_paths(value) -> list[Path]:
 
 
 def fingerprint(pipeline_raw: dict, tasks: list, written: list[str] = ()) -> dict:
-    """A hash of everything that determines a run's output, to detect reuse of a folder: the
-    pipeline, every input file, and the files its stages read (named in their configs; paths
-    the stages write, `written`, are not inputs)."""
+    """A hash of everything that determines a run's output, to detect reuse of a folder: curate's
+    version, the pipeline, every input file, and the files its stages read (named in their configs;
+    paths the stages write, `written`, are not inputs), each by size and version (mtime; an object's
+    ETag) and, for a local file, a hash of its first and last MiB."""
     inputs = [[task.path, task.row_group] for task in tasks]
     named = set(_named_paths(pipeline_raw.get("stages", []))) - {Path(p) for p in written}
     paths = {task.path for task in tasks} | {str(p) for p in named}  # strings: Path would mangle s3://
     stamps = [stamp for path in sorted(paths, key=lambda p: p.split("/")) for stamp in file_stamp(path)]
-    blob = json.dumps({"pipeline": pipeline_raw, "inputs": inputs, "files": stamps}, sort_keys=True, default=str)
+    samples = content_samples([stamp[0] for stamp in stamps if not is_url(stamp[0])])
+    blob = json.dumps({"curate": curate_version(), "pipeline": pipeline_raw, "inputs": inputs, "files": stamps,
+                       "content": samples}, sort_keys=True, default=str)
     return {"fingerprint": hashlib.sha256(blob.encode()).hexdigest(), "pipeline": pipeline_raw.get("name")}

@@ -4,21 +4,24 @@ it), and is published to the URL when it finishes.
 
 The URL's `_work/run.json` says which run owns the prefix: written with complete=false when a
 run claims the prefix, and with complete=true after every other object is uploaded (each one
-whole or not at all), so it is the commit marker. A publish cut short is redone by the next run
-(the objects are deterministic); a URL holding another run is refused unless overwriting, which
-removes only the objects curate publishes.
+whole or not at all), so it is the commit marker; the run's manifest (`_SUCCESS`) follows it, last.
+A publish cut short is redone by the next run (the objects are deterministic), and so is one whose
+objects no longer match the manifest; a URL holding another run is refused unless overwriting,
+which removes only the objects curate publishes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from curate.io.manifest import SUCCESS, verify
 from curate.io.paths import (atomic_output, exists, explained, files_in, filesystem, is_url, read_bytes, remove,
                              write_bytes)
 
@@ -28,6 +31,7 @@ PART_FOLDERS = {"shards": re.compile(r"part-\d{5,}\.tar|sizes\.json"), "parquet"
 RUN_FILE = "_work/run.json"
 _UPLOADS = 8  # objects uploaded at once
 _CHUNK = 8 * 2**20
+_log = logging.getLogger(__name__)
 
 
 def staging_folder(url: str) -> Path:
@@ -37,9 +41,10 @@ def staging_folder(url: str) -> Path:
     return cache / "curate" / "staging" / hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
 
 
-def claim(url: str, fingerprint: dict, overwrite: bool, inputs: list[str] = ()) -> dict | None:
+def claim(url: str, fingerprint: dict, overwrite: bool, inputs: list[str] = (), checksums: bool = False) -> dict | None:
     """Claim the output URL for this run; returns the stats of a finished identical run published
-    there (read from its stats.json), else None once the prefix's run.json names this run.
+    there (read from its stats.json) whose objects match its manifest (sizes; with `checksums`,
+    their bytes too), else None once the prefix's run.json names this run (unfinished).
 
     A prefix that is, holds or lies inside an input URL is refused, overwrite or not. A prefix
     holding another run (finished or not), or objects without a run.json, is refused unless
@@ -51,8 +56,13 @@ def claim(url: str, fingerprint: dict, overwrite: bool, inputs: list[str] = ()) 
     run_url = f"{url}/{RUN_FILE}"
     previous = json.loads(read_bytes(run_url)) if exists(run_url) else None
     if previous is not None and previous["fingerprint"] == fingerprint["fingerprint"]:
-        if previous.get("complete"):
+        if previous.get("complete") and not (problems := verify(url, checksums, fingerprint["fingerprint"])):
             return {**json.loads(read_bytes(f"{url}/stats.json")), "resumed_complete": True}
+        if previous.get("complete"):
+            _log.warning(f"{url} holds this run, published, but not as its manifest says ({problems[0]}): "
+                         "publishing it again")
+            remove(f"{url}/{SUCCESS}")
+            write_bytes(run_url, json.dumps({**fingerprint, "complete": False}, sort_keys=True).encode())
         return None  # this run's claim: a run or a publish was interrupted
     if _occupied(url):
         if not overwrite:
@@ -90,8 +100,9 @@ def _refuse_inputs(url: str, inputs: list[str]) -> None:
 
 
 def published_objects(url: str) -> list[str]:
-    """The objects under `url` that curate publishes (run.json last), of this run or another."""
-    found = [f"{url}/{name}" for name in FILES if exists(f"{url}/{name}")]
+    """The objects under `url` that curate publishes (its manifest first, run.json last), of this
+    run or another."""
+    found = [f"{url}/{name}" for name in (SUCCESS, *FILES) if exists(f"{url}/{name}")]
     for folder, name in PART_FOLDERS.items():
         if exists(f"{url}/{folder}"):
             found += [p for p in files_in(f"{url}/{folder}") if name.fullmatch(p.rpartition("/")[2])]
@@ -100,7 +111,8 @@ def published_objects(url: str) -> list[str]:
 
 def publish(staging: Path, url: str) -> None:
     """Upload a finished run's outputs from its staging folder to `url` (the part files, ledger,
-    stats, report and uids that exist), each whole or not at all, then its run.json (complete)."""
+    stats, report and uids that exist), each whole or not at all, then its run.json (complete),
+    then its manifest (_SUCCESS)."""
     url = url.rstrip("/")
     staging = Path(staging)
     local = [staging / name for name in FILES if (staging / name).is_file()]
@@ -112,6 +124,7 @@ def publish(staging: Path, url: str) -> None:
     if not json.loads((staging / RUN_FILE).read_text()).get("complete"):
         raise RuntimeError(f"{staging / RUN_FILE}: the run is not finished; nothing to mark complete at {url}")
     _upload(staging / RUN_FILE, f"{url}/{RUN_FILE}")
+    _upload(staging / SUCCESS, f"{url}/{SUCCESS}")
 
 
 def _upload(path: Path, url: str) -> None:

@@ -18,15 +18,16 @@ def _arrays_path(path: Path) -> Path:
 
 
 def save_state(state: dict[str, Any], path: Path) -> None:
-    """Write `state` (str keys; NumPy arrays or JSON values); the JSON, written last, commits it."""
+    """Write `state` (str keys; NumPy arrays or JSON values); the JSON, written last, commits it
+    (both fsynced: a committed state survives a power loss)."""
     arrays = {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
     if any(a.dtype.hasobject for a in arrays.values()):
         raise TypeError(f"state arrays must not hold Python objects: {[k for k, a in arrays.items() if a.dtype.hasobject]}")
     if arrays:
-        with atomic(_arrays_path(path)) as tmp, open(tmp, "wb") as handle:
+        with atomic(_arrays_path(path), durable=True) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
     values = {k: v for k, v in state.items() if k not in arrays}
-    write_json_atomic({"values": values, "arrays": sorted(arrays)}, path)
+    write_json_atomic({"values": values, "arrays": sorted(arrays)}, path, durable=True)
 
 
 def load_state(path: Path) -> dict[str, Any]:
