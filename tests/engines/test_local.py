@@ -1,11 +1,15 @@
 """The local engine on a real pool with real faults: accounting, worker-count invariance, resume."""
 
 import multiprocessing
+import os
+import signal
 import subprocess
 import sys
+import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import psutil
 import pyarrow.parquet as pq
 import pytest
 
@@ -135,3 +139,71 @@ def _thread_counts() -> tuple[dict, int]:
     from threadpoolctl import threadpool_info
 
     return {p["filepath"]: p["num_threads"] for p in threadpool_info()}, faiss.omp_get_max_threads()
+
+
+def test_workers_exit_when_only_the_parent_is_killed(faulty_input, tmp_path):
+    """SIGKILL to the run's process alone, not its group: its pool workers (forked) exit within
+    seconds, where they used to wait on the pool's queue for ever (300 MB each)."""
+    recipe = tmp_path / "full.yaml"
+    recipe.write_text(FULL.replace("batch_size: 16", "batch_size: 4"))
+    out = tmp_path / "out"
+    run = subprocess.Popen([sys.executable, "-m", "curate.cli", "run", str(recipe), "--input", str(faulty_input),
+                            "--output", str(out), "--workers", "2", "--quiet"])
+    workers = _workers_of(run, out)
+    try:
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait()
+        _, alive = psutil.wait_procs(workers, timeout=5)
+        assert not alive, f"workers outlived their parent: {alive}"
+    finally:
+        for worker in workers:
+            _kill(worker)
+    assert not (out / "stats.json").exists(), "the run finished before the kill; the test proves nothing"
+
+
+def _workers_of(run: subprocess.Popen, out: Path) -> list[psutil.Process]:
+    """The worker processes of a running `curate run`, once its first task is done."""
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        assert run.poll() is None, "the run ended before its workers could be seen"
+        children = psutil.Process(run.pid).children()
+        if len(children) >= 2 and list((out / "_work" / "done").glob("pass0-*.json")):
+            return children
+        time.sleep(0.01)
+    pytest.fail("no two workers and a finished task within 120 s")
+
+
+def _kill(process: psutil.Process) -> None:
+    try:
+        process.kill()
+    except psutil.NoSuchProcess:
+        pass
+
+
+POOL_PARENT = """
+import multiprocessing, os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from curate.engines.local import start_worker
+pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context(sys.argv[1]), initializer=start_worker,
+                           initargs=(1, os.getpid()))
+print(*{pool.submit(os.getpid).result() for _ in range(20)}, flush=True)  # the workers that ran a task
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver"])
+def test_a_pool_worker_exits_with_its_parent(method):
+    """The local pool's initializer on either start method: with forkserver the workers' parent is
+    the server process, which exits once the run's process is gone, and then so do they."""
+    parent = subprocess.Popen([sys.executable, "-c", POOL_PARENT, method], stdout=subprocess.PIPE, text=True)
+    pids = [int(pid) for pid in parent.stdout.readline().split()]
+    workers = [psutil.Process(pid) for pid in pids]
+    try:
+        assert workers and all(w.is_running() for w in workers)
+        parent.kill()
+        parent.wait()
+        _, alive = psutil.wait_procs(workers, timeout=5)
+        assert not alive, f"workers outlived their parent: {alive}"
+    finally:
+        for worker in workers:
+            _kill(worker)
