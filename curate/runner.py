@@ -11,7 +11,7 @@ from curate.engines.lock import output_lock
 from curate import provenance
 from curate.io import publish
 from curate.io.paths import is_url
-from curate.io.readers import InputTask, ReadLimits, check_input_uids, holds_images, plan_inputs, read_task
+from curate.io.readers import InputTask, ReadLimits, holds_images, plan_inputs, read_task
 from curate.config import ConfigError
 from curate.pipeline import Pipeline, missing_files
 from curate.schema import INPUT_SCHEMA
@@ -72,12 +72,11 @@ def run_pipeline(pipeline: Pipeline, engine, input_paths: str | list[str] | None
 def plan_checked(pipeline: Pipeline, input_paths: str | list[str]) -> list[InputTask]:
     """The input's tasks, once every stage is checked against the input's columns (read from its
     first batch), before any work; without image bytes in every input file the input is metadata,
-    and a stage that needs images fails here. The uids the input gives are checked here too (none
-    empty, none twice), reading only its uid columns."""
+    and a stage that needs images fails here. (The uids the input gives are checked by the engine
+    before any stage runs: curate.engines.uniqueness.)"""
     tasks = plan_inputs(input_paths)
     if pipeline.settings.limit is not None:
         tasks = first_samples(tasks, pipeline.settings.limit, pipeline.settings.read_limits())
-    check_input_uids(tasks, pipeline.settings.read_limits())
     first = next(read_task(tasks[0], 1, pipeline.settings.read_limits()), None)
     columns = first.table.column_names if first else list(INPUT_SCHEMA.names)
     if not all(holds_images(task) for task in {task.path: task for task in tasks}.values()):

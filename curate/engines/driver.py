@@ -29,6 +29,7 @@ from tqdm import tqdm
 from curate.engines.layout import RunLayout
 from curate.engines.plan import Pass, StageStats, merge_stats, plan_passes, run_pass_on_batch
 from curate.engines.shuffle import EngineFitContext
+from curate.engines.uniqueness import check_input_uids
 from curate.io.assembly import write_sorted_uids
 from curate.io.readers import InputError, InputTask, read_task
 from curate.io.state import load_state, save_state
@@ -202,6 +203,9 @@ class TaskEngine(ABC):
         passes = plan_passes(stages)
         markers: dict[tuple[int, int], dict] = {}
         with self.session():
+            check_input_uids(self, tasks, pipeline.settings.read_limits(), layout.work / "uidcheck",
+                             pipeline.settings.partition_rows, layout.uids_checked())
+            shutil.rmtree(layout.work / "uidcheck", ignore_errors=True)
             for pass_ in passes:
                 state_path = str(layout.state(pass_.index - 1)) if pass_.apply is not None else None
                 markers.update(self._run_pass(pipeline, pass_, tasks, layout, state_path, len(passes)))

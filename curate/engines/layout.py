@@ -93,6 +93,10 @@ class RunLayout:
         `pool` (kept input samples, for uids.npy)."""
         return self.work / "uids" / f"{kind}-{self.part_name(task)}.npy"
 
+    def uids_checked(self) -> Path:
+        """Marks the input's own uids checked (none empty, none twice), so a resumed run skips the check."""
+        return self.work / "done" / "input-uids.json"
+
     def marker(self, pass_index: int, task: int) -> Path:
         return self.work / "done" / f"pass{pass_index}-{self.part_name(task)}.json"
 

@@ -13,7 +13,6 @@ and brace ranges (`s3://bucket/shards/{00000..00099}.tar`).
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import tarfile
@@ -30,7 +29,7 @@ import pyarrow.parquet as pq
 
 from curate.io.paths import (StorageError, expand, file_sizes, files_in, files_under, is_folder, is_url, open_input,
                              read_files, readable)
-from curate.schema import INPUT_NEEDS, make_uid, normalize, uid_pairs
+from curate.schema import INPUT_NEEDS, make_uid, normalize
 from curate.stage import Verdict
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
@@ -123,56 +122,17 @@ def plan_inputs(paths: str | list[str]) -> list[InputTask]:
     return tasks
 
 
-# The input's own uids are checked at planning, before any work: none empty, none given twice.
-# Only the uid columns are read (a Parquet row group's, a URL list's), with 16 bytes held a uid
-# (DataComp's 128-bit pairs, uid_pairs: the identity the run's final check uses); a pool of more
-# than UID_CHECK_ROWS uids is checked in as many passes over the uid columns as keep each pass's
-# share (split by the uids' hash) under it. Uids that curate makes (an input without a uid
-# column, a tar's samples) are checked by the run's final accounting instead.
-UID_CHECK_ROWS = 1 << 23  # uids held at once: 128 MiB of pairs, plus their places
-_TASK_SHIFT = 32  # a uid's place: task index << 32 | row
+# The input's own uids (a Parquet's or URL list's uid column, read alone) for the check that none
+# is empty and none given twice (curate.engines.uniqueness runs it on the engine before any stage).
 
-
-def check_input_uids(tasks: list[InputTask], limits: ReadLimits = ReadLimits()) -> None:
-    """Raise InputError (one line naming the file, row group and row) when a uid the input gives
-    is empty or null, or the same uid is given twice anywhere in the input."""
-    owned = [task for task in tasks if _has_uids(task)]
-    if not owned:
-        return
-    total = sum(task.rows or 0 for task in owned)  # a URL list's rows are unknown, but read whole anyway
-    passes = max(1, math.ceil(total / UID_CHECK_ROWS))
-    repeats, example, by_index = 0, None, {task.index: task for task in owned}
-    for share in range(passes):
-        pairs, places = [], []
-        for task in owned:
-            uids = _uids(task, limits)
-            if uids is None:
-                continue
-            if share == 0:
-                _check_present(task, uids)
-            values = uid_pairs(uids)
-            mine = np.flatnonzero(values["f0"] % passes == share) if passes > 1 else np.arange(len(values))
-            pairs.append(values[mine])
-            places.append((np.int64(task.index) << _TASK_SHIFT) | mine.astype(np.int64))
-        if not pairs:
-            return
-        found, first = _repeats(np.concatenate(pairs), np.concatenate(places))
-        repeats += found
-        example = example or first
-    if repeats:
-        (a, row_a), (b, row_b) = [(by_index[p >> _TASK_SHIFT], p & ((1 << _TASK_SHIFT) - 1)) for p in example]
-        uid = _uids(a, limits)[row_a].as_py()
-        raise InputError(f"{repeats} row(s) give a uid that another row gives too, e.g. {uid!r} at {_where(a, row_a)} "
-                         f"and {_where(b, row_b)}: uids must be unique; drop the uid column to have curate make them")
-
-
-def _has_uids(task: InputTask) -> bool:
+def gives_uids(task: InputTask) -> bool:
+    """Whether the task's input has its own uid column (a Parquet's or a URL list's)."""
     if task.kind == "parquet":
         return "uid" in _parquet_file(task.path).schema_arrow.names
     return task.kind == "url_list"
 
 
-def _uids(task: InputTask, limits: ReadLimits) -> pa.Array | None:
+def task_uids(task: InputTask, limits: ReadLimits) -> pa.Array | None:
     """The task's own uids as strings (its first `limit` when it has a limit), or None where it gives
     none: no uid column, an all-null one (curate makes them), or a row group that cannot be read
     while `on_unreadable: ledger` (its rows go to the ledger when the run reads it)."""
@@ -201,32 +161,19 @@ def _uids(task: InputTask, limits: ReadLimits) -> pa.Array | None:
         raise InputError(f"{task.describe()}: column 'uid' has type {column.type}, expected text") from exc
 
 
-def _check_present(task: InputTask, uids: pa.Array) -> None:
-    """Fail on the first null or empty uid of a column that gives some."""
+def uid_problem(task: InputTask, uids: pa.Array) -> str | None:
+    """The first null or empty uid of a column that gives some, as a one-line message; else None."""
     missing = pc.fill_null(pc.equal(pc.utf8_length(uids), 0), True)
-    if pc.any(missing).as_py():
-        row = int(np.flatnonzero(missing.to_numpy(zero_copy_only=False))[0])
-        what = "null" if uids[row].as_py() is None else "empty"
-        count = pc.sum(missing).as_py()
-        raise InputError(f"{_where(task, row)}: {what} uid ({count} row(s) of this part have a null or empty uid): "
-                         "every row needs a uid, or drop the uid column to have curate make them")
+    if not pc.any(missing).as_py():
+        return None
+    row = int(np.flatnonzero(missing.to_numpy(zero_copy_only=False))[0])
+    what = "null" if uids[row].as_py() is None else "empty"
+    count = pc.sum(missing).as_py()
+    return (f"{where(task, row)}: {what} uid ({count} row(s) of this part have a null or empty uid): "
+            "every row needs a uid, or drop the uid column to have curate make them")
 
 
-def _repeats(pairs: np.ndarray, places: np.ndarray) -> tuple[int, tuple[int, int] | None]:
-    """How many uids repeat one before them (in sorted order), and the places of one repeated pair."""
-    if len(pairs) < 2:
-        return 0, None
-    order = np.lexsort((pairs["f1"], pairs["f0"]))
-    ordered = pairs[order]
-    same = (ordered["f0"][1:] == ordered["f0"][:-1]) & (ordered["f1"][1:] == ordered["f1"][:-1])
-    hits = np.flatnonzero(same)
-    if not len(hits):
-        return 0, None
-    first = sorted((int(places[order[hits[0]]]), int(places[order[hits[0] + 1]])))
-    return len(hits), (first[0], first[1])
-
-
-def _where(task: InputTask, row: int) -> str:
+def where(task: InputTask, row: int) -> str:
     """A row's place as a user finds it: the file, its row group for a Parquet, the row within."""
     return f"{task.describe()} row {row}"
 
@@ -512,16 +459,12 @@ def json_columns(metas: list[dict]) -> dict[str, pa.Array]:
     strings, booleans, lists, objects as structs; a field a sample lacks is null there). A field
     whose values no one Arrow type holds (a number in one sample, text in another) is kept as
     each value's JSON text; an integer past int64 as uint64."""
-    if not any(metas):
-        return {}
-    try:
-        struct = pa.array(metas)
-        columns = {field.name: struct.field(i) for i, field in enumerate(struct.type)}
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
-        names = dict.fromkeys(name for meta in metas for name in meta)
-        columns = {name: _json_column([meta.get(name) for meta in metas]) for name in names}
-    return {name: column if _parquet_writable(column.type) else _json_text([meta.get(name) for meta in metas])
-            for name, column in columns.items()}
+    columns = {}
+    for name in dict.fromkeys(name for meta in metas for name in meta):  # every sample's fields, in order met
+        values = [meta.get(name) for meta in metas]
+        column = _json_column(values)  # a field at a time: 8x faster than inferring one struct of them all
+        columns[name] = column if _parquet_writable(column.type) else _json_text(values)
+    return columns
 
 
 def _json_column(values: list) -> pa.Array:

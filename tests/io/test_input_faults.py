@@ -1,6 +1,7 @@
 """Input that is damaged or wrong: a corrupt Parquet page, tar members that are links, captions
-that are not UTF-8, empty and repeated uids. Each is an error naming where it is, or a sample in
-the ledger with its reason; none is lost (issue 17, items 9, 10 and 12; issue 18, item 5)."""
+that are not UTF-8. Each is an error naming where it is, or a sample in the ledger with its
+reason; none is lost (issue 17, items 9, 10 and 12). Empty and repeated uids:
+tests/engines/test_uniqueness.py."""
 
 import io
 import json
@@ -11,7 +12,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from curate.engines.local import LocalEngine
-from curate.io import readers
 from curate.io.readers import InputError, ReadLimits, plan_inputs, read_task
 from curate.pipeline import parse_pipeline
 from curate.runner import run_pipeline
@@ -62,10 +62,10 @@ def test_a_corrupt_page_fails_its_task_naming_the_file_and_row_group(tmp_path, c
     with pytest.raises(InputError, match=rf"{path}: row group 2 of 4: unreadable \(OSError: .*CRC.*\); set "
                                          r"on_unreadable: ledger"):
         list(read_task(tasks[2], 8))
-    # a run fails at planning, on the first unreadable row group its uid check meets, before any work
+    # a run fails in its uid check, on the first unreadable row group, before any stage runs
     with pytest.raises(InputError, match=rf"{path}: row group 1 of 4: unreadable uid column .*on_unreadable: ledger"):
         run(tmp_path, [path])
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out" / "parquet").exists()
 
 
 def test_on_unreadable_ledger_sends_the_row_groups_rows_to_the_ledger(tmp_path, corrupt_parquet):
@@ -130,55 +130,6 @@ def test_captions_that_are_not_utf8_are_rejected_not_replaced(tmp_path, real_jpe
     (folder / "000000000.txt").write_bytes(b"\xff\xfeh\x00i\x00")  # UTF-16
     _, reasons, values = read_all(tmp_path / "files")
     assert reasons == ["invalid_utf8"] and values[0] == "000000000.txt: invalid UTF-8 at byte 0 (fffe6800...)"
-
-
-def uid_files(tmp_path, pool_table, uids_b):
-    """Two Parquet inputs of pool rows: a.parquet with the pool's first 10 uids (row groups of 4),
-    b.parquet with `uids_b`."""
-    folder = tmp_path / "in"
-    folder.mkdir()
-    rows = pool_table.select(["uid", "url", "text", "image"])
-    pq.write_table(rows.slice(0, 10), folder / "a.parquet", row_group_size=4)
-    part = rows.slice(10, len(uids_b))
-    pq.write_table(part.set_column(0, "uid", pa.array(uids_b, pa.string())), folder / "b.parquet", row_group_size=4)
-    return folder, rows.column("uid").to_pylist()
-
-
-def test_repeated_uids_are_found_at_planning_with_one_line(tmp_path, pool_table):
-    uids = pool_table.column("uid").to_pylist()
-    folder, _ = uid_files(tmp_path, pool_table, uids[10:15] + [uids[3]] + uids[16:20])
-    with pytest.raises(InputError) as err:
-        run(tmp_path, [folder])
-    message = str(err.value)
-    assert message == (f"1 row(s) give a uid that another row gives too, e.g. {uids[3]!r} at {folder / 'a.parquet'} "
-                       f"(row group 0) row 3 and {folder / 'b.parquet'} (row group 1) row 1: uids must be unique; "
-                       "drop the uid column to have curate make them")
-    assert "\n" not in message and not (tmp_path / "out").exists()  # found before any work
-
-
-def test_the_uid_check_is_bounded_and_still_exact(tmp_path, pool_table, monkeypatch):
-    uids = pool_table.column("uid").to_pylist()
-    folder, _ = uid_files(tmp_path, pool_table, [uids[0], uids[11], uids[12], uids[9], uids[0]])
-    monkeypatch.setattr(readers, "UID_CHECK_ROWS", 3)  # 15 uids: 5 passes over the uid columns, a hash share each
-    with pytest.raises(InputError, match=r"^3 row\(s\) give a uid that another row gives too, e.g. "):
-        readers.check_input_uids(plan_inputs([str(folder)]))
-    unique_folder = tmp_path / "unique"
-    unique_folder.mkdir()
-    pq.write_table(pool_table.select(["uid", "text", "image"]).slice(0, 40), unique_folder / "u.parquet",
-                   row_group_size=7)
-    readers.check_input_uids(plan_inputs([str(unique_folder)]))  # no error
-
-
-def test_empty_uids_are_found_at_planning(tmp_path, pool_table):
-    uids = pool_table.column("uid").to_pylist()
-    folder, _ = uid_files(tmp_path, pool_table, uids[10:16] + [""] + uids[17:20])
-    with pytest.raises(InputError, match=rf"^{folder / 'b.parquet'} \(row group 1\) row 2: empty uid \(1 row\(s\) "):
-        run(tmp_path, [folder])
-    assert not (tmp_path / "out").exists()
-    # a URL list's uids are checked the same way
-    (tmp_path / "urls.csv").write_text("uid,url,caption\nu1,http://x.test/1.jpg,a cat\n,http://x.test/2.jpg,a dog\n")
-    with pytest.raises(InputError, match=r"urls\.csv row 1: empty uid"):
-        readers.check_input_uids(plan_inputs([str(tmp_path / "urls.csv")]))
 
 
 def test_a_json_that_is_not_an_object_is_bad_metadata(tmp_path, real_jpeg):
