@@ -40,10 +40,14 @@ SUBSTITUTIONS = {
 
 
 def default_synsets() -> Path:
-    """timm's ImageNet-21k synset list (WordNet ids such as n01440764, one a line)."""
-    import timm.data
+    """timm's ImageNet-21k synset list (WordNet ids such as n01440764, one a line), found without
+    importing timm (which imports torch: seconds a worker)."""
+    import importlib.util
 
-    path = Path(timm.data.__file__).parent / "_info" / "imagenet21k_goog_synsets.txt"
+    spec = importlib.util.find_spec("timm")
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError("timm is not installed: its ImageNet-21k synset list is the default; set `synsets`")
+    path = Path(spec.origin).parent / "data" / "_info" / "imagenet21k_goog_synsets.txt"
     if not path.exists():
         raise FileNotFoundError(f"ImageNet-21k synset list not found at {path}; reinstall timm or set `synsets`")
     return path
