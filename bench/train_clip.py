@@ -17,7 +17,7 @@ workers, polled from /proc. Data loading runs in `--workers` loader processes pe
 both. open_clip_train runs with `--precision fp32` (its default amp is slow on a CPU). Targets:
 curate >= 1.0x open_clip's samples/s; each rank's peak RSS on `1m` <= 1.1x its figure on `100k`.
 
-Usage: .venv/bin/python bench/train_clip.py [--sets pool,100k,1m] [--samples 2560] [--batch-size 64]
+Usage: .venv/bin/python bench/train_clip.py [--sets pool,100k,1m] [--samples 1280] [--batch-size 64]
 """
 
 from __future__ import annotations
@@ -252,7 +252,8 @@ def open_clip(data: str, samples: int, batch: int, workers: int, skip: int, npro
 
 
 def pool_shards(data: Path) -> str:
-    """The shards of curated folder `data` (curated from the pool with quickstart.yaml when missing)."""
+    """The shards of curated folder `data` as a brace range (curated from the pool with
+    quickstart.yaml when missing)."""
     if not list((data / "shards").glob("*.tar")):
         from curate.engines.local import LocalEngine
         from curate.pipeline import load_pipeline
@@ -260,7 +261,11 @@ def pool_shards(data: Path) -> str:
 
         print(f"curating the pool into {data} (pipelines/quickstart.yaml)", flush=True)
         run_pipeline(load_pipeline(ROOT / "pipelines" / "quickstart.yaml"), LocalEngine(progress=False), None, data)
-    return "::".join(str(p) for p in sorted((data / "shards").glob("*.tar")))
+    count = len(list((data / "shards").glob("part-*.tar")))
+    pattern = shard_pattern(data / "shards", count)
+    if not all((data / "shards" / shard_name(i)).exists() for i in range(count)):
+        raise SystemExit(f"{data}/shards: expected part-00000.tar to part-{count - 1:05d}.tar, as curate run writes them")
+    return pattern
 
 
 def _row(name: str, result: tuple[float, Usage] | str, samples: int) -> str:
@@ -279,7 +284,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT / "out" / "quickstart", help="the curated folder of `pool`")
     parser.add_argument("--pool", type=Path, default=ROOT / "data" / "openclipart" / "pool",
                         help="where the synthetic set's images and captions come from")
-    parser.add_argument("--samples", type=int, default=2560, help="samples each run trains on")
+    parser.add_argument("--samples", type=int, default=1280, help="samples each run trains on")
     parser.add_argument("--skip", type=int, default=5, help="warm-up steps left out of samples/s")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=1, help="data loader processes per rank, both trainers")
