@@ -14,13 +14,13 @@ import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import xxhash
 
 from curate.io.paths import exists, explained, filesystem, is_url, open_input, read_bytes
 from curate.io.writers import write_json_atomic
+from curate.provenance import curate_version
 
 SUCCESS = "_SUCCESS"
 DIGEST = "xxh3_128"
@@ -28,14 +28,6 @@ _PART = re.compile(r"(shards|parquet)/part-\d{5,}\.(tar|parquet)")  # curate's p
 _CHUNK = 8 * 2**20
 _SAMPLE = 2**20  # bytes hashed at each end of an input file
 _THREADS = 8  # files read at once (the reads wait on storage, not the CPU)
-
-
-def curate_version() -> str:
-    """The installed curate's version (part of every run's fingerprint)."""
-    try:
-        return version("curate")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown"
 
 
 def digest(path: str | Path) -> str:
