@@ -204,7 +204,7 @@ def pool_sample(provenance: dict, rows: int = POOL_ROWS) -> pa.Table | None:
         task = tasks[index]
         for verdict in read_task(replace(task, limit=min(left, task.limit or left)), 1024, limits):
             table = verdict.table
-            pieces.append(_with_sizes(table.select(["uid", "text"]), table.column("image")))
+            pieces.append(_with_sizes(table))
             left -= table.num_rows
     if not pieces:
         return None
@@ -212,21 +212,26 @@ def pool_sample(provenance: dict, rows: int = POOL_ROWS) -> pa.Table | None:
     return _with_languages(table, provenance["pipeline"].get("stages", []))
 
 
-def _with_sizes(table: pa.Table, images: pa.ChunkedArray) -> pa.Table:
-    """`table` with width and height read from each image's header (0 where it cannot be read)."""
+def _with_sizes(table: pa.Table) -> pa.Table:
+    """uid and text with width and height: read from each image's header, else (a metadata run,
+    no image bytes) from DataComp's original_width/original_height; 0 where neither is known."""
     from PIL import Image
 
-    sizes = []
-    for data in images.to_pylist():
+    n = table.num_rows
+    width, height = np.zeros(n, np.int32), np.zeros(n, np.int32)
+    if {"original_width", "original_height"} <= set(table.column_names):
+        width[:] = table.column("original_width").cast(pa.int64()).fill_null(0).to_numpy()
+        height[:] = table.column("original_height").cast(pa.int64()).fill_null(0).to_numpy()
+    images = table.column("image")
+    for i in np.flatnonzero(images.is_valid().to_numpy(zero_copy_only=False)).tolist():
         try:
             with warnings.catch_warnings():  # a header is read, never the pixels: a bomb's size is harmless
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(io.BytesIO(data)) as image:
-                    sizes.append(image.size)
-        except Exception:  # noqa: BLE001 - a missing or broken image has no size to plot
-            sizes.append((0, 0))
-    width, height = (np.array([s[i] for s in sizes], np.int32) for i in (0, 1))
-    return table.append_column("width", pa.array(width)).append_column("height", pa.array(height))
+                with Image.open(io.BytesIO(images[i].as_py())) as image:
+                    width[i], height[i] = image.size
+        except Exception:  # noqa: BLE001 - a broken image has no size to plot
+            width[i] = height[i] = 0
+    return table.select(["uid", "text"]).append_column("width", pa.array(width)).append_column("height", pa.array(height))
 
 
 def _with_languages(table: pa.Table, stages: list[dict]) -> pa.Table:
