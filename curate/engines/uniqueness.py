@@ -67,9 +67,13 @@ def write_task_uids(limits: ReadLimits, item: tuple[InputTask, str]) -> dict:
 
 def repeated_uids(table: pa.Table) -> pa.Table:
     """A partition's rows that repeat an earlier row's uid (whole groups of equal high halves are
-    in it): each with the place of the first row giving that uid."""
-    hi, lo = table.column("uid_hi").to_numpy(), table.column("uid_lo").to_numpy()
-    places = table.column("place").to_numpy()
+    in it): each with the place of the first row giving that uid. Only rows whose high half is
+    shared are sorted on all three columns (random uids almost never share one)."""
+    hi = table.column("uid_hi").to_numpy()
+    by_hi = np.argsort(hi, kind="stable")
+    ties = hi[by_hi][1:] == hi[by_hi][:-1]
+    shared = by_hi[np.r_[ties, False] | np.r_[False, ties]] if len(hi) else by_hi
+    hi, lo, places = hi[shared], table.column("uid_lo").to_numpy()[shared], table.column("place").to_numpy()[shared]
     order = np.lexsort((places, lo, hi))
     hi, lo, places = hi[order], lo[order], places[order]
     starts = np.r_[True, (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])] if len(hi) else np.zeros(0, bool)
