@@ -4,9 +4,10 @@ US SSNs, IBANs, IP addresses) found, then rejected, redacted with a tag, or only
 Phone numbers are Google's libphonenumber rules (the `phonenumbers` package and the metadata it
 ships: a number must be valid for its country, the default region's when it has no +code);
 the others are patterns with their checks (Luhn for cards, ISO 7064 mod 97 for IBANs, octets
-<= 255, the SSA's never-issued SSN ranges). A batch is searched with RE2 (Arrow) first, so only
-the captions that could hold a type meet the Python checks. The ledger names the types found,
-never the caption.
+<= 255, the SSA's never-issued SSN ranges). A batch's ASCII captions are searched with RE2
+(Arrow) first, so only those that could hold a type meet the Python checks (each RE2 candidate
+pattern matches wherever its Python pattern does); other captions meet them all. The ledger
+names the types found, never the caption.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ PATTERNS: dict[str, tuple[str, re.Pattern]] = {
     "EMAIL": (r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+\.",
               re.compile(r"(?<![\w.%+\-])[A-Za-z0-9._%+\-]+@(?:[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,}\b")),
     "PHONE": (r"\d[\d \-.()/]{5,}\d", re.compile(r"$^")),  # candidates only: libphonenumber finds them
-    "ADDRESS": (r"(?i)\d\s+\w+|p\.?\s?o\.?\s+box",
+    "ADDRESS": (r"(?i)\d[a-z]?\s+\w|p\.?\s?o\.?\s+box",
                 re.compile(r"\b\d{1,6}[A-Za-z]?\s+(?:[A-Z][A-Za-z'.\-]*\s+){1,4}(?:" + _SUFFIXES + r"|"
                            + _SUFFIXES.upper() + r")\b\.?|\b[Pp]\.?\s?[Oo]\.?\s+[Bb][Oo][Xx]\s+\d+\b")),
     "CREDIT_CARD": (r"\d(?:[ \-]?\d){12,18}", re.compile(r"(?<![\d\-])\d(?:[ \-]?\d){12,18}(?![\d\-])")),
@@ -82,9 +83,11 @@ class Pii(MapStage):
 
     def process(self, table: pa.Table) -> Verdict:
         texts = table.column("text").combine_chunks()
-        candidates = {kind: PATTERNS[kind][0] for kind in self.config.types}
-        masks = {kind: pc.match_substring_regex(texts, search).fill_null(False).to_numpy(zero_copy_only=False)
-                 for kind, search in candidates.items()}
+        # RE2's \d, \s and \w are ASCII, Python's Unicode: RE2 picks the candidates among ASCII captions,
+        # where the two agree, and every other caption goes to the Python checks whole
+        other = pc.invert(pc.string_is_ascii(texts)).fill_null(False).to_numpy(zero_copy_only=False)
+        masks = {kind: pc.match_substring_regex(texts, PATTERNS[kind][0]).fill_null(False).to_numpy(zero_copy_only=False)
+                 | other for kind in self.config.types}
         any_candidate = np.logical_or.reduce(list(masks.values()))
         found: list[list[str]] = [[] for _ in range(len(texts))]
         rewritten = texts.to_numpy(zero_copy_only=False).copy() if self.config.mode == "redact" else None

@@ -96,3 +96,18 @@ def test_a_run_ledger_holds_no_caption_text(tmp_path, pool_table):
         for secret in secrets:
             assert secret not in dumped
         assert caption not in dumped
+
+
+def test_candidate_search_loses_nothing(pool_table):
+    """RE2 picks the captions the Python checks see: on pool captions, the test's captions and their
+    variants with Unicode spaces, digits and letters, the answer is that of checking every caption
+    for every type."""
+    base = [c for c, *_ in CAPTIONS] + [c for c in CLEAN if c] + pool_table.column("text").to_pylist()
+    variants = [v for c in base[:len(CAPTIONS) + len(CLEAN) - 1]
+                for v in (c.replace(" ", "\u00a0"), c.replace("1", "\u0661"), c + " café", "12B " + c)]
+    texts = base + variants + ["at 12B Baker Street", "221\u2009Baker Street", "jane@example.com\u3000x"]
+    stage = stage_for(mode="redact")
+    verdict = stage.process(batch(texts))
+    everything = [sorted({kind for *_, kind in stage._spans(t, list(stage.config.types))}) for t in texts]
+    assert verdict.table.column("pii_types").to_pylist() == everything
+    assert sum(map(bool, everything)) > len(CAPTIONS)  # the variants and the pool's emails are found too
