@@ -195,8 +195,21 @@ class RunLayout:
         uids = [self.uid_part("all", task), self.uid_part("pool", task)] if final else []
         written = [*outputs, self.ledger_part(pass_index, task), self.fit_rows(pass_index, task), *uids]
         sync_paths([p for p in written if p.exists()])
+        marker = {**marker, "files": self._task_files(pass_index, task, final)}
         write_json_atomic(marker, self.marker(pass_index, task))
         return marker
+
+    def _task_files(self, pass_index: int, task: int, final: bool) -> dict[str, dict]:
+        """Manifest entries of the output files a task wrote (its ledger part; on the last pass its
+        Parquet part and tar, under the name the tar gets in shards/), hashed in the worker that
+        wrote them, so finishing a run never reads the whole output in one process."""
+        entries = describe(self.root, [self.ledger_part(pass_index, task)])
+        if final:
+            entries |= describe(self.root, [self.kept_parquet(task)])
+            tar = self.kept_tar(task)
+            if tar.exists():
+                entries |= {f"{self.shards.name}/{tar.name}": describe(tar.parent, [tar])[tar.name]}
+        return entries
 
     def commit_fit(self, pass_index: int, fit_stats: dict, state: dict) -> None:
         """Record a fit: its summary, and its rejections routed to their tasks made durable, then its
@@ -263,7 +276,25 @@ class RunLayout:
         sync_paths(files)
         run = json.loads(self.run_file.read_text())
         write_json_atomic({**run, "complete": True}, self.run_file, durable=True)
-        write_manifest(self.root, run, describe(self.root, files))
+        write_manifest(self.root, run, self._manifest_entries(files))
+
+    def _manifest_entries(self, files: list[Path]) -> dict[str, dict]:
+        """Every output file's entry: the one its task hashed (when the file is still the bytes the
+        task wrote: same name and size, and no resharding renamed shards), else hashed here (the
+        small files of the run's end, and resharded shards)."""
+        hashed: dict[str, dict] = {}
+        for marker in sorted((self.work / "done").glob("pass*.json")):
+            hashed |= json.loads(marker.read_text()).get("files", {})
+        entries, left = {}, []
+        for path in files:
+            name = path.relative_to(self.root).as_posix()
+            entry = hashed.get(name)
+            resharded = self.samples_per_shard is not None and name.startswith(f"{self.shards.name}/")
+            if entry is not None and not resharded and entry["size"] == path.stat().st_size:
+                entries[name] = entry
+            else:
+                left.append(path)
+        return entries | describe(self.root, left)
 
 
 def _named_paths(value) -> list[Path]:
