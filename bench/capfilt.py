@@ -28,8 +28,9 @@ def tiny_captioner(captions: list[str], out: Path) -> Path:
     """A LLaVA checkpoint with llava_tiny's architecture and random weights."""
     import torch
 
+    from curate.models.llava.model import save_checkpoint
+    from train.llava.build import build_llava, build_tiny_lm
     from train.llava.config import load_llava_config
-    from train.llava.model import build_llava, build_tiny_lm, save_checkpoint
 
     torch.manual_seed(0)
     model = load_llava_config(ROOT / "train" / "configs" / "llava_tiny.yaml").model
@@ -59,8 +60,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
+    from curate.models.llava.generate import Captioner
     from curate.stages.recaption import Recaption, RecaptionConfig, sample_seed
-    from train.llava.generate import Captioner
 
     table = pq.read_table(sorted(Path(args.pool).glob("*.parquet"))[0]).slice(0, args.images)
     with tempfile.TemporaryDirectory() as tmp:

@@ -132,8 +132,8 @@ def bench_embed(args) -> None:
     import pyarrow.parquet as pq
     import torch
 
+    from curate.models.clip import create_clip
     from curate.stages.embed import Embed, EmbedConfig
-    from train.clip.model import create_clip
 
     pool = pq.read_table(ROOT / "data" / "openclipart" / "pool", columns=["uid", "text", "image"])
     pool = pool.slice(0, args.images)

@@ -32,10 +32,10 @@ from common import ROOT
 
 sys.path.insert(0, str(ROOT))
 
-from train.llava.config import load_llava_config  # noqa: E402
+from curate.models.llava.model import load_checkpoint  # noqa: E402
 from train.data import StreamSettings  # noqa: E402
+from train.llava.config import load_llava_config  # noqa: E402
 from train.llava.data import llava_loader, llava_source  # noqa: E402
-from train.llava.model import load_checkpoint  # noqa: E402
 
 CONFIG = ROOT / "train" / "configs" / "llava_tiny.yaml"
 
@@ -103,7 +103,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--skip", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lm-config", default="llava-lm-tiny", help="a config in train/configs/models or a JSON file")
+    parser.add_argument("--lm-config", default="llava-lm-tiny", help="a config in curate/models/configs or a JSON file")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     parser.add_argument("--workers", type=int, default=1, help="trainer's loader processes")
     parser.add_argument("--pad-to-multiple", type=int, default=1, help="batch lengths rounded up to this")

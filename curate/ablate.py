@@ -188,13 +188,13 @@ def _train(model: str, train_config: BaseModel, run_dir: Path, progress: bool) -
 
 def _evaluate(model: str, checkpoint: Path, suite, progress: bool) -> dict:
     if model == "clip":
-        from train.clip.model import load_checkpoint
+        from curate.models.clip import load_checkpoint
         from train.eval.evaluate import evaluate
 
         clip, _ = load_checkpoint(checkpoint)
         return evaluate(clip, suite, progress=progress)
+    from curate.models.llava.generate import Captioner
     from train.eval.captioning import evaluate_captioner
-    from train.llava.generate import Captioner
 
     return evaluate_captioner(Captioner.load(checkpoint), suite, progress=progress)
 

@@ -313,7 +313,7 @@ class ClipEmbedder:
     def _load(self):
         import torch
 
-        from train.clip.model import load_checkpoint
+        from curate.models.clip import load_checkpoint
 
         if self._clip is None:
             self.device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -91,7 +91,7 @@ def clip_checkpoint(tmp_path_factory):
     """A clip-tiny checkpoint in the trainer's format (random weights, fixed seed)."""
     import torch
 
-    from train.clip.model import create_clip, save_checkpoint
+    from curate.models.clip import create_clip, save_checkpoint
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("scorer") / "last.pt"
@@ -105,8 +105,9 @@ def llava_checkpoint(tmp_path_factory, pool_table):
     trained on the pool's captions (random weights, fixed seed)."""
     import torch
 
-    from train.llava.config import LlavaModelConfig
-    from train.llava.model import build_llava, build_tiny_lm, save_checkpoint
+    from curate.models.llava.config import LlavaModelConfig
+    from curate.models.llava.model import save_checkpoint
+    from train.llava.build import build_llava, build_tiny_lm
 
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("captioner")
@@ -141,7 +142,7 @@ def embedding_checkpoint(tmp_path_factory):
     on its vectors rather than against what a trained scorer would call a duplicate."""
     import torch
 
-    from train.clip.model import create_clip, save_checkpoint
+    from curate.models.clip import create_clip, save_checkpoint
 
     torch.manual_seed(0)
     clip = create_clip("clip-tiny")

@@ -52,7 +52,7 @@ class Recaption(MapStage):
 
     def setup(self) -> None:
         from curate.io.cache import ResultCache
-        from train.llava.generate import Captioner
+        from curate.models.llava.generate import Captioner
 
         self._captioner = Captioner.load(self.config.checkpoint)
         settings = self.config.model_dump(exclude={"checkpoint", "batch_size", "cache"})

@@ -6,12 +6,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate.pipeline import parse_pipeline
 from curate.engines import LocalEngine
+from curate.models.llava.generate import Captioner
+from curate.pipeline import parse_pipeline
 from curate.runner import run_pipeline
 from curate.stages.caption_filter import CaptionFilter, CaptionFilterConfig, derived_uid
 from curate.stages.recaption import Recaption, RecaptionConfig
-from train.llava.generate import Captioner
 
 K = 3
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from curate.models.clip import load_checkpoint
 from curate.stages.clip_score import ClipScore, ClipScoreConfig
 from tests.stages.test_dedup import run_global
-from train.clip.model import load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +28,9 @@ def kept_and_scores(config, table):
 def test_scores_are_the_models_cosine(clip_checkpoint, pool_rows):
     _, scores, _ = kept_and_scores(ClipScoreConfig(checkpoint=str(clip_checkpoint), threshold=-1.0), pool_rows)
     clip, _ = load_checkpoint(clip_checkpoint)
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     row = pool_rows.slice(3, 1).to_pylist()[0]
     with torch.no_grad():

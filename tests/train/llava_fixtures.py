@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from train.llava.config import LlavaModelConfig
-from train.llava.model import build_llava, build_tiny_lm, save_checkpoint
+from curate.models.llava.config import LlavaModelConfig
+from curate.models.llava.model import save_checkpoint
+from train.llava.build import build_llava, build_tiny_lm
 
 
 @pytest.fixture(scope="session")

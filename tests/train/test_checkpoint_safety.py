@@ -10,10 +10,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from train.checkpoint import UnsafeCheckpointError, load_torch_file
-from train.clip.model import create_clip, load_checkpoint, save_checkpoint
+from curate.models.checkpoint import UnsafeCheckpointError, load_torch_file
+from curate.models.clip import create_clip, load_checkpoint, save_checkpoint
+from curate.models.llava.model import load_checkpoint as load_llava
 from train.eval.cli import DEFAULT_SUITE, eval_command
-from train.llava.model import load_checkpoint as load_llava
 
 
 class TouchOnLoad:

@@ -7,9 +7,9 @@ import open_clip
 import torch
 from PIL import Image
 
+from curate.models.clip import MODEL_CONFIGS, load_checkpoint
 from tests.train.shard_fixtures import write_shards
 from train.clip.config import ClipTrainConfig
-from train.clip.model import MODEL_CONFIGS, load_checkpoint
 from train.clip.train import train_clip
 
 

@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from tests.train.llava_fixtures import llava, llava_checkpoint, llava_model_config, tiny_lm  # noqa: F401
 from train.eval.captioning import caption_metrics, normalize_answer, vqa_accuracy
 from train.eval.suite import SuiteError, load_suite
-from tests.train.llava_fixtures import llava, llava_checkpoint, llava_model_config, tiny_lm  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,7 @@ def test_suite_takes_captioning_and_vqa_tasks_and_checks_their_fields(tmp_path, 
 
 
 def test_clip_evaluation_refuses_llava_tasks(tmp_path, pool_root):
-    from train.clip.model import create_clip
+    from curate.models.clip import create_clip
     from train.eval.evaluate import evaluate
 
     path = tmp_path / "suite.yaml"
@@ -94,9 +94,9 @@ def test_curate_eval_scores_a_llava_checkpoint_on_captioning_and_vqa(tmp_path, p
                                                                     clip_checkpoint):
     from click.testing import CliRunner
 
+    from curate.models.llava.generate import Captioner
     from train.eval.cli import eval_command
     from train.eval.suite import load_task_data, open_image
-    from train.llava.generate import Captioner
 
     question = "What category does this drawing belong to?"
     suite = tmp_path / "suite.yaml"

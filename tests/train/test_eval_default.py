@@ -5,7 +5,7 @@ import json
 
 from click.testing import CliRunner
 
-from train.clip.model import create_clip, save_checkpoint
+from curate.models.clip import create_clip, save_checkpoint
 from train.eval.cli import DEFAULT_SUITE, eval_command
 
 

@@ -11,9 +11,9 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from curate.cli import main
-from train.clip.model import MODEL_CONFIGS
-from train.llava.config import CAPTION_PROMPT
-from train.llava.model import load_checkpoint, pixel_shuffle
+from curate.models.clip import MODEL_CONFIGS
+from curate.models.llava.config import CAPTION_PROMPT
+from curate.models.llava.model import load_checkpoint, pixel_shuffle
 
 
 def test_an_exported_llava_loads_in_transformers_with_our_logits(llava_checkpoint, pool_images, tmp_path):

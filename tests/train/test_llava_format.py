@@ -8,10 +8,10 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from train.llava.config import LlavaModelConfig
-from train.llava.format import IGNORE
-from train.llava.model import build_llava
-from train.llava.tokenizer import special_tokens
+from curate.models.llava.config import LlavaModelConfig
+from curate.models.llava.format import IGNORE
+from curate.models.llava.tokens import special_tokens
+from train.llava.build import build_llava
 
 K = 4  # image tokens per region: clip-tiny's 4x4 patches after a 2x2 pixel shuffle
 

@@ -10,8 +10,8 @@ import torch
 from click.testing import CliRunner
 
 from curate.cli import main
-from train.llava.format import IGNORE
-from train.llava.generate import Captioner
+from curate.models.llava.format import IGNORE
+from curate.models.llava.generate import Captioner
 
 
 @pytest.fixture(scope="module")

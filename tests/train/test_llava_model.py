@@ -4,8 +4,9 @@ LM, checkpoints that rebuild the model alone."""
 import pytest
 import torch
 
-from train.llava.config import LlavaModelConfig
-from train.llava.model import Llava, VisionTower, build_llava, load_checkpoint, pixel_shuffle, prefix_lm_mask
+from curate.models.llava.config import LlavaModelConfig
+from curate.models.llava.model import Llava, VisionTower, load_checkpoint, pixel_shuffle, prefix_lm_mask
+from train.llava.build import build_llava
 
 
 def test_pixel_shuffle_merges_neighbouring_patches():
@@ -62,7 +63,7 @@ def test_prefix_lm_attention_inside_the_model(llava_model_config, tiny_lm, pool_
 
 
 def test_frozen_tower_takes_the_configured_layer(clip_checkpoint):
-    from train.clip.model import load_checkpoint as load_clip
+    from curate.models.clip import load_checkpoint as load_clip
 
     visual = load_clip(clip_checkpoint)[0].model.visual
     tower = VisionTower(load_clip(clip_checkpoint)[0].model.visual, 0)

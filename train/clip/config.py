@@ -14,7 +14,7 @@ from train.config import TrainConfig
 class ClipTrainConfig(TrainConfig):
     """What to train, on what, for how long. DataComp's rule: recipes change the data, never these."""
 
-    model: str = Field("clip-tiny", description="open_clip model name or a config in train/configs/models")
+    model: str = Field("clip-tiny", description="open_clip model name or a config in curate/models/configs")
     pretrained: str | None = Field(None, description="local weights file to start from (no hub downloads)")
     loss: Literal["infonce", "siglip"] = "infonce"
     data: str | None = Field(None, description="a curated output folder (its parquet/ or shards/), or shard files")

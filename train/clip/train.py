@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from curate.models.clip import create_clip, load_checkpoint, save_checkpoint
 from train.clip.config import ClipTrainConfig, load_clip_config
 from train.clip.data import clip_loader
-from train.clip.model import create_clip, load_checkpoint, save_checkpoint
 from train.clip.objective import ClipObjective
 from train.data import StreamSettings
 from train.loop import LoopSettings, train_loop

@@ -25,7 +25,16 @@ from typing import Protocol
 from PIL import Image
 from tqdm import tqdm
 
-from train.eval.suite import LLAVA_KINDS, Suite, TaskData, TaskSpec, load_suite, load_task_data, open_image, require_kinds
+from train.eval.suite import (
+    LLAVA_KINDS,
+    Suite,
+    TaskData,
+    TaskSpec,
+    load_suite,
+    load_task_data,
+    open_image,
+    require_kinds,
+)
 
 CAPTION_METRICS = ("BLEU-4", "METEOR", "CIDEr")
 _PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
@@ -33,7 +42,7 @@ _ARTICLES = {"a", "an", "the"}
 
 
 class CaptionModel(Protocol):
-    """What the evaluation needs of a model: `train.llava.generate.Captioner` has it."""
+    """What the evaluation needs of a model: `curate.models.llava.generate.Captioner` has it."""
 
     fingerprint: str
 

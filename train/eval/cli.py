@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from curate.io.writers import write_json_atomic
-from train.checkpoint import UnsafeCheckpointError, load_torch_file
+from curate.models.checkpoint import UnsafeCheckpointError, load_torch_file
 from train.eval.suite import SuiteError, load_suite
 
 DEFAULT_SUITE = Path(__file__).resolve().parents[2] / "train" / "configs" / "eval_default.yaml"
@@ -88,11 +88,11 @@ def checkpoint_kind(path: Path) -> str:
 def _load(kind: str, checkpoint: Path, model_name: str | None, device: str):
     """The model to evaluate (a Clip, or a Captioner for LLaVA) and the checkpoint's other contents."""
     if kind == "llava":
-        from train.llava.generate import Captioner
+        from curate.models.llava.generate import Captioner
 
         state = load_torch_file(checkpoint, "a LLaVA checkpoint", mmap=True)
         return Captioner.load(checkpoint, device), {k: v for k, v in state.items() if k != "state_dict"}
-    from train.clip.model import load_checkpoint
+    from curate.models.clip import load_checkpoint
 
     return load_checkpoint(checkpoint, model_name=model_name, device=device)
 

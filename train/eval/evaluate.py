@@ -19,10 +19,18 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from train.clip.model import Clip
+from curate.models.clip import Clip
 from train.eval.metrics import mean_per_class_recall, retrieval_recalls, zero_shot_top1
-from train.eval.suite import (CLIP_KINDS, Suite, TaskData, TaskSpec, load_suite, load_task_data, open_image,
-                              require_kinds)
+from train.eval.suite import (
+    CLIP_KINDS,
+    Suite,
+    TaskData,
+    TaskSpec,
+    load_suite,
+    load_task_data,
+    open_image,
+    require_kinds,
+)
 
 
 def evaluate(clip: Clip, suite: Suite | str | Path, batch_size: int = 64, device: str | torch.device = "cpu",

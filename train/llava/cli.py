@@ -98,8 +98,8 @@ def caption_command(checkpoint, inputs, output, num_captions, strategy, prompt, 
     from tqdm import tqdm
 
     from curate.io.writers import atomic, write_table_atomic
+    from curate.models.llava.generate import Captioner
     from train.data import ShardSource
-    from train.llava.generate import Captioner
 
     try:
         captioner = Captioner.load(checkpoint, device)

@@ -38,8 +38,8 @@ from tqdm import tqdm
 
 from curate.io.readers import InputError, plan_inputs, read_task
 from curate.io.writers import atomic, file_key, image_extension, write_json_atomic, write_table_atomic
+from curate.models.llava.config import CAPTION_PROMPT
 from curate.schema import LEDGER_SCHEMA
-from train.llava.config import CAPTION_PROMPT
 
 STAGE = "conversations"
 FIELDS = ("text", "category", "title", "keywords", "description")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from curate.models.llava.format import IMAGE, Encoded, LlavaFormat
 from train.data import Pair, RecordSource, ShardSource, StreamLoader, StreamSettings
-from train.llava.format import IMAGE, Encoded, LlavaFormat
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from curate.io.writers import atomic
-from train.llava.model import load_checkpoint
-from train.llava.tokenizer import GLOBAL_IMAGE, IM_END, IM_START, IMAGE
+from curate.models.llava.model import load_checkpoint
+from curate.models.llava.tokens import GLOBAL_IMAGE, IM_END, IM_START, IMAGE
 
 MANIFEST = "llava.json"
 PROJECTOR, VISION = "projector.safetensors", "vision.safetensors"

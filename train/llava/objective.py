@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from train.llava.format import IGNORE
-from train.llava.model import Llava
+from curate.models.llava.format import IGNORE
+from curate.models.llava.model import Llava
 
 
 class LlavaObjective:

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from train.llava.config import LlavaTrainConfig, load_llava_config
+from curate.models.llava.format import PLACEHOLDER
+from curate.models.llava.model import Llava, load_checkpoint, save_checkpoint
 from train.data import StreamSettings
+from train.llava.build import build_llava, build_tiny_lm
+from train.llava.config import LlavaTrainConfig, load_llava_config
 from train.llava.data import llava_loader, llava_source, source_texts
-from train.llava.format import PLACEHOLDER
-from train.llava.model import Llava, build_llava, build_tiny_lm, load_checkpoint, save_checkpoint
 from train.llava.objective import LlavaObjective
 from train.loop import LoopSettings, train_loop
 from train.run import open_run, run_overrides, run_parser, saver, training_job

@@ -1,7 +1,6 @@
 """The LLaVA model: a frozen open_clip vision tower (patch tokens of one layer), an MLP
 projector (LLaVA-1.5: two layers with GELU; optional nanoVLM pixel shuffle) and any Hugging
-Face causal LM, loaded from a local folder. The tiny CPU LM is built from a config JSON and
-written as such a folder first, so it loads through the very same path.
+Face causal LM (train/llava/build.py builds one to train).
 
 A checkpoint holds everything needed to rebuild the model without the files it came from:
 `kind: "llava"`, the model config, the LM's config, the tokenizer's files and all weights.
@@ -9,9 +8,7 @@ A checkpoint holds everything needed to rebuild the model without the files it c
 
 from __future__ import annotations
 
-import json
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +16,11 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from curate.io.writers import atomic
-from train.checkpoint import load_torch_file
-from train.clip.model import MODEL_CONFIGS, create_clip, load_checkpoint as load_clip_checkpoint
-from train.llava.config import LlavaModelConfig
-from train.llava.format import ImageSplitter, LlavaFormat
-from train.llava.tokenizer import IM_END, IMAGE, add_special_tokens, train_tokenizer
+from curate.models.checkpoint import load_torch_file
+from curate.models.clip import create_clip
+from curate.models.llava.config import LlavaModelConfig
+from curate.models.llava.format import ImageSplitter, LlavaFormat
+from curate.models.llava.tokens import IMAGE
 
 KIND = "llava"
 
@@ -141,46 +138,6 @@ class Llava(torch.nn.Module):
         extra = {"num_items_in_batch": batch["num_items_in_batch"]} if "num_items_in_batch" in batch else {}
         return self.lm(inputs_embeds=embeds, attention_mask=self.lm_mask(batch["attention_mask"], batch["prefix_len"]),
                        position_ids=batch["position_ids"], labels=batch.get("labels"), use_cache=False, **extra)
-
-
-def _load_vision(config: LlavaModelConfig, device) -> tuple[torch.nn.Module, str]:
-    if Path(config.vision).is_file():
-        clip, _ = load_clip_checkpoint(config.vision, device=str(device))
-    else:
-        clip = create_clip(config.vision, config.vision_pretrained, device)
-    return clip.model.visual, clip.name
-
-
-def build_tiny_lm(lm_config: str | Path, captions: Iterable[str], vocab_size: int, max_grid: int,
-                  out_dir: Path) -> Path:
-    """Write a Hugging Face model folder: the architecture of config JSON `lm_config` (a file, or a
-    name in train/configs/models) with random weights, and a BPE tokenizer trained on `captions`
-    (the stand-in for a pretrained LM where none can be downloaded). Returns the folder, which
-    loads like any other."""
-    path = Path(lm_config) if Path(lm_config).is_file() else MODEL_CONFIGS / f"{lm_config}.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"LM config {lm_config!r} not found (a JSON file, or one of "
-                                f"{sorted(p.stem for p in MODEL_CONFIGS.glob('*.json'))})")
-    raw = json.loads(path.read_text())
-    tokenizer = train_tokenizer(captions, vocab_size, max_grid)
-    end = tokenizer.convert_tokens_to_ids(IM_END)
-    config = AutoConfig.for_model(**{**raw, "vocab_size": len(tokenizer), "bos_token_id": end,
-                                     "eos_token_id": end, "pad_token_id": end})
-    AutoModelForCausalLM.from_config(config).save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return out_dir
-
-
-def build_llava(config: LlavaModelConfig, lm_path: str | Path, device: str | torch.device = "cpu") -> Llava:
-    """The model for `config`, its LM and tokenizer from the Hugging Face folder `lm_path`
-    (special tokens added, embeddings resized)."""
-    visual, vision_name = _load_vision(config, device)
-    tokenizer = add_special_tokens(AutoTokenizer.from_pretrained(lm_path), config.max_grid)
-    lm = AutoModelForCausalLM.from_pretrained(lm_path, dtype=torch.float32)
-    if lm.get_input_embeddings().num_embeddings < len(tokenizer):
-        lm.resize_token_embeddings(len(tokenizer))
-    spec = {"model": config.model_dump(), "vision_model": vision_name}
-    return Llava(VisionTower(visual, config.vision_layer), lm, tokenizer, spec).to(device)
 
 
 def _tokenizer_files(tokenizer) -> dict[str, bytes]:

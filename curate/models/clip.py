@@ -1,6 +1,7 @@
-"""CLIP models from open_clip's factory, the project's tiny configs, and checkpoints.
+"""CLIP models from open_clip's factory, the project's tiny configs, and checkpoints: what the
+CLIP scorer of the embedding stages loads and what `curate train clip` trains and writes.
 
-Any open_clip model name works; `train/configs/models/*.json` adds CPU-sized configs
+Any open_clip model name works; `curate/models/configs/*.json` adds CPU-sized configs
 (e.g. `clip-tiny`). Weights never come from a hub: a model starts random or from a local
 file (`pretrained: PATH`).
 """
@@ -16,9 +17,9 @@ import open_clip
 import torch
 
 from curate.io.writers import atomic
-from train.checkpoint import load_torch_file
+from curate.models.checkpoint import load_torch_file
 
-MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "models"
+MODEL_CONFIGS = Path(__file__).resolve().parent / "configs"
 open_clip.add_model_config(MODEL_CONFIGS)
 
 
@@ -59,7 +60,7 @@ def load_checkpoint(path: str | Path, model_name: str | None = None, device: str
     """A model from one of this project's checkpoints (its name is inside) or from an open_clip
     pretrained file, .safetensors or torch (then `model_name` says which architecture). Returns the
     model and the checkpoint's other contents (step, config, ...). Torch files load weights-only: one
-    that names any other object is refused (train.checkpoint)."""
+    that names any other object is refused (curate.models.checkpoint)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} not found")

@@ -1,5 +1,5 @@
 """Inference: captions (or answers) from a LLaVA checkpoint, batched with a KV cache, by greedy
-decoding, beam search or nucleus sampling. `Captioner` is the API the CapFilt stage and the
+decoding, beam search or nucleus sampling. `Captioner` is the API the recaption stage and the
 captioning evaluation call; `curate caption` writes its output for a set of shards."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from typing import Literal
 import torch
 from PIL import Image
 
-from train.llava.config import CAPTION_PROMPT
-from train.llava.format import IMAGE
-from train.llava.model import Llava, load_checkpoint
+from curate.models.llava.config import CAPTION_PROMPT
+from curate.models.llava.model import Llava, load_checkpoint
+from curate.models.llava.tokens import IMAGE
 
 Strategy = Literal["greedy", "beam", "nucleus"]
 

@@ -18,7 +18,7 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from train.llava.tokenizer import GLOBAL_IMAGE, IM_END, IM_START, IMAGE, region_token
+from curate.models.llava.tokens import GLOBAL_IMAGE, IM_END, IM_START, IMAGE, region_token
 
 IGNORE = -100
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
