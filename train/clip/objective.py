@@ -8,7 +8,7 @@ import math
 import torch
 from open_clip.loss import ClipLoss, SigLipLoss
 
-from train.clip.model import Clip
+from curate.models.clip import Clip
 
 MAX_LOGIT_SCALE = math.log(100)  # CLIP's clamp on the learned temperature
 
@@ -31,7 +31,8 @@ class ClipObjective:
         args = [out["image_features"], out["text_features"], out["logit_scale"]]
         if self.kind == "siglip":
             args.append(out["logit_bias"])
-        return self.loss_fn(*args), {"logit_scale": float(out["logit_scale"].detach())}
+        # the temperature stays a device tensor: the loop reads every scalar once, after the step
+        return self.loss_fn(*args), {"logit_scale": out["logit_scale"].detach()}
 
     @torch.no_grad()
     def after_step(self) -> None:
