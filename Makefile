@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml | $(PROTOC)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -q -e '.[dev,ray,spark,s3]'
+	$(BIN)/pip install -q -e '.[dev,ray,spark,s3,safety]'
 	touch $@
 
 $(SVG_DIR):

@@ -29,7 +29,11 @@ NMS_SCORE, NMS_IOU = 0.25, 0.45
 
 def model_path() -> Path:
     """320n.onnx as shipped in the nudenet wheel."""
-    import nudenet
+    try:
+        import nudenet
+    except ImportError as exc:
+        raise ImportError("nsfw and face_blur run NudeNet's detector: pip install 'curate[safety]' "
+                          "(nudenet and onnxruntime; NudeNet is AGPL-3.0)") from exc
 
     path = Path(nudenet.__file__).parent / "320n.onnx"
     if not path.is_file():
