@@ -73,6 +73,7 @@ def test_empty_uids_are_found_before_any_stage(tmp_path, pool_table):
         check(LocalEngine(workers=1, progress=False), tmp_path / "urls.csv", tmp_path / "csv")
 
 
+@pytest.mark.slow  # about 3 minutes of cluster start-up an engine; every parity run checks its input's uids too
 @pytest.mark.distributed
 @pytest.mark.parametrize("make", [lambda: RayEngine(workers=2, progress=False),
                                   lambda: SparkEngine(workers=2, progress=False)], ids=["ray", "spark"])
