@@ -10,6 +10,7 @@ from curate.engines.layout import RunLayout, fingerprint
 from curate.engines.lock import output_lock
 from curate import provenance
 from curate.io import publish
+from curate.io.card import write_card
 from curate.io.paths import is_url
 from curate.io.readers import InputTask, ReadLimits, holds_images, plan_inputs, read_task
 from curate.config import ConfigError
@@ -63,6 +64,7 @@ def run_pipeline(pipeline: Pipeline, engine, input_paths: str | list[str] | None
             stats = engine.run(pipeline, tasks, layout)
             provenance.write(layout.root, provenance.record(pipeline, engine, tasks, str(url or output), started, command))
             write_report(layout, stats)
+            write_card(layout, stats)  # README.md: load_dataset(OUTPUT) gives the kept samples
             layout.mark_complete()
         if url:
             publish.publish(layout.root, url)

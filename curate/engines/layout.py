@@ -17,6 +17,7 @@ from curate.engines.lock import LOCK_FILE
 from curate.engines.plan import Pass, StageStats, merge_stats, stage_key
 from curate.io.readers import READ_STAGE
 from curate.io.assembly import merge_uids, repeated_uids, uid_count
+from curate.io.card import CARD
 from curate.io.manifest import SUCCESS, content_samples, describe, verify, write_manifest
 from curate.io.paths import file_stamp, is_url
 from curate.io.shards import SIZES_FILE, place_task_tars, reshard
@@ -44,6 +45,7 @@ class RunLayout:
         self.stats = self.root / "stats.json"
         self.report = self.root / "report.html"
         self.uids = self.root / "uids.npy"
+        self.card = self.root / CARD  # the dataset card (curate.io.card)
         self.work = self.root / "_work"
         self.run_file = self.work / "run.json"
         self.success = self.root / SUCCESS  # the manifest, written last
@@ -104,7 +106,8 @@ class RunLayout:
     def outputs(self) -> list[Path]:
         """What a run writes in the output folder (the manifest first: removed first, a run
         half-removed is never taken for a finished one)."""
-        return [self.success, self.shards, self.parquet, self.rejected, self.stats, self.report, self.uids, self.work,
+        return [self.success, self.shards, self.parquet, self.rejected, self.stats, self.report, self.card, self.uids,
+                self.work,
                 self.root / "run.json"]  # run.json: how the output was made (curate.provenance)
 
     def prepare(self, fingerprint: dict, overwrite: bool, inputs: Iterable[str] = (), checksums: bool = False) -> bool:
