@@ -46,7 +46,7 @@ from common import ROOT
 from curate.io.shards import shard_name, write_sizes
 from curate.io.writers import TarShard
 
-MODEL_DIR = ROOT / "train" / "configs" / "models"
+MODEL_DIR = ROOT / "curate" / "models" / "configs"  # curate.models.clip.MODEL_CONFIGS, without importing torch
 SYNTHETIC = ROOT / "data" / "synthetic_clip"
 SYNTHETIC_SAMPLES, PER_SHARD, IMAGE_SIDE = 1_000_000, 10_000, 64
 SETS = {"100k": 100_000, "1m": SYNTHETIC_SAMPLES}

@@ -90,6 +90,18 @@ def stage_key(index: int, stage: Stage) -> str:
     return f"{index}:{stage.name}"
 
 
+def check_declared(key: str, stage: Stage, reasons: Counter, new_columns: set[str]) -> None:
+    """Raise unless a stage's answer keeps its declared contract: every rejection reason is one of
+    its `reasons` and every column it added is one of its `writes`."""
+    cls = type(stage).__name__
+    if set(reasons) - set(stage.reasons):
+        raise RuntimeError(f"stage {key} rejected rows for {sorted(set(reasons) - set(stage.reasons))}, not in "
+                           f"{cls}.reasons {sorted(stage.reasons)}: declare every reason the stage gives")
+    if new_columns - set(stage.writes):
+        raise RuntimeError(f"stage {key} added columns {sorted(new_columns - set(stage.writes))}, not in "
+                           f"{cls}.writes {sorted(stage.writes)}: declare every column the stage writes")
+
+
 def run_pass_on_batch(stages: list[Stage], pass_: Pass, verdict: Verdict, state: dict[str, Any],
                       rejected: pa.Table | None, read_step: bool) -> BatchResult:
     """Run one pass's stages over one batch. `read_step` marks a batch fresh from a reader,
@@ -98,29 +110,32 @@ def run_pass_on_batch(stages: list[Stage], pass_: Pass, verdict: Verdict, state:
     ledger: list[pa.Table] = []
     stats: dict[str, StageStats] = {}
 
-    def record(key: str, stage: Stage | None, v: Verdict, rows_in: int) -> pa.Table:
-        name = stage.name if stage else READ_STAGE
+    def record(key: str, stage: Stage | None, v: Verdict, given: pa.Table) -> pa.Table:
+        name, rows_in = (stage.name if stage else READ_STAGE), given.num_rows
         kept, rejected = v.split(name)
         made = kept.num_rows + rejected.num_rows - rows_in
         if made < 0 or made and not stage.derives_samples:
             raise RuntimeError(f"stage {key} answered {v.table.num_rows} rows for {rows_in}: every row must be kept "
                                "or rejected (only a stage that derives samples may add rows)")
-        stats[key] = StageStats(name, rows_in, kept.num_rows, reason_counts(rejected))
+        counts = reason_counts(rejected)
+        if stage is not None:
+            check_declared(key, stage, counts, set(v.table.column_names) - set(given.column_names))
+        stats[key] = StageStats(name, rows_in, kept.num_rows, counts)
         if rejected.num_rows:
             ledger.append(rejected)
         return kept
 
-    table = record(READ_STAGE, None, verdict, verdict.table.num_rows) if read_step else verdict.table
+    table = record(READ_STAGE, None, verdict, verdict.table) if read_step else verdict.table
     if pass_.apply is not None:
         stage = stages[pass_.apply]
         decided = stage.apply(table, state, rejected)
-        table = record(stage_key(pass_.apply, stage), stage, decided, table.num_rows)
+        table = record(stage_key(pass_.apply, stage), stage, decided, table)
     for i in pass_.maps:
-        table = record(stage_key(i, stages[i]), stages[i], stages[i].process(table), table.num_rows)
+        table = record(stage_key(i, stages[i]), stages[i], stages[i].process(table), table)
     if pass_.fit is not None:
         stage = stages[pass_.fit]
         # the fit stage's own rejections (e.g. an unhashable image) are counted with its apply step
-        table = record(stage_key(pass_.fit, stage) + ":fit", stage, stage.process(table), table.num_rows)
+        table = record(stage_key(pass_.fit, stage) + ":fit", stage, stage.process(table), table)
     return BatchResult(table, ledger, stats)
 
 

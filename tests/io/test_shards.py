@@ -18,6 +18,7 @@ import pytest
 from curate.engines.local import LocalEngine
 from curate.io.shards import SIZES_FILE, reshard, shard_name
 from curate.io.writers import PartWriter
+from curate.models.clip import MODEL_CONFIGS
 from curate.pipeline import load_pipeline
 from curate.runner import run_pipeline
 
@@ -130,7 +131,7 @@ def test_a_run_writes_sizes_json_and_shards_of_samples_per_shard(pool_root, tmp_
 OPEN_CLIP = f"""
 import sys
 import open_clip
-open_clip.add_model_config({str(ROOT / "train" / "configs" / "models")!r})
+open_clip.add_model_config({str(MODEL_CONFIGS)!r})
 from open_clip_train.main import main
 main(sys.argv[1:])
 """
