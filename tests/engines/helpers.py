@@ -7,6 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -38,14 +39,21 @@ def assert_same_output(got: dict, expected: dict) -> None:
                 assert value == theirs[key], (mine["uid"], key)
 
 
-def kill_after_first_task(command: list[str], folder: Path) -> None:
+def kill_after_first_task(command: list[str], folder: Path, deadline_s: float = 120) -> None:
     """Start `command` (a `curate run`), SIGKILL its process group as soon as a first task of
-    pass 0 has its completion marker in `folder`, and check it really was cut short."""
+    pass 0 has its completion marker in `folder`, and every process it started that left the
+    group (a Ray or Spark cluster's daemons), and check it really was cut short."""
     process = subprocess.Popen(command, start_new_session=True)
-    deadline = time.time() + 120
+    deadline = time.time() + deadline_s
     while not list((folder / "_work" / "done").glob("pass0-*.json")) and time.time() < deadline:
         assert process.poll() is None, "the run ended before it could be interrupted"
         time.sleep(0.01)
+    started = psutil.Process(process.pid).children(recursive=True)
     os.killpg(process.pid, signal.SIGKILL)
+    for child in started:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
     process.wait()
     assert not (folder / "stats.json").exists(), "the run finished before the kill; the test proves nothing"
