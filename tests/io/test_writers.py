@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -53,11 +54,14 @@ def test_report_and_stats(run_output):
     for stage in on_disk["stages"]:
         assert stage["in"] - stage["out"] == sum(stage["reasons"].values())
     page = (out / "report.html").read_text()
-    # three figures (caption length, image size, language) and the funnel and reasons as bar tables
-    assert page.count("data:image/png;base64,") == 3 and "Language" in page
+    # a pool-and-kept figure each for caption length, shorter side, aspect ratio and language (no
+    # CLIP score in this pipeline), and the funnel and reasons as bar tables
+    assert re.findall(r"data-plot='(\w+)'", page) == ["caption", "side", "aspect", "lang"] and "Language" in page
+    assert page.count("data:image/png;base64,") == 4
     assert "<h2>Funnel</h2>" in page and "<h2>Rejection reasons</h2>" in page
-    for stage in on_disk["stages"]:
-        assert f"after {stage['key']}</td><td class='n'>{stage['out']}</td>" in page
+    for stage in on_disk["stages"]:  # a global stage's fit rows are folded into its own row
+        if not stage["key"].endswith(":fit"):
+            assert f"after {stage['key']}</td><td class='n'>{stage['out']:,}</td>" in page
 
 
 def test_failed_write_leaves_nothing(tmp_path, real_jpeg):
