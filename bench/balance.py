@@ -28,10 +28,11 @@ import time
 
 import pyarrow as pa
 import pyarrow.dataset as ds
-from common import ROOT
 
 from curate.metadata import build_metadata, corpus_ngrams, normalize, wordnet_entries, write_metadata
 from curate.stages.concept_match import ConceptMatch, ConceptMatchConfig
+
+from common import ROOT
 
 
 def metaclip_spacing(text):
@@ -168,9 +169,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{size:>8,} | {name:<20} | {built[size, name]:>7.2f} | {rate:>10,.0f} | {per_caption:>15.2f} | "
                   f"{curate_rate / rate:>14.2f}x")
     small, large = min(args.sizes), max(args.sizes)
-    print(f"\ncurate at {large:,} entries runs at {rates[large, 'curate concept_match'][0] / rates[small, 'curate concept_match'][0]:.2f}x "
-          f"its speed at {small:,}; MetaCLIP's automaton at {rates[large, 'MetaCLIP automaton'][0] / rates[small, 'MetaCLIP automaton'][0]:.2f}x, "
-          f"its loop at {rates[large, 'MetaCLIP loop'][0] / rates[small, 'MetaCLIP loop'][0]:.4f}x")
+    def growth(name: str) -> float:
+        return rates[large, name][0] / rates[small, name][0]
+
+    print(f"\ncurate at {large:,} entries runs at {growth('curate concept_match'):.2f}x its speed at {small:,}; "
+          f"MetaCLIP's automaton at {growth('MetaCLIP automaton'):.2f}x, its loop at {growth('MetaCLIP loop'):.4f}x")
 
 if __name__ == "__main__":
     main()

@@ -45,7 +45,7 @@ from common import ROOT
 
 sys.path.insert(0, str(ROOT))
 
-from curate.neighbours import SearchConfig, build_index, search, similar_pairs  # noqa: E402
+from curate.neighbours import SearchConfig, build_index, search, similar_pairs
 
 CR_PYTHON = ROOT / "bench" / ".venv-cr" / "bin" / "python"
 
@@ -106,7 +106,8 @@ def bench_dedup(args) -> None:
     # the approximate index on the same queries: what exact search finds there, it should too
     approx = set(zip(left.tolist(), right.tolist()))
     agreement = sum((a, b) in approx for a, b in pairs.tolist()) / max(1, len(pairs))
-    print(f" flat: {flat_s:8.1f} s {label}  recall of planted pairs {flat_recall:.4f}  peak RSS {peak_rss_gib():.2f} GiB")
+    print(f" flat: {flat_s:8.1f} s {label}  recall of planted pairs {flat_recall:.4f}  "
+          f"peak RSS {peak_rss_gib():.2f} GiB")
     print(f"{args.index} finds {agreement:.4f} of the pairs exact search finds (same queries)")
     print(f"ratio: {args.index} is {flat_s / approx_s:.1f}x faster than flat (target >= 10x), "
           f"recall {approx_recall:.4f} (target >= 0.95)")
@@ -167,8 +168,9 @@ def bench_embed(args) -> None:
             ours = pool.num_rows / (time.perf_counter() - started)
             line = f"{model:>10}: embed stage {ours:7.1f} images/s"
             if CR_PYTHON.exists():
-                cr_args = {"input_dataset": str(tmp / f"images-{{0..{shards - 1}}}.tar"), "output_folder": str(tmp / f"cr-{model}"),
-                           "input_format": "webdataset", "batch_size": args.batch_size,
+                cr_args = {"input_dataset": str(tmp / f"images-{{0..{shards - 1}}}.tar"),
+                           "output_folder": str(tmp / f"cr-{model}"), "input_format": "webdataset",
+                           "batch_size": args.batch_size,
                            "num_prepro_workers": os.cpu_count(), "enable_text": True, "enable_image": True,
                            "clip_model": f"open_clip:{model}/{weights}", "use_jit": False,
                            "enable_wandb": False, "write_batch_size": 10**6}
@@ -214,7 +216,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--pairs", type=int, default=10_000)
-    parser.add_argument("--noise", type=float, default=0.012, help="per-dimension noise of a planted copy (of a unit vector)")
+    parser.add_argument("--noise", type=float, default=0.012,
+                        help="per-dimension noise of a planted copy (of a unit vector)")
     parser.add_argument("--threshold", type=float, default=0.9)
     parser.add_argument("--index", choices=["ivf", "hnsw"], default="ivf")
     parser.add_argument("--nlist", type=int, default=None)

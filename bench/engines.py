@@ -18,11 +18,11 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from common import ROOT, copy_pool
-
 from curate.engines import LocalEngine, RayEngine, SparkEngine
 from curate.pipeline import load_pipeline
 from curate.runner import run_pipeline
+
+from common import ROOT, copy_pool
 
 
 def timed_run(pipeline, engine, source: Path, out: Path) -> tuple[float, dict]:

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from common import ROOT, copy_pool
+
 DJ_PYTHON = ROOT / "bench" / ".venv-dj" / "bin" / "python"
 
 DJ_SCRIPT = """
@@ -134,7 +135,7 @@ def bench_data_juicer(dataset: Path, workers: int, scratch: Path) -> tuple[float
     env = {**os.environ, "DATA_JUICER_MODELS_CACHE": str(models), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([str(DJ_PYTHON), str(script), str(config)], capture_output=True, text=True, env=env)
     # Data-Juicer routes stdout through its logger, so look in both streams
-    line = next((l for l in (result.stdout + result.stderr).splitlines() if "DJ_RESULT " in l), None)
+    line = next((text for text in (result.stdout + result.stderr).splitlines() if "DJ_RESULT " in text), None)
     if result.returncode != 0 or line is None:
         print(result.stdout[-3000:], result.stderr[-3000:], file=sys.stderr)
         raise SystemExit(f"Data-Juicer run failed (exit code {result.returncode})")
@@ -148,7 +149,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="cores for the all-core line")
     parser.add_argument("--repeat", type=int, default=3, help="runs of curate and of the limit; the best counts")
     parser.add_argument("--copies", type=int, default=1,
-                        help="bench on this many copies of the pool (new uids), to weigh one-off costs as on larger data")
+                        help="bench on this many copies of the pool (new uids), to weigh one-off costs as on larger "
+                             "data")
     args = parser.parse_args()
     if not DJ_PYTHON.exists():
         raise SystemExit(f"Data-Juicer venv missing at {DJ_PYTHON}: run `make bench-dj` first")
@@ -167,9 +169,10 @@ def main() -> None:
             rows.append((cores, n / curate_s / cores, curate_kept, n / dj_s / cores, dj_kept, n / limit_s / cores))
     print(f"\nsamples: {n} ({args.copies} x the pool), DataComp basic filter; figures are samples/s per core")
     for cores, curate_rate, curate_kept, dj_rate, dj_kept, limit_rate in rows:
-        print(f"{cores} core(s): curate {curate_rate:7.1f} (kept {curate_kept})  Data-Juicer {dj_rate:6.1f} (kept {dj_kept})"
-              f"  decode-only limit {limit_rate:7.1f}  |  curate/Data-Juicer {curate_rate / dj_rate:4.2f}x (target >= 2)"
-              f"  curate/limit {curate_rate / limit_rate:4.2f}x (target >= 0.7)")
+        print(f"{cores} core(s): curate {curate_rate:7.1f} (kept {curate_kept})  Data-Juicer {dj_rate:6.1f} "
+              f"(kept {dj_kept})  decode-only limit {limit_rate:7.1f}  |  curate/Data-Juicer "
+              f"{curate_rate / dj_rate:4.2f}x (target >= 2)  curate/limit {curate_rate / limit_rate:4.2f}x "
+              "(target >= 0.7)")
 
 
 if __name__ == "__main__":

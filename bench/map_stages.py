@@ -65,7 +65,8 @@ def synthetic_rows(n: int, seed: int = 0) -> pa.Table:
         elif words and extra < 0.13:
             words[0] = BLOCKLIST[int(extra * 1000) % 4]
         gaps = UNICODE_GAPS if 0.98 < extra else GAPS
-        texts.append("".join(w + gaps[k % len(gaps)] for w, k in zip(words, rng.integers(0, 400, count).tolist())).rstrip(" "))
+        spaced = (w + gaps[k % len(gaps)] for w, k in zip(words, rng.integers(0, 400, count).tolist()))
+        texts.append("".join(spaced).rstrip(" "))
     shapes = rng.random(n)
     for i in np.flatnonzero(shapes < 0.03).tolist():
         texts[i] = None
@@ -95,7 +96,8 @@ def build(name: str, metadata: Path, revision: str | None = None, blocklist_size
         params = {"metadata": str(metadata)}
     if name == "text_filter" and blocklist_size > len(BLOCKLIST):
         rng = np.random.default_rng(1)
-        extra = ["".join(rng.choice(list("bcdfghjklmnpqrstvwxz"), int(rng.integers(4, 10)))) for _ in range(blocklist_size)]
+        consonants = list("bcdfghjklmnpqrstvwxz")
+        extra = ["".join(rng.choice(consonants, int(rng.integers(4, 10)))) for _ in range(blocklist_size)]
         params = {**params, "blocklist": BLOCKLIST + extra[: blocklist_size - len(BLOCKLIST)]}
     if revision is None:
         module = importlib.import_module(f"curate.stages.{module_name}")
@@ -131,7 +133,8 @@ def main() -> None:
     batches = [table.slice(i, args.batch_size) for i in range(0, table.num_rows, args.batch_size)]
     with tempfile.TemporaryDirectory() as tmp:
         metadata = Path(tmp) / "entries.txt"
-        metadata.write_text("\n".join(sorted(set(WORDS) | {"clip art", "line shape", "red car"})) + "\n", encoding="utf-8")
+        entries = sorted(set(WORDS) | {"clip art", "line shape", "red car"})
+        metadata.write_text("\n".join(entries) + "\n", encoding="utf-8")
         print(f"{args.rows:,} rows, batches of {args.batch_size}; rows/s of CPU time, best of {args.repeats}")
         for name in args.stages.split(","):
             runs = {"now": build(name, metadata, blocklist_size=args.blocklist_size)}

@@ -108,7 +108,7 @@ def bench_data_juicer(images: list[bytes], scratch: Path, core: int, repeat: int
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     result = subprocess.run([str(DJ_PYTHON), str(scratch / "dj_face_blur.py"), str(scratch / "dj-paths.json"),
                              str(scratch / "dj-out"), str(core), str(repeat)], capture_output=True, text=True, env=env)
-    line = next((l for l in (result.stdout + result.stderr).splitlines() if "DJ_RESULT " in l), None)
+    line = next((text for text in (result.stdout + result.stderr).splitlines() if "DJ_RESULT " in text), None)
     if result.returncode != 0 or line is None:
         print(result.stdout[-3000:], result.stderr[-3000:], file=sys.stderr)
         return f"failed (exit code {result.returncode})"
@@ -121,7 +121,8 @@ def main() -> None:
     parser.add_argument("--pool", type=Path, default=ROOT / "data" / "openclipart" / "pool")
     parser.add_argument("--images", type=int, default=400)
     parser.add_argument("--repeat", type=int, default=3, help="runs of each; the best counts")
-    parser.add_argument("--core", type=int, default=min(os.sched_getaffinity(0)), help="the core everything is pinned to")
+    parser.add_argument("--core", type=int, default=min(os.sched_getaffinity(0)),
+                        help="the core everything is pinned to")
     args = parser.parse_args()
     os.sched_setaffinity(0, {args.core})
     import cv2

@@ -36,8 +36,8 @@ def synthetic_rows(n: int, image_bytes: tuple[int, int] = (2_000, 30_000), seed:
     offsets = np.r_[0, np.cumsum(sizes)]
     for start in offsets[:-1].tolist():
         blob[start : start + 3] = b"\xff\xd8\xff"  # a JPEG's magic number
-    images = pa.LargeBinaryArray.from_buffers(pa.large_binary(), n, [None, pa.py_buffer(offsets.astype(np.int64).tobytes()),
-                                                                      pa.py_buffer(bytes(blob))]).cast(pa.binary())
+    buffers = [None, pa.py_buffer(offsets.astype(np.int64).tobytes()), pa.py_buffer(bytes(blob))]
+    images = pa.LargeBinaryArray.from_buffers(pa.large_binary(), n, buffers).cast(pa.binary())
     words = np.array("a red fox jumping over the wooden fence in snow drawing of cat with hat".split(), dtype=object)
     texts = [" ".join(words[rng.integers(0, len(words), k)]) for k in rng.integers(2, 20, n).tolist()]
     return pa.table({
@@ -107,7 +107,8 @@ def main() -> None:
     print(f"{args.rows:,} samples ({members:,} members, images of {low:,}-{high:,} B), batches of {args.batch_size}, "
           f"best of {args.repeats}")
     for label, seconds in best.items():
-        print(f"{label:8s} {members / seconds:12,.0f} members/s ({seconds * 1e6 / members:.2f} us a member, {seconds:.2f} s CPU)")
+        print(f"{label:8s} {members / seconds:12,.0f} members/s ({seconds * 1e6 / members:.2f} us a member, "
+              f"{seconds:.2f} s CPU)")
     if args.baseline:
         print(f"speed-up x{best[args.baseline] / best['now']:.1f}")
 

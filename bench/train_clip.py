@@ -41,10 +41,10 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image, ImageOps
 
-from common import ROOT
-
 from curate.io.shards import shard_name, write_sizes
 from curate.io.writers import TarShard
+
+from common import ROOT
 
 MODEL_DIR = ROOT / "curate" / "models" / "configs"  # curate.models.clip.MODEL_CONFIGS, without importing torch
 SYNTHETIC = ROOT / "data" / "synthetic_clip"
@@ -124,8 +124,8 @@ def synthetic_shards(pool: Path) -> Path:
     made = {"settings": wanted, "distinct_images": len(images), "seconds": round(time.perf_counter() - started, 1),
             "bytes": sum(p.stat().st_size for p in folder.glob("*.tar"))}
     stamp.write_text(json.dumps(made, indent=2) + "\n")
-    print(f"made {SYNTHETIC_SAMPLES:,} samples ({len(images):,} distinct 64 px images, {made['bytes'] / 2**30:.2f} GiB) "
-          f"in {made['seconds']} s: {folder}", flush=True)
+    print(f"made {SYNTHETIC_SAMPLES:,} samples ({len(images):,} distinct 64 px images, "
+          f"{made['bytes'] / 2**30:.2f} GiB) in {made['seconds']} s: {folder}", flush=True)
     return folder
 
 
@@ -208,7 +208,8 @@ def run_measured(command: list[str], nproc: int, cwd: Path, env: dict, log: Path
 def launch(nproc: int, module_or_script: list[str]) -> list[str]:
     if nproc == 1:
         return [sys.executable, *module_or_script]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *module_or_script]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            *module_or_script]
 
 
 def _failure(log: Path, code: int) -> str:
@@ -239,7 +240,8 @@ def open_clip(data: str, samples: int, batch: int, workers: int, skip: int, npro
     args = ["--train-data", data, "--dataset-type", "webdataset", "--train-num-samples", str(samples),
             "--batch-size", str(batch // nproc), "--model", "clip-tiny", "--precision", "fp32",
             "--workers", str(workers), "--epochs", "1", "--lr", "5e-4", "--wd", "0.1", "--warmup", "5",
-            "--log-every-n-steps", "1", "--logs", str(scratch / "open_clip_logs"), "--name", f"n{nproc}-{time.monotonic_ns()}",
+            "--log-every-n-steps", "1", "--logs", str(scratch / "open_clip_logs"),
+            "--name", f"n{nproc}-{time.monotonic_ns()}",
             "--save-frequency", "0", "--report-to", "", "--seed", "0", "--device", "cpu"]
     log = scratch / "open_clip.log"
     code, usage = run_measured(launch(nproc, [str(launcher)]), nproc, scratch,
@@ -264,7 +266,8 @@ def pool_shards(data: Path) -> str:
     count = len(list((data / "shards").glob("part-*.tar")))
     pattern = shard_pattern(data / "shards", count)
     if not all((data / "shards" / shard_name(i)).exists() for i in range(count)):
-        raise SystemExit(f"{data}/shards: expected part-00000.tar to part-{count - 1:05d}.tar, as curate run writes them")
+        raise SystemExit(f"{data}/shards: expected part-00000.tar to part-{count - 1:05d}.tar, "
+                         "as curate run writes them")
     return pattern
 
 

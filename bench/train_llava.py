@@ -32,10 +32,10 @@ from common import ROOT
 
 sys.path.insert(0, str(ROOT))
 
-from curate.models.llava.model import load_checkpoint  # noqa: E402
-from train.data import StreamSettings  # noqa: E402
-from train.llava.config import load_llava_config  # noqa: E402
-from train.llava.data import llava_loader, llava_source  # noqa: E402
+from curate.models.llava.model import load_checkpoint
+from train.data import StreamSettings
+from train.llava.config import load_llava_config
+from train.llava.data import llava_loader, llava_source
 
 CONFIG = ROOT / "train" / "configs" / "llava_tiny.yaml"
 

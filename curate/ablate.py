@@ -248,7 +248,8 @@ def write_leaderboard(rows: list[dict], records: list[dict], config: ExperimentC
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    tasks = [k for k in rows[0] if k not in ("recipe", "curated_size", "pool_size", "seeds", "aggregate", "aggregate_std")]
+    summary = ("recipe", "curated_size", "pool_size", "seeds", "aggregate", "aggregate_std")
+    tasks = [k for k in rows[0] if k not in summary]
     with open(out / "leaderboard.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -258,7 +259,8 @@ def write_leaderboard(rows: list[dict], records: list[dict], config: ExperimentC
     header = "| rank | recipe | curated / pool | aggregate (mean ± std over seeds) | " + " | ".join(labels) + " |"
     trained = f"CLIP `{Path(config.train).name}`, {config.samples_seen:,} samples seen"
     if config.model == "llava":
-        trained = f"LLaVA `{Path(config.train).name}`, stage 1 on the recipe's captions, {config.samples_seen:,} samples seen"
+        trained = (f"LLaVA `{Path(config.train).name}`, stage 1 on the recipe's captions, "
+                   f"{config.samples_seen:,} samples seen")
         if config.stage2_data is not None:
             trained += (f", then stage 2 on `{config.stage2_data}` (the same for every recipe), "
                         f"{config.stage2_samples_seen or config.samples_seen:,} samples seen")

@@ -13,8 +13,14 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from curate.ablate import (ExperimentConfig, curate_recipe, leaderboard_rows, train_and_evaluate, with_stage,
-                           write_leaderboard)
+from curate.ablate import (
+    ExperimentConfig,
+    curate_recipe,
+    leaderboard_rows,
+    train_and_evaluate,
+    with_stage,
+    write_leaderboard,
+)
 from curate.config import ConfigError, load_yaml, validate
 from curate.pipeline import load_pipeline
 from curate.stages.clip_score import ClipScore

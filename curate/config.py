@@ -179,7 +179,8 @@ def apply_override(raw: Any, override: str, source: str) -> Any:
             node = node[part]
         except (KeyError, IndexError, TypeError):
             walked = key.split("=")[0]
-            raise ConfigError(f"--set {override!r}: {source} has no key {walked!r} (failed at {parts[: depth + 1]})") from None
+            raise ConfigError(f"--set {override!r}: {source} has no key {walked!r} "
+                              f"(failed at {parts[: depth + 1]})") from None
     last = parts[-1]
     if isinstance(last, int) and not (isinstance(node, list) and last < len(node)):
         raise ConfigError(f"--set {override!r}: index {last} is out of range in {source}")

@@ -65,7 +65,7 @@ def decode_bgr(data: bytes | None) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as opened:
             return np.ascontiguousarray(np.asarray(opened.convert("RGB"))[:, :, ::-1])
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is this image's rejection
+    except Exception as exc:  # any decoder failure is this image's rejection (re-raised as one error)
         raise ValueError(f"undecodable image ({len(data)} bytes): {type(exc).__name__}: {exc}"[:200]) from exc
 
 

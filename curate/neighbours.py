@@ -29,8 +29,9 @@ class SearchConfig(StageConfig):
 
     index: Literal["auto", "flat", "ivf", "hnsw"] = Field(
         "auto", description=f"exact `flat` search, or approximate `ivf`/`hnsw`; auto: flat up to {FLAT_MAX_ROWS:,} "
-                            "vectors, ivf above (hnsw builds its graph in parallel, so its result may vary run to run; ivf's "
-                            "coarse k-means is threaded, so which pairs it misses may vary with the CPU count)")
+                            "vectors, ivf above (hnsw builds its graph in parallel, so its result may vary run to "
+                            "run; ivf's coarse k-means is threaded, so which pairs it misses may vary with the CPU "
+                            "count)")
     neighbours: int = Field(16, ge=1, le=1024, description="nearest neighbours looked at per vector")
     nlist: int | None = Field(None, gt=0, description="IVF lists (default: 4 * sqrt(n))")
     nprobe: int = Field(32, gt=0, description="IVF lists visited per query")

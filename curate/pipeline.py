@@ -18,7 +18,6 @@ from curate.schema import INPUT_SCHEMA
 from curate.stage import Stage, StageConfig
 from curate.stages import REGISTRY
 
-
 OUTPUTS = ("parquet", "webdataset", "uids")  # what a run can write, and by default does
 
 
@@ -149,7 +148,8 @@ def _missing(spec: StageSpec, choices: list[tuple[str, ...]], available: set[str
     for choice in choices:
         missing = [c for c in choice if c not in available]
         writers = sorted(n for n, cls in REGISTRY.items() if set(missing) & set(cls.writes))
-        wants.append(f"{missing} (" + (f"add one of {writers} before it" if writers else "the input must hold them") + ")")
+        remedy = f"add one of {writers} before it" if writers else "the input must hold them"
+        wants.append(f"{missing} ({remedy})")
     return f"reads column(s) {' or '.join(wants)} that the input and earlier stages do not provide"
 
 

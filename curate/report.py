@@ -19,16 +19,16 @@ from collections import Counter
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.dataset as ds  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-import yaml  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import yaml
 
-from curate import provenance as runs  # noqa: E402
-from curate import samples  # noqa: E402
-from curate.io.writers import atomic  # noqa: E402
+from curate import provenance as runs
+from curate import samples
+from curate.io.writers import atomic
 
 SAMPLE_ROWS = 200_000  # kept rows the distribution plots are drawn from
 POOL_ROWS = 5_000  # input rows (whole tasks in a seeded order) the pool's distributions are drawn from
@@ -231,7 +231,8 @@ def _with_sizes(table: pa.Table) -> pa.Table:
                     width[i], height[i] = image.size
         except Exception:  # noqa: BLE001 - a broken image has no size to plot
             width[i] = height[i] = 0
-    return table.select(["uid", "text"]).append_column("width", pa.array(width)).append_column("height", pa.array(height))
+    sized = table.select(["uid", "text"]).append_column("width", pa.array(width))
+    return sized.append_column("height", pa.array(height))
 
 
 def _with_languages(table: pa.Table, stages: list[dict]) -> pa.Table:
@@ -291,8 +292,9 @@ def _rejected_galleries(layout, stats: dict, provenance: dict, n: int) -> str:
         mine = [row for row in picked.to_pylist() if (row["stage"], row["reason"]) == (stage, reason)]
         cards = "".join(card(inputs.get(r["uid"], {}).get("image"), inputs.get(r["uid"], {}).get("text"),
                              f"{reason}: {r['value']}" if r["value"] is not None else reason) for r in mine)
-        sections.append(f"<section class='gallery' data-stage='{html.escape(stage)}' data-reason='{html.escape(reason)}'>"
-                        f"<h3>{html.escape(stage)}: {html.escape(reason)} ({count:,} rejected, {len(mine)} shown)</h3>"
+        sections.append(f"<section class='gallery' data-stage='{html.escape(stage)}' "
+                        f"data-reason='{html.escape(reason)}'><h3>{html.escape(stage)}: {html.escape(reason)} "
+                        f"({count:,} rejected, {len(mine)} shown)</h3>"
                         f"<div class='cards'>{cards}</div></section>")
     if not sections:
         return ""
@@ -362,8 +364,9 @@ def _capfilt(parts: list) -> str:
         synthetic = "".join(f"<li>{html.escape(c)} <i>({s:.3f})</i></li>"
                             for c, s in zip(row["synthetic_captions"] or [], row["synthetic_scores"] or []))
         cells.append(f"<tr><td><img src='data:image/jpeg;base64,{thumbnail(images[row['uid']])}'/></td>"
-                     f"<td>{html.escape(row['web_text'] or '')} <i>({row['web_score']:.3f})</i></td><td><ul>{synthetic}</ul>"
-                     f"</td><td>{html.escape(row['text'] or '')} ({row['caption_source']})</td></tr>")
+                     f"<td>{html.escape(row['web_text'] or '')} <i>({row['web_score']:.3f})</i></td>"
+                     f"<td><ul>{synthetic}</ul></td>"
+                     f"<td>{html.escape(row['text'] or '')} ({row['caption_source']})</td></tr>")
     return (f"<h2>Recaptioning (CapFilt)</h2><p>{len(replaced)} of {len(originals)} kept samples had their web caption "
             f"replaced by a synthetic one; {len(kept) - len(originals)} extra samples carry further surviving "
             f"captions.</p><img src='data:image/png;base64,{_png(fig)}'/>"
@@ -381,7 +384,8 @@ def _concepts(fit: dict, parts: list) -> str:
 
     after: Counter = Counter()
     if parts and "concepts" in pq.read_schema(parts[0]).names:
-        for batch in ds.dataset(parts, format="parquet").to_batches(columns=["concepts"]):  # streamed: counts stay small
+        # streamed: the counts stay small
+        for batch in ds.dataset(parts, format="parquet").to_batches(columns=["concepts"]):
             counted = pc.value_counts(pc.list_flatten(batch.column("concepts")))
             after.update(dict(zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist())))
     fig, ax = _figure()

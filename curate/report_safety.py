@@ -47,7 +47,8 @@ def safety_section(parts: list, ledger) -> str:
         body.append(f"<p>{images_with_faces:,} kept images have faces ({faces:,} boxes in face_bboxes).</p>"
                     + _gallery(parts, gallery))
     if pii or rejected["pii"]:
-        rows = "".join(f"<tr><td>{html.escape(kind)}</td><td>{pii.get(kind, 0):,}</td><td>{rejected['pii'].get(kind, 0):,}</td></tr>"
+        rows = "".join(f"<tr><td>{html.escape(kind)}</td><td>{pii.get(kind, 0):,}</td>"
+                       f"<td>{rejected['pii'].get(kind, 0):,}</td></tr>"
                        for kind in sorted(set(pii) | set(rejected["pii"])))
         body.append("<table><tr><th>PII type</th><th>in kept captions (redacted or recorded)</th>"
                     f"<th>in rejected captions</th></tr>{rows}</table>")

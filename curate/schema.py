@@ -34,7 +34,7 @@ UID_DTYPE = np.dtype("u8,u8")  # DataComp: a 128-bit uid as two uint64
 
 def make_uid(url: str | None, text: str | None) -> str:
     """DataComp-style uid for a sample that has none: md5 of url and text, 32 hex chars."""
-    return hashlib.md5(f"{url or ''}\x00{text or ''}".encode("utf-8")).hexdigest()
+    return hashlib.md5(f"{url or ''}\x00{text or ''}".encode()).hexdigest()
 
 
 def is_hex_uid(uid: str) -> bool:

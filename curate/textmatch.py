@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from functools import cache
-from re import _constants as C  # noqa: N812 - the parse tree's opcodes (Python 3.11+)
+from re import _constants as C  # the parse tree's opcodes (Python 3.11+)
 from re import _parser
 
 import numpy as np

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from curate.sample.openclipart import DEFAULT_SOURCE, build_pool
+from tests.report_fixtures import report_input, report_run  # noqa: F401 - fixtures, registered by their import here
 
 POOL_LIMIT = 160
 
@@ -65,8 +66,9 @@ def faulty_input(tmp_path, pool_table, fault_images) -> Path:
     faults.append({"uid": f"{99:032x}", "url": "http://example.test/blank", "text": "   ",
                    "image": pool_table.column("image")[1].as_py()})
     biggest = max(pool_table.column("image").to_pylist(), key=len)
-    faults += [{"uid": f"{k:032x}", "url": f"http://example.test/copy{k}", "text": "a colourful drawing of a friendly cat",
-                "image": biggest} for k in (100, 101)]  # an exact duplicate pair that passes every filter
+    # an exact duplicate pair that passes every filter
+    faults += [{"uid": f"{k:032x}", "url": f"http://example.test/copy{k}",
+                "text": "a colourful drawing of a friendly cat", "image": biggest} for k in (100, 101)]
     base = pool_table.select(["uid", "url", "text", "image", "category"])
     extra = pa.Table.from_pylist([{**f, "category": "faults"} for f in faults], schema=base.schema)
     folder = tmp_path / "input"

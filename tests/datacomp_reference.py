@@ -11,9 +11,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.stages.language import default_model_path
 from curate.metadata import WORDNET_DIR
 from curate.schema import uid_array
+from curate.stages.language import default_model_path
 
 
 def fasttext_model():

@@ -48,11 +48,11 @@ def report_input(tmp_path_factory, pool_table, fault_images) -> Path:
 @pytest.fixture(scope="session")
 def report_run(tmp_path_factory, report_input) -> tuple[Path, dict]:
     """The finished run's output folder and stats."""
+    import yaml
+
     from curate.engines import LocalEngine
     from curate.pipeline import parse_pipeline
     from curate.runner import run_pipeline
-
-    import yaml
 
     out = tmp_path_factory.mktemp("report_run") / "out"
     pipeline = parse_pipeline(yaml.safe_load(RUN_PIPELINE), "report_run.yaml")

@@ -149,7 +149,8 @@ def test_llava_ablation_is_checked_before_any_work(tmp_path, pool_root):
     cases = [
         ("ablation_llava.yaml", [f"suite={clip_suite}"],
          "a LLaVA model is scored on captioning and vqa tasks; this suite also has openclipart_category"),
-        ("ablation_small.yaml", ["stage2_data=data/x.json"], "stage2_data and stage2_samples_seen are for model: llava"),
+        ("ablation_small.yaml", ["stage2_data=data/x.json"],
+         "stage2_data and stage2_samples_seen are for model: llava"),
         ("ablation_llava.yaml", [f"suite={llava_suite}", f"stage2_data={tmp_path / 'missing.json'}"],
          "missing.json not found"),
     ]

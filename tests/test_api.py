@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 import curate
-from curate.engines import make_engine
 from curate.config import ConfigError
+from curate.engines import make_engine
 
 RECIPES = Path(__file__).parents[1] / "pipelines"
 

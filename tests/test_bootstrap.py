@@ -25,7 +25,8 @@ def test_shipped_bootstrap_runs_two_rounds_and_ranks_each(tmp_path, pool_root):
     suite = tmp_path / "suite.yaml"
     suite.write_text(f"tasks:\n  - name: category\n    kind: zeroshot\n    data: {pool_root / 'eval'}\n"
                      f"    label_column: category\n")
-    (tmp_path / "base.yaml").write_text("name: base\nstages:\n  - stage: decode\n  - stage: caption\n    min_words: 2\n")
+    (tmp_path / "base.yaml").write_text("name: base\nstages:\n  - stage: decode\n"
+                                        "  - stage: caption\n    min_words: 2\n")
     overrides = [f"pool={pool_root / 'pool'}", f"eval_data=[{pool_root / 'eval'}]", f"suite={suite}",
                  f"output={tmp_path / 'runs'}", f"base={tmp_path / 'base.yaml'}", "samples_seen=64", "seeds=[0]",
                  "workers=2", "rounds=2", "top_fraction=0.5"]  # curation forks after training

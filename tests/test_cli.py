@@ -23,7 +23,8 @@ def test_stages_lists_every_stage_with_parameters():
 
 
 def test_validate_good_and_bad(tmp_path, pool_root):
-    ok = CliRunner().invoke(main, ["validate", str(RECIPES / "datacomp_basic.yaml"), "--input", str(pool_root / "pool")])
+    ok = CliRunner().invoke(main, ["validate", str(RECIPES / "datacomp_basic.yaml"),
+                                   "--input", str(pool_root / "pool")])
     assert ok.exit_code == 0 and "decode -> caption -> language -> image_size" in ok.output
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nstages:\n  - stage: decode\n  - stage: caption\n    min_chars: lots\n")
@@ -109,7 +110,8 @@ def test_run_limit_reads_only_the_first_samples(tmp_path, pool_root):
     kept = pq.read_table(out / "parquet").column("uid").to_pylist()
     rejected = pq.read_table(out / "rejected.parquet").column("uid").to_pylist()
     assert stats["input"] == 50 == len(kept) + len(rejected)
-    first = [u for p in sorted((pool_root / "pool").glob("*.parquet")) for u in pq.read_table(p).column("uid").to_pylist()]
+    first = [u for p in sorted((pool_root / "pool").glob("*.parquet"))
+             for u in pq.read_table(p).column("uid").to_pylist()]
     assert set(kept) | set(rejected) == set(first[:50])  # the first 50, across the first two row groups
     assert json.loads((out / "run.json").read_text())["pipeline"]["limit"] == 50
 

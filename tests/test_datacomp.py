@@ -209,7 +209,8 @@ def test_recipes_on_the_pool_in_datacomp_format(pool_folder, tmp_path, model):
     np.save(tmp_path / "centroids.npy", centroids)
     targets = np.load(pool_folder / "targets" / "l14_img.npy")[:3]
     np.save(tmp_path / "targets.npy", targets)
-    store = [f"stages[{{i}}].store={pool_folder / 'store_l14'}", f"stages[{{i}}].centroids={tmp_path / 'centroids.npy'}",
+    store = [f"stages[{{i}}].store={pool_folder / 'store_l14'}",
+             f"stages[{{i}}].centroids={tmp_path / 'centroids.npy'}",
              f"stages[{{i}}].target_vectors=[{tmp_path / 'targets.npy'}]"]
     got = run_recipe("image_based", metadata, tmp_path / "image_based", [s.format(i=2) for s in store])
     assert np.array_equal(got, reference.image_based(table, l14, centroids, targets, model))

@@ -10,14 +10,25 @@ import pyarrow.parquet as pq
 import pytest
 
 from curate import embeddings
-from curate.embeddings import (VECTOR_COLUMN, ClipEmbedder, Embeddings, EmbeddingConfig, EmbeddingStore, column_vectors,
-                               sample_cutoff, sample_keys, sample_partial, uid_hash, vector_column)
+from curate.embeddings import (
+    VECTOR_COLUMN,
+    ClipEmbedder,
+    EmbeddingConfig,
+    Embeddings,
+    EmbeddingStore,
+    column_vectors,
+    sample_cutoff,
+    sample_keys,
+    sample_partial,
+    uid_hash,
+    vector_column,
+)
 from curate.engines import LocalEngine
 from curate.engines.shuffle import EngineFitContext
-from curate.stage import Dataset
-from curate.stages.semdedup import SemDedup, SemDedupConfig
 from curate.pipeline import parse_pipeline
 from curate.runner import run_pipeline
+from curate.stage import Dataset
+from curate.stages.semdedup import SemDedup, SemDedupConfig
 
 
 def test_store_round_trip_and_content_keys(tmp_path):
@@ -51,7 +62,8 @@ def test_store_compacts_and_reads_more_shards_than_open_files(tmp_path):
     image, text = rng.normal(size=(2, len(keys), 4)).astype(np.float32)
     writer = EmbeddingStore(tmp_path / "store", "m")
     for s in range(shards):  # one shard per batch of two, as workers commit them
-        writer.put(keys[2 * s : 2 * s + 2], image[2 * s : 2 * s + 2], text[2 * s : 2 * s + 2], np.full(2, s, np.float32))
+        rows = slice(2 * s, 2 * s + 2)
+        writer.put(keys[rows], image[rows], text[rows], np.full(2, s, np.float32))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))  # fewer files than shards: none may stay open
     try:
@@ -93,10 +105,12 @@ def test_a_pipeline_embeds_every_image_once(faulty_input, embedding_checkpoint, 
     and a second run over the same store embeds nothing."""
     calls = []
     original = ClipEmbedder.embed
-    monkeypatch.setattr(ClipEmbedder, "embed", lambda self, images, texts: calls.append(len(images)) or original(self, images, texts))
+    monkeypatch.setattr(ClipEmbedder, "embed",
+                        lambda self, images, texts: calls.append(len(images)) or original(self, images, texts))
     common = {"checkpoint": str(embedding_checkpoint), "store": str(tmp_path / "store")}
     stages = [{"stage": "decode"}, {"stage": "embed", **common}, {"stage": "clip_score", "top_fraction": 0.9, **common},
-              {"stage": "decontaminate_embedding", "eval_data": [str(pool_root / "eval")], "threshold": 0.999, **common},
+              {"stage": "decontaminate_embedding", "eval_data": [str(pool_root / "eval")], "threshold": 0.999,
+               **common},
               {"stage": "embed_dedup", "threshold": 0.99, **common}, {"stage": "semdedup", "clusters": 4, **common},
               {"stage": "image_based_filter", "target": [str(pool_root / "eval")], "clusters": 4, **common}]
     pipeline = parse_pipeline({"name": "embed_once", "batch_size": 32, "stages": stages}, "<test>")
@@ -137,7 +151,8 @@ def test_the_kmeans_sample_is_the_smallest_uid_hashes_and_stays_bounded(tmp_path
     files = []
     for k, rows in enumerate(np.array_split(rng.permutation(len(uids)), 8)):
         files.append(str(tmp_path / f"fit-{k}.parquet"))
-        pq.write_table(pa.table({"uid": [uids[i] for i in rows], VECTOR_COLUMN: vector_column(vectors[rows])}), files[-1])
+        pq.write_table(pa.table({"uid": [uids[i] for i in rows], VECTOR_COLUMN: vector_column(vectors[rows])}),
+                       files[-1])
     data = Dataset(tuple(files), len(uids))
     stage = SemDedup(SemDedupConfig(checkpoint="unused.pt", store=str(tmp_path / "store")))
     expected = sorted(np.argsort(uid_hash(pa.array(uids)))[:500].tolist(), key=lambda i: uids[i])
@@ -149,6 +164,7 @@ def test_the_kmeans_sample_is_the_smallest_uid_hashes_and_stays_bounded(tmp_path
         context = EngineFitContext(LocalEngine(1, progress=False), tmp_path / "work", 1_000)
         sample = stage.sample(data, context, 500)
         assert sample["uid"].to_pylist() == [uids[i] for i in expected]
-        assert np.array_equal(column_vectors(sample[VECTOR_COLUMN]), vectors[expected].astype(np.float16).astype(np.float32))
+        stored = vectors[expected].astype(np.float16).astype(np.float32)
+        assert np.array_equal(column_vectors(sample[VECTOR_COLUMN]), stored)
     assert min(expected) < 1_000 and max(expected) > 19_000
     assert len(stage.sample(Dataset(tuple(files[:1]), 2_500), context, 5_000)) == 2_500  # fewer rows than asked: all

@@ -5,7 +5,6 @@ import pyarrow.parquet as pq
 from click.testing import CliRunner
 
 from curate.cli import main
-from tests.report_fixtures import report_input, report_run  # noqa: F401
 
 
 def test_duplicates_come_with_the_sample_kept_in_their_place(report_run, report_input, tmp_path):

@@ -8,8 +8,15 @@ import pytest
 from click.testing import CliRunner
 
 from curate.cli import main
-from curate.metadata import (WORDNET_DIR, MetadataError, build_metadata, corpus_ngrams, load_metadata, tokens,
-                             wordnet_entries)
+from curate.metadata import (
+    WORDNET_DIR,
+    MetadataError,
+    build_metadata,
+    corpus_ngrams,
+    load_metadata,
+    tokens,
+    wordnet_entries,
+)
 
 
 @pytest.fixture(scope="module")

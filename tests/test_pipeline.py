@@ -94,7 +94,8 @@ def test_metadata_input_fails_where_a_stage_needs_images(tmp_path):
     with pytest.raises(ConfigError) as err:
         pipeline.check_columns(metadata)
     assert str(err.value).startswith(f"{tmp_path / 'p.yaml'}: stages[0] (decode) needs image bytes")
-    downloaded = load_pipeline(write(tmp_path, GOOD.replace("  - stage: decode", "  - stage: download\n  - stage: decode")))
+    downloaded = load_pipeline(write(tmp_path, GOOD.replace("  - stage: decode",
+                                                            "  - stage: download\n  - stage: decode")))
     downloaded.check_columns(metadata)  # a URL list, downloaded first
 
 
@@ -103,8 +104,8 @@ def test_unknown_input_is_taken_to_hold_the_columns_no_stage_writes(tmp_path):
     one that a stage writes must come from an earlier stage."""
     load_pipeline(RECIPES / "datacomp_basic_metadata.yaml").check_columns()
     with pytest.raises(ConfigError, match=r"stages\[0\] \(concept_balance\) reads column\(s\) \['concepts'\]"):
-        load_pipeline(write(tmp_path, "name: t\nstages:\n  - stage: concept_balance\n    metadata: m.parquet\n    t: 5\n"
-                                      "  - stage: concept_match\n    metadata: m.parquet\n")).check_columns()
+        load_pipeline(write(tmp_path, "name: t\nstages:\n  - stage: concept_balance\n    metadata: m.parquet\n"
+                                      "    t: 5\n  - stage: concept_match\n    metadata: m.parquet\n")).check_columns()
 
 
 @pytest.mark.parametrize("recipe", ["quickstart", "datacomp_basic", "laion_filter", "clip_score", "no_filter",
@@ -150,7 +151,8 @@ def test_datacomp_pool_recipe_runs_dataComps_steps_in_order(tmp_path, pool_table
         {"uid": "f" * 32, "text": "an astronaut", "image": photo.getvalue()},
         {"uid": "e" * 32, "text": "an evaluation drawing", "image": eval_image}]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "input.parquet")
-    stats = run_pipeline(pipeline, LocalEngine(workers=1, progress=False), [str(tmp_path / "input.parquet")], tmp_path / "out")
+    stats = run_pipeline(pipeline, LocalEngine(workers=1, progress=False), [str(tmp_path / "input.parquet")],
+                         tmp_path / "out")
     ledger = pq.read_table(tmp_path / "out" / "rejected.parquet").to_pylist()
     assert [(r["uid"], r["stage"], r["reason"]) for r in ledger] == [("e" * 32, "decontaminate", "eval_exact")]
     kept = pa.concat_tables(pq.read_table(p) for p in sorted((tmp_path / "out" / "parquet").glob("*.parquet")))

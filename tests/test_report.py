@@ -10,7 +10,6 @@ import pytest
 
 from curate.report import GALLERY_PER_REASON, fold_fits
 from curate.samples import reason_counts
-from tests.report_fixtures import report_input, report_run  # noqa: F401
 
 CHROMIUM = Path("/usr/bin/chromium")
 UNSHOWABLE = {"missing_image", "empty_image", "corrupt_image", "truncated_image", "decompression_bomb"}

@@ -6,7 +6,6 @@ import pyarrow.parquet as pq
 
 from curate import provenance, samples
 from curate.engines.layout import RunLayout
-from tests.report_fixtures import report_input, report_run  # noqa: F401
 
 
 class CountingLayout(RunLayout):

@@ -11,9 +11,9 @@ from __future__ import annotations
 import ctypes
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator

@@ -16,7 +16,7 @@ import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
@@ -67,7 +67,7 @@ def _acquire(path: Path) -> int:
         raise OutputLocked(_refusal(path, owner))
     me = psutil.Process()
     record = {"pid": me.pid, "host": socket.gethostname(), "create_time": me.create_time(),
-              "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": sys.argv}
+              "started": datetime.now(UTC).isoformat(timespec="seconds"), "command": sys.argv}
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(record).encode(), 0)
     os.fsync(fd)

@@ -24,7 +24,6 @@ from curate.engines.driver import TaskEngine, TaskJob, run_task
 from curate.engines.shuffle import PARTITION_COLUMN, Reducer, reduce_group
 from curate.stage import Dataset
 
-
 PARTITIONS_PER_CORE = 3
 
 

@@ -58,7 +58,10 @@ def write_task_uids(limits: ReadLimits, item: tuple[InputTask, str]) -> dict:
         uids, problem = None, str(exc)
     else:
         problem = uid_problem(task, uids) if uids is not None else None
-    pairs = uid_pairs(uids) if uids is not None and problem is None else np.zeros(0, uid_pairs(pa.array([], pa.string())).dtype)
+    if uids is not None and problem is None:
+        pairs = uid_pairs(uids)
+    else:
+        pairs = np.zeros(0, uid_pairs(pa.array([], pa.string())).dtype)
     places = (np.int64(task.index) << TASK_SHIFT) | np.arange(len(pairs), dtype=np.int64)
     write_table_atomic(pa.Table.from_arrays([pa.array(pairs["f0"].view(np.int64)), pa.array(pairs["f1"].view(np.int64)),
                                              pa.array(places)], schema=UID_SCHEMA), Path(target))

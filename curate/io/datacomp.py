@@ -127,7 +127,7 @@ def import_embeddings(folder: str | Path, store_root: str | Path, image_key: str
     Files are imported in parallel by `workers` processes; returns a summary."""
     text_key = text_key or text_key_for(image_key)
     pairs = metadata_pairs(folder)
-    for parquet, npz in pairs:  # every file checked before any is written
+    for _, npz in pairs:  # every file checked before any is written
         npz_shape(npz, image_key), npz_shape(npz, text_key)
     jobs = [(parquet, npz, str(store_root), image_key, text_key, rows) for parquet, npz in pairs]
     if workers > 1:

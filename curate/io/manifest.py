@@ -13,7 +13,7 @@ import json
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import xxhash
@@ -67,7 +67,7 @@ def write_manifest(root: Path, run: dict, files: dict[str, dict]) -> None:
     """Write `root/_SUCCESS`: the run's fingerprint, curate's version, the time, and `files`
     (their bytes must already be durable); fsynced with its folder, so it is the last word."""
     manifest = {"fingerprint": run["fingerprint"], "pipeline": run.get("pipeline"), "curate": curate_version(),
-                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "digest": DIGEST,
+                "finished": datetime.now(UTC).isoformat(timespec="seconds"), "digest": DIGEST,
                 "files": dict(sorted(files.items()))}
     write_json_atomic(manifest, root / SUCCESS, durable=True)
 

@@ -18,8 +18,8 @@ import re
 import tarfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +27,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.io.paths import (StorageError, expand, file_sizes, files_in, files_under, is_folder, is_url, open_input,
-                             read_files, readable)
+from curate.io.paths import (
+    StorageError,
+    expand,
+    file_sizes,
+    files_in,
+    files_under,
+    is_folder,
+    is_url,
+    open_input,
+    read_files,
+    readable,
+)
 from curate.schema import INPUT_NEEDS, make_uid, normalize
 from curate.stage import Verdict
 

@@ -166,7 +166,7 @@ def reshard(uids_path: str | Path, inputs: list[str], output: str | Path, sample
     writer = _ShardWriter(output, samples_per_shard)
     counts: Counter = Counter()
     for task in tasks:
-        for key, files in _tar_samples(task.path):
+        for _, files in _tar_samples(task.path):
             counts["read"] += 1
             meta, problem = _meta(files)
             if problem:

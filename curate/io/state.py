@@ -22,7 +22,8 @@ def save_state(state: dict[str, Any], path: Path) -> None:
     (both fsynced: a committed state survives a power loss)."""
     arrays = {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
     if any(a.dtype.hasobject for a in arrays.values()):
-        raise TypeError(f"state arrays must not hold Python objects: {[k for k, a in arrays.items() if a.dtype.hasobject]}")
+        objects = [k for k, a in arrays.items() if a.dtype.hasobject]
+        raise TypeError(f"state arrays must not hold Python objects: {objects}")
     if arrays:
         with atomic(_arrays_path(path), durable=True) as tmp, open(tmp, "wb") as handle:
             np.savez(handle, **arrays)

@@ -85,7 +85,7 @@ class PartWriter:
         self._schema: pa.Schema | None = None
         self._tar: TarShard | None = None
 
-    def __enter__(self) -> "PartWriter":
+    def __enter__(self) -> PartWriter:
         self.parquet_path.parent.mkdir(parents=True, exist_ok=True)
         if self.tar_path is not None:
             self.tar_path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,7 +102,8 @@ class PartWriter:
             try:
                 wider = pa.unify_schemas([self._schema, table.schema], promote_options="permissive")
             except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-                raise ValueError(f"{self.parquet_path}: a batch's columns do not fit the earlier batches' ({exc})") from exc
+                raise ValueError(f"{self.parquet_path}: a batch's columns do not fit the earlier batches' "
+                                 f"({exc})") from exc
             if not wider.equals(self._schema):
                 self._widen(wider)
             table = _conformed(table, self._schema)
@@ -132,7 +133,8 @@ class PartWriter:
 
     def _write_tar(self, table: pa.Table) -> None:
         """Each row as WebDataset members: {key}.{jpg,png,...} (when it has an image), {key}.txt, {key}.json."""
-        meta_columns = [f.name for f in table.schema if not pa.types.is_binary(f.type) and not pa.types.is_large_binary(f.type)]
+        meta_columns = [f.name for f in table.schema
+                        if not pa.types.is_binary(f.type) and not pa.types.is_large_binary(f.type)]
         metas = table.select(meta_columns).to_pylist()
         images = _binary_views(table.column("image")) if "image" in table.column_names else [None] * table.num_rows
         names, payloads = [], []
@@ -163,7 +165,8 @@ class PartWriter:
 
 def _conformed(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """`table` with `schema`'s columns in its order (nulls for those it lacks), cast to its types."""
-    columns = [table.column(f.name) if f.name in table.column_names else pa.nulls(table.num_rows, f.type) for f in schema]
+    columns = [table.column(f.name) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+               for f in schema]
     return pa.Table.from_arrays(columns, names=schema.names).cast(schema)
 
 
@@ -177,7 +180,8 @@ def _binary_views(column: pa.ChunkedArray) -> list[memoryview | None]:
             continue
         wide = pa.types.is_large_binary(chunk.type)
         _, offsets, data = chunk.buffers()
-        ends = np.frombuffer(offsets, np.int64 if wide else np.int32)[chunk.offset : chunk.offset + len(chunk) + 1].tolist()
+        ends = np.frombuffer(offsets, np.int64 if wide else np.int32)
+        ends = ends[chunk.offset : chunk.offset + len(chunk) + 1].tolist()
         data = memoryview(data) if data is not None else memoryview(b"")
         valid = chunk.is_valid().to_numpy(zero_copy_only=False).tolist()
         views += [data[start:end] if ok else None for start, end, ok in zip(ends, ends[1:], valid)]
@@ -226,7 +230,8 @@ def ustar_headers(names: list[str], sizes: np.ndarray) -> np.ndarray:
     if len(sizes) and sizes.max() > _MAX_SIZE:
         raise ValueError(f"a tar member of {sizes.max()} bytes is larger than USTAR's {_MAX_SIZE}")
     headers = np.tile(_TEMPLATE, (len(names), 1))
-    headers[:, :_NAME_BYTES] = np.frombuffer(encoded.astype(f"S{_NAME_BYTES}").tobytes(), np.uint8).reshape(-1, _NAME_BYTES)
+    padded = np.frombuffer(encoded.astype(f"S{_NAME_BYTES}").tobytes(), np.uint8)
+    headers[:, :_NAME_BYTES] = padded.reshape(-1, _NAME_BYTES)
     headers[:, _SIZE.start : _SIZE.stop - 1] = _octal(sizes, 11)
     checksums = headers.sum(axis=1, dtype=np.int64)
     headers[:, _CHECKSUM.start : _CHECKSUM.stop - 2] = _octal(checksums, 6)

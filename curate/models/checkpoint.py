@@ -33,7 +33,8 @@ def load_torch_file(path: str | Path, expected: str, map_location: Any = "cpu", 
         if why.startswith("Unsupported global"):
             raise UnsafeCheckpointError(
                 f"{path} is not {expected}: it names an object a weights-only load refuses ({why}); a checkpoint "
-                f"may hold only tensors, dicts, lists, str and numbers, never objects that run code when loaded") from exc
+                f"may hold only tensors, dicts, lists, str and numbers, never objects that run code when "
+                f"loaded") from exc
         raise ValueError(f"{path} is not {expected}: not a torch checkpoint file ({why})") from exc
 
 

@@ -126,7 +126,8 @@ def build_pool(out: Path, source: Path = DEFAULT_SOURCE, workers: int | None = N
     Returns a summary (also written to out/summary.json), including render failures.
     """
     if not source.is_dir():
-        raise FileNotFoundError(f"{source}: no SVG folder; install Debian's openclipart-svg (apt-get install openclipart-svg)")
+        raise FileNotFoundError(f"{source}: no SVG folder; install Debian's openclipart-svg "
+                                "(apt-get install openclipart-svg)")
     svgs = sorted(p for p in source.rglob("*.svg") if p.is_file())
     if limit is not None and limit < len(svgs):
         step = len(svgs) / limit

@@ -54,7 +54,8 @@ def wait_for(check, what: str, timeout: float = 90) -> None:
     raise TimeoutError(f"{what} did not come up in {timeout} s")
 
 
-def curate_run(engine_args: list[str], input_dir: Path, out: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+def curate_run(engine_args: list[str], input_dir: Path, out: Path,
+               env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "curate.cli", "run", str(RECIPES / "laion_filter.yaml"), "--input", str(input_dir),
          "--output", str(out), "--quiet", *engine_args], capture_output=True, text=True, timeout=600,
@@ -92,9 +93,10 @@ def test_spark_standalone_cluster_by_master_url(faulty_input, tmp_path, referenc
     spark_class = str(Path(pyspark.__file__).parent / "bin" / "spark-class")
     port = free_port()
     master = f"spark://127.0.0.1:{port}"
-    env = {"PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_HOME": str(Path(pyspark.__file__).parent)}
-    processes = [start([spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
-                        "--webui-port", str(free_port())], tmp_path / "master.log", env)]
+    env = {"PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1",
+           "SPARK_HOME": str(Path(pyspark.__file__).parent)}
+    processes = [start([spark_class, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
+                        "--port", str(port), "--webui-port", str(free_port())], tmp_path / "master.log", env)]
     try:
         wait_for(lambda: "I have been elected leader" in (tmp_path / "master.log").read_text(), "spark master")
         processes.append(start([spark_class, "org.apache.spark.deploy.worker.Worker", "--cores", "2", "--memory", "2g",

@@ -13,8 +13,8 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from curate.engines.plan import plan_passes, run_pass_on_batch
 from curate.engines.local import LocalEngine, share_cores
+from curate.engines.plan import plan_passes, run_pass_on_batch
 from curate.pipeline import load_pipeline
 from curate.runner import run_pipeline
 from curate.stage import MapStage, StageConfig, Verdict

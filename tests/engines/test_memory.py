@@ -23,7 +23,9 @@ from tests.engines.helpers import read_output
 
 ROWS = 3_000_000
 CAP_BYTES = 2**30  # RLIMIT_DATA counts reserved address space too: a process of ~0.45 GB RSS maps ~1.4 GB
-RSS_LIMIT = 600 * 2**20  # each process's measured peak: the 3M keys alone would take ~0.7 GB in a dict  # per process: the driver and each of the two workers
+# each process's measured peak (the driver and each of the two workers): the 3M keys alone would
+# take ~0.7 GB in a dict
+RSS_LIMIT = 600 * 2**20
 PIPELINE = """
 name: capped
 batch_size: 65536

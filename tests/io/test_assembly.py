@@ -41,7 +41,8 @@ def test_repeated_uids_are_counted_across_parts(tmp_path, monkeypatch):
 def test_sort_uids_equals_the_structured_sort_with_ties_and_runs():
     rng = np.random.default_rng(2)
     values = np.zeros(20_000, UID_DTYPE)
-    values["f0"], values["f1"] = rng.integers(0, 300, len(values)), rng.integers(0, 2**64 - 1, len(values), dtype=np.uint64)
+    values["f0"] = rng.integers(0, 300, len(values))
+    values["f1"] = rng.integers(0, 2**64 - 1, len(values), dtype=np.uint64)
     runs = np.concatenate([np.sort(values[k::5]) for k in range(5)])  # the merge's input: sorted runs
     for pairs in (values, runs, values[:1], values[:0]):
         assert np.array_equal(assembly.sort_uids(pairs), np.sort(pairs))

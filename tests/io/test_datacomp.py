@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from curate.cli import main
-from curate.embeddings import EmbeddingStore, Embeddings, EmbeddingConfig
+from curate.embeddings import EmbeddingConfig, Embeddings, EmbeddingStore
 from curate.io.datacomp import import_embeddings, npz_chunks, npz_shape
 
 

@@ -159,7 +159,8 @@ def test_a_json_field_first_seen_after_the_first_batch_is_kept(tmp_path, real_jp
             meta = {"note": None if i < 12 else f"note {i}", "n": i}
             if i >= 15:
                 meta["late"] = [i, i + 1]
-            for ext, data in (("jpg", real_jpeg), ("txt", f"caption {i}".encode()), ("json", json.dumps(meta).encode())):
+            members = (("jpg", real_jpeg), ("txt", f"caption {i}".encode()), ("json", json.dumps(meta).encode()))
+            for ext, data in members:
                 info = tarfile.TarInfo(f"{i:05d}.{ext}")
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))

@@ -70,8 +70,10 @@ def test_the_manifest_lists_every_output_file_with_its_size_and_checksum(recipe,
         data = (out / name).read_bytes()
         assert entry == {"size": len(data), "xxh3_128": xxhash.xxh3_128(data).hexdigest()}, name
     # the part files were hashed by the tasks that wrote them (in their markers), not re-read at the end
-    hashed = {n for m in (out / "_work" / "done").glob("pass*.json") for n in json.loads(m.read_text()).get("files", {})}
-    assert {n for n in manifest["files"] if n.startswith(("shards/part-", "parquet/part-", "rejected.parquet/"))} <= hashed
+    markers = (out / "_work" / "done").glob("pass*.json")
+    hashed = {n for m in markers for n in json.loads(m.read_text()).get("files", {})}
+    parts = ("shards/part-", "parquet/part-", "rejected.parquet/")
+    assert {n for n in manifest["files"] if n.startswith(parts)} <= hashed
     run = json.loads((out / "_work" / "run.json").read_text())
     assert run["complete"] and manifest["fingerprint"] == run["fingerprint"] and manifest["curate"]
     assert (out / SUCCESS).stat().st_mtime_ns >= max((out / n).stat().st_mtime_ns for n in manifest["files"])

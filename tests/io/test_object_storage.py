@@ -18,8 +18,17 @@ import s3fs
 
 from curate.config import ConfigError
 from curate.engines.local import LocalEngine
-from curate.io.paths import (atomic_output, exists, expand, file_stamp, files_under, is_url, read_bytes, remove,
-                             write_bytes)
+from curate.io.paths import (
+    atomic_output,
+    exists,
+    expand,
+    file_stamp,
+    files_under,
+    is_url,
+    read_bytes,
+    remove,
+    write_bytes,
+)
 from curate.io.readers import InputError, plan_inputs, read_task
 from curate.pipeline import load_pipeline
 from curate.runner import run_pipeline
@@ -290,7 +299,8 @@ def published_names(out) -> set[str]:
 def test_a_run_into_s3_equals_the_run_into_a_local_folder(dedup_pipeline, faulty_input, bucket, tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     url = f"{bucket}/out"
-    local = run_pipeline(dedup_pipeline, LocalEngine(workers=2, progress=False), [str(faulty_input)], tmp_path / "local")
+    local = run_pipeline(dedup_pipeline, LocalEngine(workers=2, progress=False), [str(faulty_input)],
+                         tmp_path / "local")
     remote = run_pipeline(dedup_pipeline, LocalEngine(workers=2, progress=False), [str(faulty_input)], url)
     assert published(url, tmp_path / "got") == local_output(tmp_path / "local")
     assert {k: v for k, v in remote.items() if k not in ("elapsed_s", "samples_per_s")} == \

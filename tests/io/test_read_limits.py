@@ -146,7 +146,8 @@ def test_parquet_cells_over_the_caps_are_rejected_and_the_caps_are_pipeline_sett
     result = subprocess.run([sys.executable, "-m", "curate.cli", "run", str(recipe), "--input", str(folder),
                              "--output", str(out), "--quiet"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    ledger = {r["uid"]: r["reason"] for r in pq.read_table(out / "rejected.parquet").to_pylist() if r["stage"] == "read"}
+    ledger = {r["uid"]: r["reason"] for r in pq.read_table(out / "rejected.parquet").to_pylist()
+              if r["stage"] == "read"}
     uids = rows.column("uid").to_pylist()
     assert ledger == {u: r for u, r in zip(uids, expected) if r}
     stats = json.loads((out / "stats.json").read_text())

@@ -5,7 +5,6 @@ open_clip's sizes.json beside them; open_clip_train streams the result with no s
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -141,7 +140,8 @@ main(sys.argv[1:])
 def test_open_clip_train_streams_a_run_with_only_train_data(pool_table, tmp_path):
     data = tmp_path / "input"
     data.mkdir()
-    pq.write_table(pool_table.slice(0, 96).select(["uid", "url", "text", "image"]), data / "a.parquet", row_group_size=40)
+    pq.write_table(pool_table.slice(0, 96).select(["uid", "url", "text", "image"]), data / "a.parquet",
+                   row_group_size=40)
     out = tmp_path / "out"
     assert run(out, [str(data)], samples_per_shard=32)["kept"] == 96
     assert sorted(p.name for p in (out / "shards").glob("*.tar")) == [shard_name(i) for i in range(3)]

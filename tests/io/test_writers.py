@@ -107,7 +107,8 @@ def test_atomic_writers_of_one_file_at_once_do_not_collide(tmp_path):
 
 
 def _tarfile_reference(path, members):
-    """The tar Python's tarfile writes for `members` (name, bytes), as the writer did before it built headers in bulk."""
+    """The tar Python's tarfile writes for `members` (name, bytes), as the writer did before it built
+    headers in bulk."""
     import tarfile
 
     with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
@@ -123,7 +124,8 @@ def test_tar_shard_is_byte_for_byte_what_tarfile_writes(tmp_path):
 
     rng = random.Random(7)
     members = [(f"{'k' * rng.randint(1, 95)}.{rng.choice(['jpg', 'txt', 'json', 'webp'])}",
-                rng.randbytes(rng.choice([0, 1, 511, 512, 513, 1024, 10_241, rng.randint(0, 3000)]))) for _ in range(120)]
+                rng.randbytes(rng.choice([0, 1, 511, 512, 513, 1024, 10_241, rng.randint(0, 3000)])))
+               for _ in range(120)]
     shard = TarShard(tmp_path / "bulk.tar")
     for start, stop in ((0, 0), (0, 1), (1, 50), (50, 120)):  # batches of 0, 1 and many members
         shard.add([n for n, _ in members[start:stop]], [d for _, d in members[start:stop]])
@@ -174,7 +176,8 @@ def test_part_tar_reads_back_member_for_member(tmp_path, real_jpeg):
         key, meta = file_key(row["uid"]), {k: v for k, v in row.items() if k != "image"}
         if row["image"] is not None:
             expected.append((f"{key}.{image_extension(row['image'])}", row["image"]))
-        expected += [(f"{key}.txt", (row["text"] or "").encode()), (f"{key}.json", json.dumps(meta, ensure_ascii=False).encode())]
+        expected += [(f"{key}.txt", (row["text"] or "").encode()),
+                     (f"{key}.json", json.dumps(meta, ensure_ascii=False).encode())]
     assert (tmp_path / "p.tar").read_bytes() == _tarfile_reference(tmp_path / "reference.tar", expected)
 
     with tarfile.open(tmp_path / "p.tar") as tar:
@@ -202,12 +205,13 @@ def test_a_metadata_run_without_webdataset_writes_no_tars(tmp_path):
     from curate.pipeline import parse_pipeline
 
     texts = ["a red fox", "x", "two words", None, "a drawing of a cat"] * 10
-    table = pa.table({"uid": [f"{i:032x}" for i in range(len(texts))], "url": [f"http://e.test/{i}" for i in range(len(texts))],
-                      "text": pa.array(texts, pa.string())})
+    table = pa.table({"uid": [f"{i:032x}" for i in range(len(texts))],
+                      "url": [f"http://e.test/{i}" for i in range(len(texts))], "text": pa.array(texts, pa.string())})
     (tmp_path / "in").mkdir()
     pq.write_table(table, tmp_path / "in" / "meta.parquet", row_group_size=20)
     raw = {"name": "meta", "outputs": ["parquet", "uids"], "stages": [{"stage": "caption", "min_words": 2}]}
-    stats = run_pipeline(parse_pipeline(raw, "meta.yaml"), LocalEngine(progress=False), [str(tmp_path / "in")], tmp_path / "out")
+    stats = run_pipeline(parse_pipeline(raw, "meta.yaml"), LocalEngine(progress=False), [str(tmp_path / "in")],
+                         tmp_path / "out")
     out = tmp_path / "out"
     kept = [u for p in sorted((out / "parquet").glob("*.parquet")) for u in pq.read_table(p)["uid"].to_pylist()]
     assert len(kept) == stats["kept"] == 30 and stats["kept"] + stats["rejected"] == len(texts)

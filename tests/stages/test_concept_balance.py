@@ -98,7 +98,8 @@ def test_all_samples_follow_metaclip_rule_in_expectation(matched, concept_metada
     t = 3
     state = fit(balance(concept_metadata, t=t), matched)
     rows = matched.column("concepts").to_pylist()
-    probs = [1 - math.prod(1 - min(1.0, t / counts_of(state)[e]) for e in entries) if entries else 0.0 for entries in rows]
+    probs = [1 - math.prod(1 - min(1.0, t / counts_of(state)[e]) for e in entries) if entries else 0.0
+             for entries in rows]
     expected, variance = Counter(), Counter()
     for entries, p in zip(rows, probs):
         for e in entries:
@@ -157,7 +158,8 @@ def test_t_from_target_size(matched, concept_metadata):
     sizes = [kept_counts(balance(concept_metadata, target_size=target, seed=s), matched, state)[1] for s in range(50)]
     assert abs(np.mean(sizes) - state['expected_kept']) < 3 * np.std(sizes) / math.sqrt(50) + 0.5
     unreachable = balance(concept_metadata, target_size=matched.num_rows * 10)
-    assert unreachable.finalize(unreachable.merge([unreachable.partial(matched)]))["t"] == max(counts_of(state).values())
+    fitted = unreachable.finalize(unreachable.merge([unreachable.partial(matched)]))
+    assert fitted["t"] == max(counts_of(state).values())
 
 
 def test_exactly_one_of_t_and_target(concept_metadata):

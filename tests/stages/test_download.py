@@ -24,7 +24,8 @@ EXPECTED = {
 
 def url_list(tmp_path, server) -> tuple:
     """A CSV of every URL in EXPECTED (captions made of words and digits) and one row without a URL."""
-    urls = {(t if t.startswith("http") else server + t): (f"caption {i} 42", e) for i, (t, e) in enumerate(EXPECTED.items())}
+    urls = {(t if t.startswith("http") else server + t): (f"caption {i} 42", e)
+            for i, (t, e) in enumerate(EXPECTED.items())}
     path = tmp_path / "urls.csv"
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -53,8 +54,11 @@ def test_every_url_is_kept_or_in_the_ledger_with_its_error(tmp_path, image_serve
         else:
             row = ledger[make_uid(url, caption)]
             assert (row["stage"], row["reason"]) == expected, row
-    assert ledger[make_uid(image_server + "/missing.jpg", urls[image_server + "/missing.jpg"][0])]["value"] == "404 Not Found"
-    assert ledger[make_uid(image_server + "/error.jpg", urls[image_server + "/error.jpg"][0])]["value"].startswith("500")
+    def value(path: str) -> str:
+        return ledger[make_uid(image_server + path, urls[image_server + path][0])]["value"]
+
+    assert value("/missing.jpg") == "404 Not Found"
+    assert value("/error.jpg").startswith("500")
     assert [row["reason"] for row in ledger.values()].count("missing_url") == 1
     assert FaultyHandler.attempts["/flaky.jpg"] == 2 and FaultyHandler.attempts["/missing.jpg"] == 2  # retried
 
@@ -81,8 +85,9 @@ table = pa.table({"uid": [f"{i:032x}" for i in range(len(urls))], "url": urls,
                   "image": pa.nulls(len(urls), pa.binary())})
 before, started = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.monotonic()
 verdict = Download(DownloadConfig(timeout=timeout, max_bytes=max_bytes)).process(table)
-print(json.dumps({"reasons": verdict.reasons.tolist(), "values": verdict.values.tolist(), "elapsed": time.monotonic() - started,
-                  "growth_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before}))
+growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+print(json.dumps({"reasons": verdict.reasons.tolist(), "values": verdict.values.tolist(),
+                  "elapsed": time.monotonic() - started, "growth_kib": growth}))
 """
 
 

@@ -13,15 +13,15 @@ import pytest
 from PIL import Image, ImageFilter
 
 from curate import embeddings as embeddings_module
-from curate.embeddings import EmbeddingConfig, Embeddings, EmbeddingStore, file_fingerprint, sample_keys, uid_hash
+from curate.embeddings import Embeddings, EmbeddingStore, file_fingerprint, sample_keys, uid_hash
 from curate.engines import LocalEngine
 from curate.engines.driver import run_global_stage
 from curate.neighbours import components, spherical_kmeans
 from curate.sample.near_copies import jpeg, near_copies
+from curate.stages import semdedup
 from curate.stages.decontaminate_embedding import DecontaminateEmbedding, DecontaminateEmbeddingConfig
 from curate.stages.embed_dedup import EmbedDedup, EmbedDedupConfig
 from curate.stages.image_based_filter import ImageBasedFilter, ImageBasedFilterConfig
-from curate.stages import semdedup
 from curate.stages.semdedup import SemDedup, SemDedupConfig
 from tests.stages.test_dedup import run_global
 
@@ -303,8 +303,8 @@ def test_decontamination_removes_near_copies_of_eval_images_only(pool_root, larg
 def test_decontamination_refuses_an_eval_set_without_images(fault_images, embedding_checkpoint, tmp_path):
     eval_dir = tmp_path / "eval"
     eval_dir.mkdir()
-    pq.write_table(pa.table({"uid": ["a" * 32], "text": ["t"], "image": pa.array([fault_images["corrupt_image"]],
-                                                                                  pa.binary())}), eval_dir / "e.parquet")
+    corrupt = pa.array([fault_images["corrupt_image"]], pa.binary())
+    pq.write_table(pa.table({"uid": ["a" * 32], "text": ["t"], "image": corrupt}), eval_dir / "e.parquet")
     stage = DecontaminateEmbedding(DecontaminateEmbeddingConfig(checkpoint=str(embedding_checkpoint),
                                                                 eval_data=[str(eval_dir)]))
     with pytest.raises(ValueError, match=r"no image in eval_data .*eval.* could be embedded"):

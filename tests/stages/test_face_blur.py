@@ -34,7 +34,8 @@ def inside(boxes, shape) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def photos() -> dict[str, bytes]:
-    hopper = np.asarray(Image.open(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg").convert("RGB"))
+    hopper_file = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    hopper = np.asarray(Image.open(hopper_file).convert("RGB"))
     return {"astronaut_png": encode(skimage.data.astronaut(), "PNG"),
             "astronaut_jpg": encode(skimage.data.astronaut(), "JPEG"),
             "hopper_jpg": encode(hopper, "JPEG")}
@@ -76,7 +77,8 @@ def test_faces_found_in_real_photographs_and_blurred_inside_the_boxes_only(blurr
 def test_jpeg_reencoded_once_in_its_own_format_and_tables(blurring, photos, monkeypatch):
     saves = []
     real_save = Image.Image.save
-    monkeypatch.setattr(Image.Image, "save", lambda self, *a, **k: saves.append(k.get("format")) or real_save(self, *a, **k))
+    monkeypatch.setattr(Image.Image, "save",
+                        lambda self, *a, **k: saves.append(k.get("format")) or real_save(self, *a, **k))
     verdict = blurring.process(batch([photos["astronaut_jpg"]]))
     out = verdict.table.column("image")[0].as_py()
     assert saves == ["JPEG"]  # one encode of the image, no intermediate copies

@@ -59,7 +59,8 @@ def test_image_size_needs_a_size():
 def test_file_size_laion_rule(real_jpeg):
     table = pa.table({"uid": _uids(3), "image": pa.array([real_jpeg, b"x" * 4999, None], pa.binary())})
     verdict = FileSize(FileSizeConfig(min_bytes=5000)).process(table)
-    assert verdict.reasons.tolist() == [None if len(real_jpeg) >= 5000 else "file_too_small", "file_too_small", "file_too_small"]
+    first = None if len(real_jpeg) >= 5000 else "file_too_small"
+    assert verdict.reasons.tolist() == [first, "file_too_small", "file_too_small"]
 
 
 def test_text_filter_patterns_and_whole_word_blocklist(tmp_path):

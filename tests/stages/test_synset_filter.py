@@ -7,8 +7,13 @@ import time
 import pyarrow as pa
 import pytest
 
-from curate.stages.synset_filter import (SynsetFilter, SynsetFilterConfig, WordNetFirstSynsets, default_synsets,
-                                         read_synset_offsets)
+from curate.stages.synset_filter import (
+    SynsetFilter,
+    SynsetFilterConfig,
+    WordNetFirstSynsets,
+    default_synsets,
+    read_synset_offsets,
+)
 from tests.datacomp_reference import nltk_wordnet
 
 

@@ -1,5 +1,4 @@
 """Fixtures for the trainer tests: the LLaVA ones live in llava_fixtures.py (some tests import
 them from there by name)."""
 
-from tests.train.llava_fixtures import (  # noqa: F401
-    conversations, llava, llava_checkpoint, llava_model_config, pool_images, tiny_lm)
+from tests.train.llava_fixtures import conversations, llava, llava_checkpoint, llava_model_config, pool_images, tiny_lm  # noqa: F401

@@ -23,7 +23,8 @@ BASE = {"model": "clip-tiny", "batch_size": 16, "lr": 0.002, "warmup_steps": 2, 
 def curated(pool_root, tmp_path_factory):
     """Shards written by `curate run` from the real pool."""
     out = tmp_path_factory.mktemp("curated") / "out"
-    pipeline = parse_pipeline({"name": "t", "stages": [{"stage": "decode"}, {"stage": "caption", "min_words": 1}]}, "<t>")
+    pipeline = parse_pipeline({"name": "t", "stages": [{"stage": "decode"}, {"stage": "caption", "min_words": 1}]},
+                              "<t>")
     run_pipeline(pipeline, LocalEngine(progress=False), [str(pool_root / "pool")], out)
     return out
 
@@ -74,7 +75,7 @@ def test_siglip_trains(curated, tmp_path):
     config = ClipTrainConfig(**BASE, loss="siglip", data=str(curated), samples_seen=16 * 8)
     train_clip(config, tmp_path / "run", progress=False)
     losses = [r["loss"] for r in log(tmp_path / "run")]
-    assert all(l == l and l > 0 for l in losses) and losses[-1] < losses[0]
+    assert all(loss == loss and loss > 0 for loss in losses) and losses[-1] < losses[0]
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["state_dict"]
     assert "logit_bias" in state
 

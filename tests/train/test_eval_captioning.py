@@ -8,7 +8,6 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.train.llava_fixtures import llava, llava_checkpoint, llava_model_config, tiny_lm  # noqa: F401
 from train.eval.captioning import caption_metrics, normalize_answer, vqa_accuracy
 from train.eval.suite import SuiteError, load_suite
 
@@ -86,7 +85,8 @@ def test_clip_evaluation_refuses_llava_tasks(tmp_path, pool_root):
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump({"tasks": [
         {"name": "caps", "kind": "captioning", "data": str(pool_root / "eval"), "caption_column": "text"}]}))
-    with pytest.raises(SuiteError, match=r"a CLIP model is scored on zeroshot and retrieval tasks; .*caps \(captioning\)"):
+    with pytest.raises(SuiteError,
+                       match=r"a CLIP model is scored on zeroshot and retrieval tasks; .*caps \(captioning\)"):
         evaluate(create_clip("clip-tiny"), path, progress=False)
 
 

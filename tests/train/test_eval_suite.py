@@ -173,7 +173,8 @@ def test_evaluate_random_clip_tiny(tmp_path, eval_split, digits, clip):
         assert all(0.0 <= value <= 1.0 for value in task["metrics"].values())
     assert tasks["category"]["main"] == tasks["category"]["metrics"]["top1"]
     captions = tasks["captions"]["metrics"]
-    assert tasks["captions"]["main"] == pytest.approx((captions["image_to_text_R@1"] + captions["text_to_image_R@1"]) / 2)
+    mean_r1 = (captions["image_to_text_R@1"] + captions["text_to_image_R@1"]) / 2
+    assert tasks["captions"]["main"] == pytest.approx(mean_r1)
     assert set(captions) == {f"{way}_R@{k}" for way in ("image_to_text", "text_to_image") for k in (1, 5, 10)}
     assert results["aggregate"] == pytest.approx(sum(t["main"] for t in tasks.values()) / 3)
 

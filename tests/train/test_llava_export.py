@@ -29,7 +29,8 @@ def test_an_exported_llava_loads_in_transformers_with_our_logits(llava_checkpoin
     tokenizer = AutoTokenizer.from_pretrained(out)
     prompt = f"<im_start>user\n{CAPTION_PROMPT}<im_end>\n<im_start>assistant\n"
     ids = tokenizer(prompt, return_tensors="pt").input_ids
-    assert ids[0].tolist() == ours.tokenizer(prompt).input_ids and (ids == tokenizer.convert_tokens_to_ids("<im_end>")).any()
+    assert ids[0].tolist() == ours.tokenizer(prompt).input_ids
+    assert (ids == tokenizer.convert_tokens_to_ids("<im_end>")).any()
     with torch.no_grad():
         assert torch.equal(lm(ids).logits, ours.lm(ids).logits)
 
@@ -40,8 +41,9 @@ def test_an_exported_llava_loads_in_transformers_with_our_logits(llava_checkpoin
     visual.load_state_dict(load_file(out / "vision.safetensors"))
     visual.eval()
     projection = manifest["projector"]
-    projector = torch.nn.Sequential(torch.nn.Linear(projection["in_features"], projection["out_features"]),
-                                    torch.nn.GELU(), torch.nn.Linear(projection["out_features"], projection["out_features"]))
+    width = projection["out_features"]
+    projector = torch.nn.Sequential(torch.nn.Linear(projection["in_features"], width), torch.nn.GELU(),
+                                    torch.nn.Linear(width, width))
     projector.load_state_dict(load_file(out / "projector.safetensors"))
     fmt = ours.input_format()
     turn = [{"from": "human", "value": f"<image>\n{CAPTION_PROMPT}"}]
@@ -50,20 +52,23 @@ def test_an_exported_llava_loads_in_transformers_with_our_logits(llava_checkpoin
         expected = ours(batch).logits
         patches = visual.forward_intermediates(batch["pixel_values"], indices=[manifest["vision"]["layer"]],
                                                intermediates_only=True, output_fmt="NLC")["image_intermediates"][0]
-        features = projector(pixel_shuffle(patches, projection["pixel_shuffle"])).reshape(-1, projection["out_features"])
+        features = projector(pixel_shuffle(patches, projection["pixel_shuffle"])).reshape(-1, width)
         embeds = lm.get_input_embeddings()(batch["input_ids"])
         slots = batch["input_ids"] == manifest["tokens"]["image_token_id"]
         assert int(slots.sum()) == len(features) == batch["pixel_values"].shape[0] * manifest["image_tokens_per_view"]
         embeds[slots] = features
-        got = lm(inputs_embeds=embeds, attention_mask=batch["attention_mask"], position_ids=batch["position_ids"]).logits
+        got = lm(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
+                 position_ids=batch["position_ids"]).logits
     assert torch.equal(got, expected)
-    assert not torch.allclose(got, lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                      position_ids=batch["position_ids"]).logits.detach(), atol=1e-3)  # the images count
+    text_only = lm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   position_ids=batch["position_ids"]).logits.detach()
+    assert not torch.allclose(got, text_only, atol=1e-3)  # the images count
 
 
 def test_export_refuses_a_folder_that_holds_files(llava_checkpoint, tmp_path):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "notes.txt").write_text("mine")
-    result = CliRunner().invoke(main, ["train", "export-llava", str(llava_checkpoint), "--out", str(tmp_path / "taken")])
+    result = CliRunner().invoke(main, ["train", "export-llava", str(llava_checkpoint),
+                                       "--out", str(tmp_path / "taken")])
     assert result.exit_code == 2 and "exists and is not an empty folder" in result.output
     assert [p.name for p in (tmp_path / "taken").iterdir()] == ["notes.txt"]

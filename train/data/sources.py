@@ -68,7 +68,8 @@ class ShardSource:
     def _tables(self, index: int) -> Iterator[pa.Table]:
         for verdict in read_task(self.tasks[index], READ_BATCH):
             kept, _ = verdict.split("read")
-            usable = pc.and_(pc.is_valid(kept["text"]), pc.fill_null(pc.greater(pc.binary_length(kept["image"]), 0), False))
+            has_image = pc.fill_null(pc.greater(pc.binary_length(kept["image"]), 0), False)
+            usable = pc.and_(pc.is_valid(kept["text"]), has_image)
             kept = kept.filter(usable).select(list(Pair._fields))
             if kept.num_rows:
                 yield kept

@@ -74,7 +74,8 @@ def caption_metrics(references: list[list[str]], predictions: list[str]) -> dict
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
     tokenizer = PTBTokenizer()
-    gts = tokenizer.tokenize({i: [{"caption": _clean(r)} for r in refs if _clean(r)] for i, refs in enumerate(references)})
+    gts = tokenizer.tokenize({i: [{"caption": _clean(r)} for r in refs if _clean(r)]
+                              for i, refs in enumerate(references)})
     res = tokenizer.tokenize({i: [{"caption": _clean(p)}] for i, p in enumerate(predictions)})
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     meteor_scorer = Meteor()  # a Java process, ended when the scorer is collected

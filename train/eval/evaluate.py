@@ -51,7 +51,10 @@ def evaluate(clip: Clip, suite: Suite | str | Path, batch_size: int = 64, device
     try:
         for task in suite.tasks:
             data = load_task_data(task)
-            texts = len(data.captions) if task.kind == "retrieval" else len(data.classnames) * len(task.prompt_templates)
+            if task.kind == "retrieval":
+                texts = len(data.captions)
+            else:
+                texts = len(data.classnames) * len(task.prompt_templates)
             with torch.no_grad(), tqdm(total=len(data.images) + texts, desc=task.name, unit="item",
                                        disable=not progress) as bar:
                 encoder = _Encoder(clip, batch_size, device, bar)

@@ -27,7 +27,8 @@ def match_ranks(scores: Array, positives: Array) -> np.ndarray:
     """
     scores, positives = _numpy(scores), _numpy(positives).astype(bool)
     if scores.ndim != 2 or positives.shape != scores.shape:
-        raise ValueError(f"expected scores and positives of the same (N, C) shape, got {scores.shape} and {positives.shape}")
+        raise ValueError(f"expected scores and positives of the same (N, C) shape, got {scores.shape} and "
+                         f"{positives.shape}")
     if not scores.shape[0]:
         raise ValueError("no rows to score")
     if not positives.any(axis=1).all():
@@ -77,8 +78,10 @@ def retrieval_recalls(similarity: Array, ks: tuple[int, ...] = (1, 5, 10),
     similarity = _numpy(similarity)
     if positives is None:
         if similarity.ndim != 2 or similarity.shape[0] != similarity.shape[1]:
-            raise ValueError(f"expected a square (N, N) similarity matrix for paired data, got shape {similarity.shape}")
+            raise ValueError(f"expected a square (N, N) similarity matrix for paired data, got shape "
+                             f"{similarity.shape}")
         positives = np.eye(similarity.shape[0], dtype=bool)
     positives = _numpy(positives).astype(bool)
-    ranks = {"image_to_text": match_ranks(similarity, positives), "text_to_image": match_ranks(similarity.T, positives.T)}
+    ranks = {"image_to_text": match_ranks(similarity, positives),
+             "text_to_image": match_ranks(similarity.T, positives.T)}
     return {f"{way}_R@{k}": float((rank < k).mean()) for way, rank in ranks.items() for k in ks}

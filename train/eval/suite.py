@@ -166,7 +166,7 @@ def require_kinds(suite: Suite, kinds: tuple[str, ...], model: str) -> None:
                          f"this suite also has {', '.join(wrong)}")
 
 
-def open_image(task: TaskSpec, row: int, data: bytes) -> "Image.Image":
+def open_image(task: TaskSpec, row: int, data: bytes) -> Image.Image:
     """Decode row `row`'s encoded image as RGB; a SuiteError names the task, row and file when it cannot be."""
     try:
         with Image.open(io.BytesIO(data)) as image:
@@ -236,7 +236,8 @@ def _check_data(task: TaskSpec, where: str) -> None:
             raise SuiteError(f"{where}.data: {file} is not a readable Parquet file: {exc}") from exc
         for key, column in task.columns().items():
             if column not in schema.names:
-                raise SuiteError(f"{where}.{key}: column {column!r} not in {file} (its columns: {', '.join(schema.names)})")
+                raise SuiteError(f"{where}.{key}: column {column!r} not in {file} "
+                                 f"(its columns: {', '.join(schema.names)})")
         image_type = schema.field(task.image_column).type
         if not (pa.types.is_binary(image_type) or pa.types.is_large_binary(image_type)):
             raise SuiteError(f"{where}.image_column: column {task.image_column!r} in {file} holds {image_type}, "

@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from curate.models.clip import MODEL_CONFIGS, create_clip, load_checkpoint as load_clip_checkpoint
+from curate.models.clip import MODEL_CONFIGS, create_clip
+from curate.models.clip import load_checkpoint as load_clip_checkpoint
 from curate.models.llava.config import LlavaModelConfig
 from curate.models.llava.model import Llava, VisionTower
 from curate.models.llava.tokens import IM_END, add_special_tokens

@@ -168,7 +168,8 @@ def build_conversations(pool_dir: str | Path, out_dir: str | Path, *, name: str 
 def main(argv: list[str] | None = None) -> int:
     """CLI: build the stage-2 set from a pool, and optionally the held-out VQA set from an eval split."""
     parser = argparse.ArgumentParser(prog="python -m train.llava.conversations", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pool", required=True, help="the pool (Parquet folder or curated output) to build train.json from")
+    parser.add_argument("--pool", required=True,
+                        help="the pool (Parquet folder or curated output) to build train.json from")
     parser.add_argument("--out", required=True, help="output folder: train.json, images/, ledgers and summaries")
     parser.add_argument("--eval", default=None, help="held-out eval split: also write eval.json (category questions)")
     parser.add_argument("--max-keywords", type=int, default=10, help="keywords per answer at most")

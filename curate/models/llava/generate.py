@@ -34,7 +34,7 @@ class Captioner:
         self.device = next(model.parameters()).device
 
     @classmethod
-    def load(cls, checkpoint: str | Path, device: str | None = None) -> "Captioner":
+    def load(cls, checkpoint: str | Path, device: str | None = None) -> Captioner:
         """The model in a LLaVA checkpoint, on `device` (cuda when available), with the caption
         prompt it was trained with."""
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
