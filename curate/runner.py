@@ -6,17 +6,17 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+from curate import provenance
+from curate.config import ConfigError
 from curate.engines.layout import RunLayout, fingerprint
 from curate.engines.lock import output_lock
-from curate import provenance
 from curate.io import publish
 from curate.io.card import write_card
 from curate.io.paths import is_url
 from curate.io.readers import InputTask, ReadLimits, holds_images, plan_inputs, read_task
-from curate.config import ConfigError
 from curate.pipeline import Pipeline, missing_files
-from curate.schema import INPUT_SCHEMA
 from curate.report import write_report
+from curate.schema import INPUT_SCHEMA
 
 
 def run_pipeline(pipeline: Pipeline, engine, input_paths: str | list[str] | None = None,
@@ -62,7 +62,8 @@ def run_pipeline(pipeline: Pipeline, engine, input_paths: str | list[str] | None
                 stats["resumed_complete"] = True
         else:
             stats = engine.run(pipeline, tasks, layout)
-            provenance.write(layout.root, provenance.record(pipeline, engine, tasks, str(url or output), started, command))
+            record = provenance.record(pipeline, engine, tasks, str(url or output), started, command)
+            provenance.write(layout.root, record)
             write_report(layout, stats)
             write_card(layout, stats)  # README.md: load_dataset(OUTPUT) gives the kept samples
             layout.mark_complete()
@@ -97,7 +98,8 @@ def first_samples(tasks: list[InputTask], limit: int, read_limits=None) -> list[
             break
         rows = task.rows
         if rows is None:
-            rows = sum(v.table.num_rows for v in read_task(replace(task, limit=left), 1024, read_limits or ReadLimits()))
+            batches = read_task(replace(task, limit=left), 1024, read_limits or ReadLimits())
+            rows = sum(v.table.num_rows for v in batches)
         take = min(rows, left)
         chosen.append(replace(task, rows=take, limit=take))
         left -= take

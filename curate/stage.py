@@ -168,13 +168,13 @@ class Stage(ABC):
     def __init__(self, config: StageConfig):
         self.config = config
 
-    def setup(self) -> None:
+    def setup(self) -> None:  # noqa: B027 - an optional hook: most stages load nothing
         """Load models or other per-worker resources; called once before the first batch."""
 
     @classmethod
     def summary(cls) -> str:
-        """The first line of the stage's docstring."""
-        return (cls.__doc__ or "").strip().splitlines()[0]
+        """The first paragraph of the stage's docstring, on one line."""
+        return " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
 
 
 class MapStage(Stage):

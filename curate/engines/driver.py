@@ -101,7 +101,8 @@ def _batches(job: TaskJob, layout: RunLayout):
     An empty task yields one empty batch, so its outputs still exist with a schema."""
     batch_size = job.pipeline.settings.batch_size
     if job.pass_.index == 0:
-        batches, empty = read_task(job.task, batch_size, job.pipeline.settings.read_limits()), INPUT_SCHEMA.empty_table()
+        batches = read_task(job.task, batch_size, job.pipeline.settings.read_limits())
+        empty = INPUT_SCHEMA.empty_table()
     else:
         source = pq.ParquetFile(layout.intermediate(job.pass_.index - 1, job.task.index))
         batches = (Verdict(pa.Table.from_batches([b])) for b in source.iter_batches(batch_size=batch_size))
@@ -146,7 +147,8 @@ def _run_task(job: TaskJob) -> dict:
             ledgers += result.ledger
             stats.append(result.stats)
             if pass_.is_last:
-                kept_uids.append(result.kept.select([c for c in ("uid", "parent_uid") if c in result.kept.column_names]))
+                ids = [c for c in ("uid", "parent_uid") if c in result.kept.column_names]
+                kept_uids.append(result.kept.select(ids))
     ledger = pa.concat_tables(ledgers) if ledgers else LEDGER_SCHEMA.empty_table()
     write_table_atomic(ledger, layout.ledger_part(pass_.index, task.index))
     if fit_parts:
@@ -168,7 +170,10 @@ def _with_row_ids(rows: pa.Table, task: int, start: int) -> pa.Table:
 def _write_uid_parts(layout: RunLayout, task: int, last_pass: int, kept: list[pa.Table]) -> None:
     """The task's sorted uids: every sample it kept or rejected in any pass (for the uniqueness
     check) and its kept input samples (not derived ones), for uids.npy."""
-    kept_table = pa.concat_tables(kept, promote_options="default") if kept else pa.table({"uid": pa.array([], pa.string())})
+    if kept:
+        kept_table = pa.concat_tables(kept, promote_options="default")
+    else:
+        kept_table = pa.table({"uid": pa.array([], pa.string())})
     rejected = [pq.read_table(path, columns=["uid"]).column("uid") for k in range(last_pass + 1)
                 if (path := layout.ledger_part(k, task)).exists()]
     columns = [kept_table.column("uid"), *rejected]
@@ -309,5 +314,5 @@ def run_global_stage(stage: GlobalStage, table: pa.Table, engine: TaskEngine, ta
         state = load_state(root / "state.json")
         verdicts = [stage.apply(part, state, TaskRejections(root / "decisions" / f"task-{task:05d}.parquet")
                                 .next(part.num_rows)) for task, part in enumerate(parts)]
-    return processed, Verdict(pa.concat_tables([v.table for v in verdicts]),
-                              np.concatenate([v.reasons for v in verdicts]), np.concatenate([v.values for v in verdicts]))
+    reasons, values = np.concatenate([v.reasons for v in verdicts]), np.concatenate([v.values for v in verdicts])
+    return processed, Verdict(pa.concat_tables([v.table for v in verdicts]), reasons, values)

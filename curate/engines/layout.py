@@ -15,17 +15,16 @@ import pyarrow.parquet as pq
 
 from curate.engines.lock import LOCK_FILE
 from curate.engines.plan import Pass, StageStats, merge_stats, stage_key
-from curate.io.readers import READ_STAGE
 from curate.io.assembly import merge_uids, repeated_uids, uid_count
 from curate.io.card import CARD
 from curate.io.manifest import SUCCESS, content_samples, describe, verify, write_manifest
 from curate.io.paths import file_stamp, is_url
+from curate.io.readers import READ_STAGE
 from curate.io.shards import SIZES_FILE, place_task_tars, reshard
 from curate.io.state import save_state
 from curate.io.writers import remove_temp_files, sync_paths, write_json_atomic
 from curate.provenance import curate_version
 from curate.stage import Stage
-
 
 _PART_TAR = re.compile(rf"part-\d{{5,}}\.tar|{re.escape(SIZES_FILE)}")  # the shards and open_clip's size file
 _PART_PARQUET = re.compile(r"part-\d{5,}\.parquet")
@@ -178,7 +177,8 @@ class RunLayout:
     def _part_files(self) -> list[Path]:
         """The part files (and shards/'s size file) in shards/ and parquet/, by curate's names."""
         parts = [(self.shards, _PART_TAR), (self.parquet, _PART_PARQUET)]
-        return [f for folder, name in parts if folder.is_dir() for f in sorted(folder.iterdir()) if name.fullmatch(f.name)]
+        return [f for folder, name in parts if folder.is_dir()
+                for f in sorted(folder.iterdir()) if name.fullmatch(f.name)]
 
     def _output_files(self) -> list[Path]:
         """Every file a finished run leaves outside _work/ but its manifest: its top-level files,

@@ -57,7 +57,7 @@ class StageStats:
     rows_out: int = 0
     reasons: Counter = field(default_factory=Counter)
 
-    def add(self, other: "StageStats") -> None:
+    def add(self, other: StageStats) -> None:
         self.rows_in += other.rows_in
         self.rows_out += other.rows_out
         self.reasons.update(other.reasons)
@@ -72,7 +72,7 @@ class StageStats:
                 **derived, "reasons": dict(sorted(self.reasons.items()))}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "StageStats":
+    def from_dict(cls, data: dict) -> StageStats:
         return cls(data["name"], data["in"], data["out"], Counter(data["reasons"]))
 
 

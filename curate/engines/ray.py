@@ -5,9 +5,9 @@ Tasks run whole, with the shared driver, so the output layout, resume markers an
 are those of the local engine. When a stage loads a model (`Stage.uses_model`), the tasks
 run in an actor pool: each actor builds and sets up the stages once, so the model loads
 once per worker. Otherwise they run as plain Ray tasks, which skip the actor start-up
-(Ray reuses task workers, and each keeps its set-up stages between tasks). Without an address it starts a local Ray; with one
-(`auto` or host:port) it joins that cluster. Input and output paths must be reachable from
-every node (a shared file system or object store mount).
+(Ray reuses task workers, and each keeps its set-up stages between tasks). Without an address it
+starts a local Ray; with one (`auto` or host:port) it joins that cluster. Input and output paths
+must be reachable from every node (a shared file system or object store mount).
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from pathlib import Path
 from curate.engines.driver import TaskEngine, TaskJob, run_task, stages_for
 from curate.engines.shuffle import PARTITION_COLUMN, Reducer, call, reduce_group, with_partition
 from curate.stage import Dataset
-
 
 BLOCKS_PER_WORKER = 3
 

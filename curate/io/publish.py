@@ -22,8 +22,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from curate.io.manifest import SUCCESS, verify
-from curate.io.paths import (atomic_output, exists, explained, files_in, filesystem, is_url, read_bytes, remove,
-                             write_bytes)
+from curate.io.paths import (
+    atomic_output,
+    exists,
+    explained,
+    files_in,
+    filesystem,
+    is_url,
+    read_bytes,
+    remove,
+    write_bytes,
+)
 
 FILES = ("stats.json", "report.html", "README.md", "uids.npy", "run.json")  # README.md: the dataset card
 PART_FOLDERS = {"shards": re.compile(r"part-\d{5,}\.tar|sizes\.json"), "parquet": re.compile(r"part-\d{5,}\.parquet"),
