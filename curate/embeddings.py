@@ -84,7 +84,7 @@ class Embedded:
     failures: dict[int, str]
 
     @classmethod
-    def none(cls, rows: np.ndarray, failures: dict[int, str]) -> "Embedded":
+    def none(cls, rows: np.ndarray, failures: dict[int, str]) -> Embedded:
         """No embeddings: nothing was asked, or every image failed."""
         empty = np.zeros((0, 0), np.float32)
         return cls(rows, empty, empty, np.zeros(0, np.float32), failures)
@@ -108,7 +108,7 @@ class EmbeddingStore:
         self.refresh()
 
     @classmethod
-    def existing(cls, root: str | Path) -> "EmbeddingStore":
+    def existing(cls, root: str | Path) -> EmbeddingStore:
         """A store read as it is, whatever filled it (no scorer to check it against or to embed
         what it lacks): an imported one, or a scorer's read back without that scorer."""
         meta_path = Path(root) / "meta.json"
@@ -143,7 +143,8 @@ class EmbeddingStore:
         meta = json.loads(self.meta_path.read_text())
         if meta.get("version") != STORE_VERSION or meta.get("model") != self.fingerprint:
             raise ValueError(f"embedding store {self.root} holds embeddings of another model "
-                             f"({meta.get('model')}); this stage's scorer is {self.fingerprint}: use another store folder")
+                             f"({meta.get('model')}); this stage's scorer is {self.fingerprint}: use another store "
+                             "folder")
         if meta.get("keyed_by", KEYED_BY_SAMPLE) != self.keyed_by:
             raise ValueError(f"embedding store {self.root} is keyed by {meta.get('keyed_by', KEYED_BY_SAMPLE)}, "
                              f"expected {self.keyed_by}")
@@ -294,7 +295,7 @@ class ClipEmbedder:
     """A CLIP scorer that embeds images and captions in batches; the model loads on first use,
     on the GPU when torch sees one. `images_embedded` counts the images it has encoded."""
 
-    _shared: dict[tuple, "ClipEmbedder"] = {}
+    _shared: dict[tuple, ClipEmbedder] = {}
 
     def __init__(self, checkpoint: str, model: str | None = None, batch_size: int = 64):
         self.checkpoint, self.model_name, self.batch_size = checkpoint, model, batch_size
@@ -303,7 +304,7 @@ class ClipEmbedder:
         self._clip = None
 
     @classmethod
-    def shared(cls, checkpoint: str, model: str | None = None, batch_size: int = 64) -> "ClipEmbedder":
+    def shared(cls, checkpoint: str, model: str | None = None, batch_size: int = 64) -> ClipEmbedder:
         """One embedder per scorer in a worker process, whichever stages use it."""
         key = (str(checkpoint), model, batch_size)
         if key not in cls._shared:
@@ -373,7 +374,8 @@ class EmbeddingConfig(StageConfig):
     checkpoint: str | None = Field(None, description="a CLIP checkpoint from `curate train clip`, or an open_clip "
                                                      "weights file; null: read the store only (imported vectors)")
     model: str | None = Field(None, description="open_clip architecture of a plain open_clip weights file")
-    store: str | None = Field(None, description="embedding store folder: embeddings computed once, reused by later stages")
+    store: str | None = Field(None, description="embedding store folder: embeddings computed once, reused by later "
+                                                "stages")
     batch_size: int = Field(64, gt=0, description="images per model call")
 
     def embedding_reads(self) -> list[tuple[str, ...]]:
@@ -384,7 +386,8 @@ class EmbeddingConfig(StageConfig):
     def check_source(self) -> None:
         """Raise unless the config names a scorer or a store to read."""
         if self.checkpoint is None and self.store is None:
-            raise ValueError("set checkpoint (a scorer), store (vectors imported by `curate embeddings import`), or both")
+            raise ValueError("set checkpoint (a scorer), store (vectors imported by `curate embeddings import`), "
+                             "or both")
 
     def written_paths(self) -> list[str]:
         return [self.store] if self.store and self.checkpoint else []
@@ -456,7 +459,8 @@ def embed_paths(paths: list[str], embeddings: Embeddings, batch_size: int = 256)
     return uids, (np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32))
 
 
-VECTOR_COLUMN = "image_vector"  # a fit row's image embedding: its float16 bytes (binary: Spark reads it, half a list<float>)
+# a fit row's image embedding: its float16 bytes (binary: Spark reads it, half a list<float>)
+VECTOR_COLUMN = "image_vector"
 CLUSTER_COLUMN = "cluster"  # a fit row's nearest centroid, the key of the per-cluster decisions
 SAMPLE_SIGMAS = 6.0  # room in the k-means sample's hash bound, in standard deviations of the count under it
 _HASH_COLUMN = "_hash"

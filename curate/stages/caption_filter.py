@@ -43,7 +43,8 @@ def derived_uid(uid: str, index: int) -> str:
 
 
 class CaptionFilter(MapStage):
-    """Score web and synthetic captions with a CLIP; keep the best by threshold and/or top n; replace, add or store them."""
+    """Score web and synthetic captions with a CLIP; keep the best by threshold and/or top n; replace,
+    add or store them."""
 
     name = "caption_filter"
     Config = CaptionFilterConfig
@@ -111,7 +112,8 @@ class CaptionFilter(MapStage):
                 best_score = max([web_scores[i]] + synthetic_scores[i])
                 reasons[i], values[i] = "no_caption_passes", f"best {best_score:.4f}"
         if self.config.policy == "separate":
-            extra = [(i, j, c) for i in range(table.num_rows) if reasons[i] is None for j, c in enumerate(kept[i][1:], 1)]
+            extra = [(i, j, c) for i in range(table.num_rows) if reasons[i] is None
+                     for j, c in enumerate(kept[i][1:], 1)]
             if extra:
                 rows = out.take([i for i, _, _ in extra]).to_pydict()
                 rows.update(uid=[derived_uid(rows["uid"][k], j) for k, (_, j, _) in enumerate(extra)],

@@ -40,7 +40,8 @@ class ClipScoreConfig(EmbeddingConfig):
     top_fraction: float | None = Field(None, gt=0, le=1, description="keep this top share of the pool (DataComp: 0.3)")
     fraction_rule: Literal["ceil", "datacomp"] = Field(
         "ceil", description="ceil: the threshold is the ceil(f n)-th best score; datacomp: DataComp's "
-                            "-np.sort(-scores)[int(n f)], the (int(n f) + 1)-th best; both keep scores >= it (ties too)")
+                            "-np.sort(-scores)[int(n f)], the (int(n f) + 1)-th best; both keep scores >= it "
+                            "(ties too)")
 
     @model_validator(mode="after")
     def _one_rule(self):
@@ -51,7 +52,8 @@ class ClipScoreConfig(EmbeddingConfig):
             raise ValueError("thresholds needs a 'default' entry for languages not listed")
         from curate.stages.language import unknown_languages
 
-        if self.thresholds is not None and (problem := unknown_languages([k for k in self.thresholds if k != "default"])):
+        languages = [k for k in self.thresholds or () if k != "default"]
+        if self.thresholds is not None and (problem := unknown_languages(languages)):
             raise ValueError(f"thresholds: {problem}")
         if (self.checkpoint is None) == (self.score_column is None):
             raise ValueError("set exactly one of checkpoint (score with a model) and score_column (read scores)")
@@ -99,7 +101,8 @@ def kth_largest_bin(counts: np.ndarray, k: int) -> tuple[int, int]:
 
 
 class ClipScore(GlobalStage):
-    """Score image-caption similarity with a CLIP (or read a score column); keep above a threshold, per-language thresholds or the pool's top fraction."""
+    """Score image-caption similarity with a CLIP (or read a score column); keep above a threshold,
+    per-language thresholds or the pool's top fraction."""
 
     name = "clip_score"
     Config = ClipScoreConfig

@@ -59,7 +59,8 @@ class ConceptBalanceConfig(StageConfig):
 
     metadata: str = Field(..., description="the entry list concept_match used (ids are checked, head entries named)")
     t: int | None = Field(None, gt=0, description="per-entry cap (MetaCLIP: 20,000 for 400M samples, 170,000 for 2.5B)")
-    target_size: int | None = Field(None, gt=0, description="derive t so that the expected kept size is this many samples")
+    target_size: int | None = Field(None, gt=0,
+                                    description="derive t so that the expected kept size is this many samples")
     unmatched: Literal["drop", "keep"] = Field(
         "drop", description="samples that match no entry: drop them (MetaCLIP) or keep them all")
     seed: int = Field(0, description="seed of the per-sample draw (a hash of uid and seed)")
@@ -178,7 +179,8 @@ class ConceptBalance(GlobalStage):
         t = state["t"]
         return {
             "kind": "concepts", "metadata": self.config.metadata, "entries": len(names), "t": t,
-            "target_size": self.config.target_size, "expected_kept": state["expected_kept"], "samples": state["samples"],
+            "target_size": self.config.target_size, "expected_kept": state["expected_kept"],
+            "samples": state["samples"],
             "unmatched": state["unmatched"], "unmatched_policy": self.config.unmatched,
             "matched_entries": len(counts), "rank_counts": rank_profile(list(counts.values())),
             "head": [{"id": e, "entry": names[e], "count": n, "p": round(min(1.0, t / n), 6)} for e, n in head],

@@ -15,7 +15,8 @@ class DecontaminateEmbeddingConfig(EmbeddingConfig, SearchConfig):
 
     eval_data: list[str] = Field(..., min_length=1, description="evaluation sets (Parquet/WebDataset/folders) to keep "
                                                                "out (without a checkpoint: their vectors in the store)")
-    threshold: float = Field(0.9, ge=-1, le=1, description="image cosine to an eval image at or above which a sample goes")
+    threshold: float = Field(0.9, ge=-1, le=1,
+                             description="image cosine to an eval image at or above which a sample goes")
 
     @model_validator(mode="after")
     def _a_source(self):

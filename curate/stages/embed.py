@@ -13,7 +13,8 @@ class EmbedConfig(StoredEmbeddingConfig):
 
 
 class Embed(MapStage):
-    """Compute CLIP image and text embeddings once (float16 store keyed by uid); samples already in the store are skipped."""
+    """Compute CLIP image and text embeddings once (float16 store keyed by uid); samples already in the
+    store are skipped."""
 
     name = "embed"
     Config = EmbedConfig

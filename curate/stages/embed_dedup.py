@@ -17,8 +17,15 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from curate.embeddings import (CLUSTER_COLUMN, VECTOR_COLUMN, StoredEmbeddingConfig, StoredEmbeddingsStage,
-                               cluster_runs, column_vectors, with_clusters)
+from curate.embeddings import (
+    CLUSTER_COLUMN,
+    VECTOR_COLUMN,
+    StoredEmbeddingConfig,
+    StoredEmbeddingsStage,
+    cluster_runs,
+    column_vectors,
+    with_clusters,
+)
 from curate.neighbours import FLAT_MAX_ROWS, KMeansConfig, SearchConfig, components, similar_pairs
 from curate.stage import ROW_COLUMN, Dataset, FitContext, Fitted, rejections
 
@@ -34,7 +41,8 @@ class EmbedDedupConfig(StoredEmbeddingConfig, SearchConfig, KMeansConfig):
 
 
 class EmbedDedup(StoredEmbeddingsStage):
-    """Drop near-duplicate images: CLIP image cosine >= threshold (FAISS), grouped transitively; per group the highest clip_score, then the smallest uid, is kept."""
+    """Drop near-duplicate images: CLIP image cosine >= threshold (FAISS), grouped transitively; per
+    group the highest clip_score, then the smallest uid, is kept."""
 
     name = "embed_dedup"
     Config = EmbedDedupConfig

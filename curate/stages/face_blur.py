@@ -26,12 +26,14 @@ class FaceBlurConfig(StageConfig):
     sigma: float = Field(0.1, gt=0.0, le=1.0,
                          description="Gaussian blur radius as a fraction of the face box's longer side")
     side: int = Field(640, ge=32, multiple_of=32,
-                      description="the detector's input side in pixels (faces under ~5% of the image side are missed at 640)")
+                      description="the detector's input side in pixels (faces under ~5% of the image side are "
+                                  "missed at 640)")
     batch_size: int = Field(8, gt=0, description="images per model run")
 
 
 class FaceBlur(MapStage):
-    """Find faces (NudeNet's face classes, or the input's face_bboxes), write face_bboxes, blur them in the image (re-encoded once, same format)."""
+    """Find faces (NudeNet's face classes, or the input's face_bboxes), write face_bboxes, blur them in
+    the image (re-encoded once, same format)."""
 
     name = "face_blur"
     Config = FaceBlurConfig

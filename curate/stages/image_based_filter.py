@@ -54,7 +54,8 @@ class ImageBasedFilterConfig(StoredEmbeddingConfig, KMeansConfig):
 
 
 class ImageBasedFilter(StoredEmbeddingsStage):
-    """DataComp image-based filter: k-means on pool image embeddings (or given centroids); keep the samples in clusters that are the nearest cluster of some target image."""
+    """DataComp image-based filter: k-means on pool image embeddings (or given centroids); keep the
+    samples in clusters that are the nearest cluster of some target image."""
 
     name = "image_based_filter"
     Config = ImageBasedFilterConfig
@@ -86,8 +87,8 @@ class ImageBasedFilter(StoredEmbeddingsStage):
                       for chunk in vector_chunks(path, centroids.shape[1]))
         found = [np.unique(nearest_centroid(chunk, centroids)) for chunk in chunks]
         if not found:
-            raise ValueError(f"image_based_filter: no target vector in {self.config.target or self.config.target_vectors}"
-                             " (no decodable image, or empty files)")
+            given = self.config.target or self.config.target_vectors
+            raise ValueError(f"image_based_filter: no target vector in {given} (no decodable image, or empty files)")
         return np.unique(np.concatenate(found))
 
 
@@ -103,7 +104,8 @@ def vector_chunks(path: str, dim: int):
     """A .npy of vectors (n x dim) read through a memory map, TARGET_CHUNK rows at a time (float32)."""
     vectors = np.load(path, mmap_mode="r")
     if vectors.ndim != 2 or vectors.shape[1] != dim:
-        raise ValueError(f"{path}: expected target vectors of the centroids' size (n x {dim}), got shape {vectors.shape}")
+        raise ValueError(f"{path}: expected target vectors of the centroids' size (n x {dim}), "
+                         f"got shape {vectors.shape}")
     for start in range(0, len(vectors), TARGET_CHUNK):
         yield np.ascontiguousarray(vectors[start : start + TARGET_CHUNK], np.float32)
 

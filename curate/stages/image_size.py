@@ -34,7 +34,8 @@ class ImageSizeConfig(StageConfig):
 
 
 class ImageSize(MapStage):
-    """Reject images whose shorter side, longer side or aspect ratio is out of bounds (original_width/height, else the decoded size)."""
+    """Reject images whose shorter side, longer side or aspect ratio is out of bounds
+    (original_width/height, else the decoded size)."""
 
     name = "image_size"
     Config = ImageSizeConfig
@@ -46,7 +47,8 @@ class ImageSize(MapStage):
         pairs = [pair for pair in ORIGINAL_FIRST if set(pair) <= set(table.column_names)]
         if not pairs:
             raise ValueError(f"image_size needs width/height (run 'decode' before 'image_size') or "
-                             f"original_width/original_height (DataComp's metadata); the batch has {table.column_names}")
+                             f"original_width/original_height (DataComp's metadata); the batch has "
+                             f"{table.column_names}")
         n = table.num_rows
         w, h, known = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, bool)
         for pair in pairs:  # row by row, the first pair with both sides: the original size, else the decoded one

@@ -50,7 +50,8 @@ class PiiConfig(StageConfig):
     """Parameters of the pii stage."""
 
     mode: Literal["reject", "redact", "columns"] = Field(
-        "redact", description="reject captions with PII, replace each find with a tag like <EMAIL>, or only write pii_types")
+        "redact", description="reject captions with PII, replace each find with a tag like <EMAIL>, or only "
+                              "write pii_types")
     types: list[PiiType] = Field(ALL_TYPES, min_length=1, description="the kinds of PII looked for")
     phone_regions: list[str] = Field(["US"], min_length=1,
                                      description="regions (ISO 3166 codes) whose national phone formats are read; "
@@ -68,7 +69,8 @@ class PiiConfig(StageConfig):
 
 
 class Pii(MapStage):
-    """Find PII in captions (emails, phones via libphonenumber, addresses, cards, SSNs, IBANs, IPs); write pii_types; reject, redact or record."""
+    """Find PII in captions (emails, phones via libphonenumber, addresses, cards, SSNs, IBANs, IPs);
+    write pii_types; reject, redact or record."""
 
     name = "pii"
     Config = PiiConfig
@@ -86,8 +88,8 @@ class Pii(MapStage):
         # RE2's \d, \s and \w are ASCII, Python's Unicode: RE2 picks the candidates among ASCII captions,
         # where the two agree, and every other caption goes to the Python checks whole
         other = pc.invert(pc.string_is_ascii(texts)).fill_null(False).to_numpy(zero_copy_only=False)
-        masks = {kind: pc.match_substring_regex(texts, PATTERNS[kind][0]).fill_null(False).to_numpy(zero_copy_only=False)
-                 | other for kind in self.config.types}
+        masks = {kind: pc.match_substring_regex(texts, PATTERNS[kind][0]).fill_null(False)
+                 .to_numpy(zero_copy_only=False) | other for kind in self.config.types}
         any_candidate = np.logical_or.reduce(list(masks.values()))
         found: list[list[str]] = [[] for _ in range(len(texts))]
         rewritten = texts.to_numpy(zero_copy_only=False).copy() if self.config.mode == "redact" else None

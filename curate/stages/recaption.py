@@ -86,8 +86,8 @@ class Recaption(MapStage):
                 continue
             new = self._captions([uids[i] for i in rows], [opened[k] for k in range(len(chunk)) if k not in failed])
             if self._cache:
-                self._cache.put(pa.table({"uid": [uids[i] for i in rows], "image_digest": [digests[uids[i]] for i in rows],
-                                          "captions": new}))
+                self._cache.put(pa.table({"uid": [uids[i] for i in rows],
+                                          "image_digest": [digests[uids[i]] for i in rows], "captions": new}))
             captions.update((uids[i], c) for i, c in zip(rows, new))
         out = set_column(table, "synthetic_captions", [captions.get(uid) for uid in uids], pa.list_(pa.string()))
         out = set_column(out, "caption_generator", [self._generator] * len(uids), pa.string())

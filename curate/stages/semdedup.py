@@ -13,8 +13,15 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from curate.embeddings import (CLUSTER_COLUMN, VECTOR_COLUMN, StoredEmbeddingConfig, StoredEmbeddingsStage,
-                               cluster_runs, column_vectors, with_clusters)
+from curate.embeddings import (
+    CLUSTER_COLUMN,
+    VECTOR_COLUMN,
+    StoredEmbeddingConfig,
+    StoredEmbeddingsStage,
+    cluster_runs,
+    column_vectors,
+    with_clusters,
+)
 from curate.neighbours import KMeansConfig
 from curate.stage import ROW_COLUMN, Dataset, FitContext, Fitted, rejections
 
@@ -25,11 +32,13 @@ class SemDedupConfig(StoredEmbeddingConfig, KMeansConfig):
     """Parameters of the semdedup stage."""
 
     clusters: int = Field(100, gt=0, description="k-means clusters (the paper: 50,000 for LAION-440M)")
-    epsilon: float = Field(0.07, gt=0, lt=1, description="drop a sample whose cosine to an earlier one is > 1 - epsilon")
+    epsilon: float = Field(0.07, gt=0, lt=1,
+                           description="drop a sample whose cosine to an earlier one is > 1 - epsilon")
 
 
 class SemDedup(StoredEmbeddingsStage):
-    """SemDeDup: spherical k-means on image embeddings; in each cluster a sample with cosine > 1 - epsilon to an earlier one (farther from the centroid) is dropped."""
+    """SemDeDup: spherical k-means on image embeddings; in each cluster a sample with cosine > 1 - epsilon
+    to an earlier one (farther from the centroid) is dropped."""
 
     name = "semdedup"
     Config = SemDedupConfig

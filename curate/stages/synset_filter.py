@@ -130,11 +130,13 @@ class SynsetFilterConfig(StageConfig):
 
     synsets: str | None = Field(None, description="a WordNet id list (n01440764 per line); default: timm's "
                                                   "ImageNet-21k list (21,843 classes)")
-    wordnet: str = Field(str(WORDNET_DIR), description="WordNet 3.0 folder with index.* and *.exc (Debian wordnet-base)")
+    wordnet: str = Field(str(WORDNET_DIR),
+                         description="WordNet 3.0 folder with index.* and *.exc (Debian wordnet-base)")
 
 
 class SynsetFilter(MapStage):
-    """DataComp text-based filter: keep captions with a word whose first WordNet synset is in a list (ImageNet-21k classes)."""
+    """DataComp text-based filter: keep captions with a word whose first WordNet synset is in a list
+    (ImageNet-21k classes)."""
 
     name = "synset_filter"
     Config = SynsetFilterConfig
