@@ -24,18 +24,18 @@ import os
 
 os.environ["OMP_NUM_THREADS"] = "1"  # read by the stages' ONNX Runtime sessions (a worker's share of cores)
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
-import pyarrow as pa  # noqa: E402
-import pyarrow.dataset as ds  # noqa: E402
+import pyarrow as pa
+import pyarrow.dataset as ds
 
-from common import ROOT  # noqa: E402
+from common import ROOT
 
 DJ_PYTHON = ROOT / "bench" / ".venv-dj" / "bin" / "python"
 BATCH = 256

@@ -15,8 +15,9 @@ the same images (bench/heuristics.py's limit).
 Prints a table per size and the issue-14 targets, PASS/FAIL:
   local >= 0.5x DuckDB's rows/s at 10M; every process's peak RSS at 10M <= 1.15x its 1M figure
   and <= 2 GiB (judged twice: on RSS, and on RSS less shared pages, since a Ray worker's RSS counts
-  the object store pages it maps and any process's counts the Parquet pages it reads); Ray and Spark <= 1.5x local's time (warm: a run on a 1k-row file measures each
-  engine's start-up, subtracted); the image variant >= 0.9x the decode-only loop.
+  the object store pages it maps and any process's counts the Parquet pages it reads); Ray and Spark
+  <= 1.5x local's time (warm: a run on a 1k-row file measures each engine's start-up, subtracted);
+  the image variant >= 0.9x the decode-only loop.
 Writes the figures to out/bench/scale.json.
 
 Optional parts of the pipeline that today's curate rejects (image_size without a decode,
@@ -48,9 +49,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
+from heuristics import bench_decode_limit
 
 from common import ROOT
-from heuristics import bench_decode_limit
 
 CURATE = ROOT / ".venv" / "bin" / "curate"
 DUCKDB_PYTHON = ROOT / "bench" / ".venv-duckdb" / "bin" / "python"
@@ -76,7 +77,8 @@ PIPELINE = {
     "outputs": ["parquet", "uids"],  # optional: no tars for a metadata run
     "stages": [
         {"stage": "caption", "min_words": MIN_WORDS, "min_chars": MIN_CHARS},
-        {"stage": "image_size", "min_side": MIN_SIDE, "max_aspect_ratio": MAX_ASPECT},  # optional: from original_width/height
+        # optional: from original_width/height
+        {"stage": "image_size", "min_side": MIN_SIDE, "max_aspect_ratio": MAX_ASPECT},
         {"stage": "exact_dedup", "key": "url_text"},
         {"stage": "clip_score", "top_fraction": TOP_FRACTION, "score_column": SCORE},  # optional: the score column
     ],
@@ -256,7 +258,8 @@ def _role(proc: psutil.Process) -> tuple[str, str]:
         return "worker", name
     if name in ("java", "raylet", "gcs_server") or "java" in name:
         return "other", "jvm" if "java" in name else name
-    if "ray" in cmdline and any(h in cmdline for h in ("dashboard", "log_monitor", "monitor.py", "runtime_env", "agent")):
+    helpers = ("dashboard", "log_monitor", "monitor.py", "runtime_env", "agent")
+    if "ray" in cmdline and any(h in cmdline for h in helpers):
         return "other", "ray helper"
     if "python" in name or "python" in cmdline.split(" ", 1)[0]:
         return "worker", "python"
@@ -400,7 +403,7 @@ def probe_features(tiny: Path, scratch: Path) -> tuple[set[str], dict[str, str]]
         if result["returncode"] == 0:
             features.add(feature)
         else:
-            lines = [l for l in result["output_tail"].splitlines() if l.strip()]
+            lines = [text for text in result["output_tail"].splitlines() if text.strip()]
             skipped[feature] = lines[-1] if lines else f"exit code {result['returncode']}"
     return features, skipped
 
@@ -421,7 +424,8 @@ if "caption" in steps:  # curate: Python's str.strip() / str.split(); here ASCII
 if "size" in steps:
     s = steps["size"]
     where += [f"least(original_width, original_height) >= {s['min_side']}",
-              f"greatest(original_width, original_height) <= {s['max_aspect_ratio']} * least(original_width, original_height)"]
+              f"greatest(original_width, original_height) <= "
+              f"{s['max_aspect_ratio']} * least(original_width, original_height)"]
 con.execute(f"CREATE TEMP TABLE kept AS SELECT * FROM read_parquet('{source}/*.parquet') "
             f"WHERE {' AND '.join(where) or 'true'} "
             f"QUALIFY row_number() OVER (PARTITION BY url, text ORDER BY uid) = 1")
@@ -450,7 +454,7 @@ def run_duckdb(source: Path, features: set[str], scratch: Path, timeout: float) 
     out = scratch / "duckdb-kept.parquet"
     measured = measure([str(DUCKDB_PYTHON), str(script), str(source), str(out), str(WORKERS), json.dumps(steps)],
                        timeout)
-    line = next((l for l in measured.output.splitlines() if l.startswith("DUCKDB_RESULT ")), None)
+    line = next((text for text in measured.output.splitlines() if text.startswith("DUCKDB_RESULT ")), None)
     result = json.loads(line.split(" ", 1)[1]) if measured.returncode == 0 and line else None
     out.unlink(missing_ok=True)
     figures = _figures(measured, result and {"kept": result["kept"]})
@@ -551,7 +555,8 @@ def main() -> None:
                         default=["local", "ray", "spark", "duckdb"])
     parser.add_argument("--images", type=int, nargs="?", const=200_000, default=None,
                         help="also the image-bearing variant with this many rows (200k), on the local engine")
-    parser.add_argument("--timeout", type=float, default=600, help="seconds before a run is killed and reported as timed out")
+    parser.add_argument("--timeout", type=float, default=600,
+                        help="seconds before a run is killed and reported as timed out")
     parser.add_argument("--keep-data", action="store_true", help="keep data/scale (it is reused by the next run)")
     parser.add_argument("--json", type=Path, default=RESULTS)
     parser.add_argument("--code", type=Path, help="run curate from this source tree instead of the installed one, e.g. "
@@ -566,7 +571,8 @@ def main() -> None:
     curate_engines = [e for e in args.engines if e != "duckdb"]
     report: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "cpus": os.cpu_count(), "workers": WORKERS,
                     "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                             cwd=ROOT).stdout.strip(), "code": str(CODE or ROOT), "load_average": os.getloadavg(),
+                                             cwd=ROOT).stdout.strip(),
+                    "code": str(CODE or ROOT), "load_average": os.getloadavg(),
                     "sizes": {}, "startup_s": {}}
     try:
         with tempfile.TemporaryDirectory() as tmp:
@@ -612,7 +618,8 @@ def main() -> None:
                 print(f"\n{args.images:,} image rows ({images['tasks']} tasks), {WORKERS} cores: curate "
                       f"{r['seconds']:.1f} s ({images['curate_rows_s'] or 0:,.0f} rows/s, kept "
                       f"{r['counts'] and r['counts']['kept']}, driver {mib(r['driver_rss'])} MiB, worker "
-                      f"{mib(r['worker_rss'])} MiB); decode-only {decode_s:.1f} s ({images['decode_rows_s']:,.0f} rows/s)")
+                      f"{mib(r['worker_rss'])} MiB); decode-only {decode_s:.1f} s "
+                      f"({images['decode_rows_s']:,.0f} rows/s)")
     finally:
         if not args.keep_data:
             shutil.rmtree(DATA, ignore_errors=True)
