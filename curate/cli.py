@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from curate.io.readers import InputError
 from curate.config import ConfigError
+from curate.io.readers import InputError
 from curate.metadata import WORDNET_DIR, MetadataError
 from curate.pipeline import load_pipeline
 from train.eval.cli import eval_command
@@ -65,7 +65,8 @@ def engine_options(fn):
               help="With an output URL: the local folder the run works in before publishing (on Ray or Spark, one "
                    "every node mounts) [default: under ~/.cache/curate/staging].")
 @engine_options
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key, e.g. stages[1].min_words=3.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override a key, e.g. stages[1].min_words=3.")
 @click.option("--limit", type=click.IntRange(min=1), help="Read only the input's first N samples (a quick try; the "
                                                          "pipeline's `limit` key).")
 @click.option("--verify", "checksums", is_flag=True,
@@ -128,7 +129,8 @@ def verify(output, sizes_only):
 @click.option("--output", required=True, help="Output folder.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True)
 @click.option("--retries", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=32, show_default=True, help="Downloads in flight per worker.")
+@click.option("--threads", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Downloads in flight per worker.")
 @click.option("--max-bytes", type=click.IntRange(min=1), default=20_000_000, show_default=True)
 @click.option("--image-size", type=click.IntRange(min=1), help="Resize with img2dataset's resizer to this size.")
 @click.option("--resize-mode", type=click.Choice(["no", "keep_ratio", "keep_ratio_largest", "center_crop", "border"]),
@@ -211,7 +213,8 @@ def _literal_values(annotation) -> list:
 
 @main.command()
 @click.argument("output", type=click.Path(file_okay=False, exists=True))
-@click.option("--reason", required=True, help="A rejection reason of the run (stats.json lists them), e.g. near_duplicate.")
+@click.option("--reason", required=True,
+              help="A rejection reason of the run (stats.json lists them), e.g. near_duplicate.")
 @click.option("--stage", help="Only the rejections of this stage (when several give the reason).")
 @click.option("--n", "count", type=click.IntRange(min=1), default=20, show_default=True, help="Samples to show.")
 @click.option("--out", type=click.Path(dir_okay=False),
@@ -339,8 +342,14 @@ def metadata():
 def metadata_build(out, wordnet, no_wordnet, corpora, no_corpus, min_unigram_count, min_bigram_count, min_bigram_pmi,
                    files):
     """Build an entry list from WordNet, a corpus's frequent n-grams and user files (MetaCLIP used 500k entries)."""
-    from curate.metadata import (build_metadata, corpus_ngrams, read_captions, read_entry_file, wordnet_entries,
-                                 write_metadata)
+    from curate.metadata import (
+        build_metadata,
+        corpus_ngrams,
+        read_captions,
+        read_entry_file,
+        wordnet_entries,
+        write_metadata,
+    )
 
     sources = {}
     if not no_wordnet:
@@ -388,7 +397,8 @@ def sample_datacomp(pool, out, checkpoint, model, eval_data, rows_per_file, imag
 
     summary = build_datacomp(list(pool), Path(out), checkpoint, model, list(eval_data), rows_per_file, image_size, seed)
     click.echo(f"{summary['samples']} samples in {summary['files']} file(s): metadata in {summary['metadata']}, "
-               f"shards in {summary['shards']}" + (f", targets in {summary['targets']}" if "targets" in summary else ""))
+               f"shards in {summary['shards']}"
+               + (f", targets in {summary['targets']}" if "targets" in summary else ""))
 
 
 @main.group()
@@ -405,7 +415,8 @@ def embeddings():
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True, help="Files imported at once.")
 @_user_errors
 def embeddings_import(metadata, store, image_key, text_key, workers):
-    """Import DataComp .npz vectors (beside each metadata Parquet, in its row order) into an embedding store keyed by uid."""
+    """Import DataComp .npz vectors (beside each metadata Parquet, in its row order) into an embedding
+    store keyed by uid."""
     from curate.io.datacomp import import_embeddings
 
     try:
@@ -422,7 +433,8 @@ def embeddings_import(metadata, store, image_key, text_key, workers):
 @click.option("--input", "input_paths", multiple=True, required=True, help="WebDataset shards (folders, files, globs).")
 @click.option("--output", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--samples-per-shard", type=click.IntRange(min=1), default=10_000, show_default=True)
-@click.option("--blur-faces", is_flag=True, help="Blur each sample's json face_bboxes (img2dataset's blurrer, as DataComp).")
+@click.option("--blur-faces", is_flag=True,
+              help="Blur each sample's json face_bboxes (img2dataset's blurrer, as DataComp).")
 @click.option("--webp-quality", type=click.IntRange(1, 100),
               help="Re-encode blurred images as lossy WebP at this quality (DataComp: 100) [default: lossless].")
 @click.option("--overwrite", is_flag=True, help="Replace a reshard's output in a folder that is not empty.")
@@ -438,6 +450,7 @@ def reshard_command(uids_path, input_paths, output, samples_per_shard, blur_face
     skipped = ", ".join(f"{k} {v}" for k, v in summary["skipped"].items())
     click.echo(f"{summary['written']:,} of {summary['listed']:,} listed samples written ({summary['read']:,} read) in "
                f"{summary['shards']} shard(s) -> {output}; {summary['not_found']:,} listed not found"
-               + (f"; {summary['blurred']:,} blurred" if blur_faces else "") + (f"; skipped: {skipped}" if skipped else ""))
+               + (f"; {summary['blurred']:,} blurred" if blur_faces else "")
+               + (f"; skipped: {skipped}" if skipped else ""))
 
 
