@@ -17,8 +17,10 @@ from curate.stages.near_dedup import as_codes, hamming_index, phash
 class DecontaminateConfig(StageConfig):
     """Parameters of the decontaminate stage."""
 
-    eval_data: list[str] = Field(..., min_length=1, description="evaluation sets (Parquet/WebDataset/folders) to keep out")
-    radius: int = Field(4, ge=0, le=31, description="pHash Hamming distance at or below which an image is an eval image")
+    eval_data: list[str] = Field(..., min_length=1,
+                                 description="evaluation sets (Parquet/WebDataset/folders) to keep out")
+    radius: int = Field(4, ge=0, le=31,
+                        description="pHash Hamming distance at or below which an image is an eval image")
 
 
 class Decontaminate(MapStage):

@@ -47,7 +47,17 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from curate.schema import set_column
-from curate.stage import ROW_COLUMN, Dataset, FitContext, Fitted, GlobalStage, StageConfig, Verdict, map_rows, rejections
+from curate.stage import (
+    ROW_COLUMN,
+    Dataset,
+    FitContext,
+    Fitted,
+    GlobalStage,
+    StageConfig,
+    Verdict,
+    map_rows,
+    rejections,
+)
 
 HASH_BITS = 64
 TILE = 512  # pairs are verified about TILE x TILE at a time (a bucket up to TILE rows in one block)
@@ -257,7 +267,8 @@ def reject_members(table: pa.Table) -> pa.Table:
 class NearDedupConfig(StageConfig):
     """Parameters of the near_dedup stage."""
 
-    radius: int = Field(4, ge=0, le=31, description="Hamming distance (of 64 bits) at or below which images are near-duplicates")
+    radius: int = Field(4, ge=0, le=31,
+                        description="Hamming distance (of 64 bits) at or below which images are near-duplicates")
     hash_column: str | None = Field(
         None, description="read 64-bit pHashes (int64) from this input column instead of hashing the images: a "
                           "metadata run, or hashes computed once before; a null hash is phash_failed")
@@ -268,7 +279,8 @@ class NearDedupConfig(StageConfig):
 
 
 class NearDedup(GlobalStage):
-    """Drop perceptual near-duplicates: pHash within a Hamming radius, grouped transitively (connected components); each group keeps its smallest uid."""
+    """Drop perceptual near-duplicates: pHash within a Hamming radius, grouped transitively (connected
+    components); each group keeps its smallest uid."""
 
     name = "near_dedup"
     Config = NearDedupConfig

@@ -137,8 +137,8 @@ def brute_force_components(table: pa.Table, radius: int) -> dict[str, str]:
 
 
 def _near_duplicates(table: pa.Table, radius: int, workers: int, partition_rows: int) -> dict[str, str]:
-    _, verdict = run_global_stage(GivenHashes(NearDedupConfig(radius=radius)), table, LocalEngine(workers, progress=False),
-                                  task_rows=64, partition_rows=partition_rows)
+    _, verdict = run_global_stage(GivenHashes(NearDedupConfig(radius=radius)), table,
+                                  LocalEngine(workers, progress=False), task_rows=64, partition_rows=partition_rows)
     assert set(verdict.reasons) <= {None, "near_duplicate"}
     return {u: v for u, r, v in zip(verdict.table.column("uid").to_pylist(), verdict.reasons, verdict.values) if r}
 
