@@ -1,6 +1,7 @@
 # make demo: a fresh machine to a finished curation run on the sample pool.
 # make test: whatever set-up is missing, then the test suite.
-# Both are idempotent: a second call only redoes what changed.
+# make lint: ruff over the tree with pyproject.toml's rules (CI runs it before the tests).
+# They are idempotent: a second call only redoes what changed.
 
 PYTHON ?= python3
 VENV := .venv
@@ -20,7 +21,7 @@ DJ_VENV := bench/.venv-dj
 CR_VENV := bench/.venv-cr
 DUCKDB_VENV := bench/.venv-duckdb
 
-.PHONY: demo test setup pool bench bench-dj bench-cr bench-duckdb clean
+.PHONY: demo test lint setup pool bench bench-dj bench-cr bench-duckdb clean
 
 setup: $(STAMP)
 
@@ -79,6 +80,9 @@ demo: $(STAMP) $(POOL) $(METADATA) $(CONVERSATIONS)
 
 test: $(STAMP) | $(SVG_DIR) $(JAVA) $(WORDNET) $(CHROMIUM)
 	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 # Data-Juicer, the peer the heuristics benchmark compares against, in its own venv
 $(DJ_VENV)/.installed:
