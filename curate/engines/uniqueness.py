@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from curate.engines.shuffle import EngineFitContext, ShuffleEngine
 from curate.io.readers import InputError, InputTask, ReadLimits, gives_uids, task_uids, uid_problem, where
 from curate.io.writers import write_json_atomic, write_table_atomic
-from curate.schema import uid_pairs
+from curate.schema import UID_DTYPE, uid_pairs
 from curate.stage import TASK_SHIFT, Dataset
 
 UID_SCHEMA = pa.schema([("uid_hi", pa.int64()), ("uid_lo", pa.int64()), ("place", pa.int64())])
@@ -61,7 +61,7 @@ def write_task_uids(limits: ReadLimits, item: tuple[InputTask, str]) -> dict:
     if uids is not None and problem is None:
         pairs = uid_pairs(uids)
     else:
-        pairs = np.zeros(0, uid_pairs(pa.array([], pa.string())).dtype)
+        pairs = np.zeros(0, UID_DTYPE)
     places = (np.int64(task.index) << TASK_SHIFT) | np.arange(len(pairs), dtype=np.int64)
     write_table_atomic(pa.Table.from_arrays([pa.array(pairs["f0"].view(np.int64)), pa.array(pairs["f1"].view(np.int64)),
                                              pa.array(places)], schema=UID_SCHEMA), Path(target))
