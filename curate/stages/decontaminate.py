@@ -1,5 +1,7 @@
-"""Decontamination stage: drop samples whose image is an evaluation image, exactly (same
-bytes) or perceptually (pHash within a Hamming radius, FAISS binary index)."""
+"""Decontamination stage: drop samples whose image is an evaluation image, exactly (same bytes)
+or as a copy: by pHash or the normalised multi-hash within a Hamming radius (a FAISS multi-hash
+binary index, exact within the radius), or by a learned copy descriptor at or above a cosine
+(FAISS, exact), the methods of near_dedup (curate/stages/near_dedup.py)."""
 
 from __future__ import annotations
 
@@ -10,43 +12,66 @@ import pyarrow as pa
 from pydantic import Field
 
 from curate.io.readers import plan_inputs, read_task
-from curate.stage import MapStage, StageConfig, Verdict, map_rows
-from curate.stages.near_dedup import as_codes, hamming_index, phash
+from curate.neighbours import SearchConfig, build_index, search
+from curate.stage import MapStage, Verdict, map_rows
+from curate.stages.near_dedup import CopyConfig, Descriptors, as_codes, copy_hashes, hamming_index, phash
+
+EVAL_BATCH = 1024
 
 
-class DecontaminateConfig(StageConfig):
+class DecontaminateConfig(CopyConfig):
     """Parameters of the decontaminate stage."""
 
     eval_data: list[str] = Field(..., min_length=1,
                                  description="evaluation sets (Parquet/WebDataset/folders) to keep out")
-    radius: int = Field(4, ge=0, le=31,
-                        description="pHash Hamming distance at or below which an image is an eval image")
+
+    def reads_one_of(self) -> list[tuple[str, ...]]:
+        """The image (and the caption, for a descriptor store's keys)."""
+        return [self.descriptor_reads()] if self.chosen == "descriptor" else [("uid", "image")]
 
 
 class Decontaminate(MapStage):
-    """Reject images that are evaluation images: identical bytes, or pHash within the radius."""
+    """Reject images that are evaluation images: identical bytes, or a copy (pHash or multi-hash within
+    the radius, or copy-descriptor cosine at or above the threshold)."""
 
     name = "decontaminate"
     Config = DecontaminateConfig
     reads = ("image",)
     reasons = ("eval_exact", "eval_near")
 
+    @property
+    def uses_model(self) -> bool:
+        """A descriptor is a model: engines run the stage in long-lived workers."""
+        return self.config.chosen == "descriptor"
+
     def setup(self) -> None:
-        uids, hashes = [], []
         self._exact: dict[bytes, str] = {}
+        self._descriptors = Descriptors(self.config) if self.config.chosen == "descriptor" else None
+        uids, signatures = [], []
         for task in plan_inputs(self.config.eval_data):
-            for verdict in read_task(task, 1024):
+            for verdict in read_task(task, EVAL_BATCH):
                 images = verdict.table["image"].to_pylist()
-                # an undecodable eval image (no pHash) can still match exactly
-                batch_hashes, _ = map_rows(images, phash)
-                for uid, data, hashed in zip(verdict.table["uid"].to_pylist(), images, batch_hashes):
-                    if data:
+                for uid, data in zip(verdict.table["uid"].to_pylist(), images):
+                    if data:  # an undecodable eval image (no signature) can still match exactly
                         self._exact.setdefault(hashlib.sha256(data).digest(), uid)
-                    if hashed is not None:
-                        hashes.append(hashed)
-                        uids.append(uid)
+                rows, found = self._signatures(verdict.table)
+                uids += [verdict.table["uid"][int(i)].as_py() for i in rows]
+                signatures.append(found)
         self._eval_uids = uids
-        self._index = hamming_index(as_codes(np.array(hashes, dtype=np.uint64)), self.config.radius) if hashes else None
+        self._index = None
+        if uids:
+            found = np.concatenate(signatures)
+            self._index = (build_index(found, SearchConfig(index="flat")) if self._descriptors is not None
+                           else hamming_index(as_codes(found), self.config.hash_radius))
+
+    def _signatures(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        """(rows with a signature, their signatures): uint64 hashes or descriptors; undecodable images have none."""
+        if self._descriptors is not None:
+            rows, vectors, _ = self._descriptors.for_table(table)
+            return rows, vectors
+        hashes, failures = map_rows(table["image"].to_pylist(), phash if self.config.chosen == "phash" else copy_hashes)
+        rows = np.array([i for i in range(len(hashes)) if i not in failures], np.int64)
+        return rows, np.array([hashes[i] for i in rows], np.uint64).reshape(len(rows), -1)
 
     def process(self, table: pa.Table) -> Verdict:
         verdict = Verdict(table)
@@ -55,14 +80,20 @@ class Decontaminate(MapStage):
             if data and (uid := self._exact.get(hashlib.sha256(data).digest())) is not None:
                 verdict.reject(i, "eval_exact", uid)
         # the rest are searched at once; undecodable ones are decode's to reject, with their reason
-        hashes, _ = map_rows(images, phash)
-        rows = [i for i, h in enumerate(hashes) if h is not None and verdict.reasons[i] is None]
-        if self._index is None or not rows:
+        rest = np.flatnonzero(verdict.kept_mask())
+        if self._index is None or not len(rest):
             return verdict
-        codes = as_codes(np.array([hashes[i] for i in rows], dtype=np.uint64))
-        lims, distances, labels = self._index.range_search(codes, self.config.radius + 1)
-        for k, i in enumerate(rows):
+        rows, found = self._signatures(table.take(pa.array(rest)))
+        if not len(rows):
+            return verdict
+        if self._descriptors is not None:
+            queries, nearest, _ = search(self._index, found, 1, self._descriptors.threshold)
+            for query, eval_row in zip(queries, nearest):
+                verdict.reject(int(rest[rows[query]]), "eval_near", self._eval_uids[eval_row])
+            return verdict
+        lims, distances, labels = self._index.range_search(as_codes(found), self.config.hash_radius + 1)
+        for k, row in enumerate(rows):
             if lims[k + 1] > lims[k]:
                 nearest = labels[lims[k] + int(np.argmin(distances[lims[k]:lims[k + 1]]))]
-                verdict.reject(i, "eval_near", self._eval_uids[nearest])
+                verdict.reject(int(rest[row]), "eval_near", self._eval_uids[nearest])
         return verdict

@@ -1,13 +1,16 @@
-"""Decontamination: planted evaluation images leave a pool, by exact bytes and by pHash."""
+"""Decontamination: planted evaluation images leave a pool, by exact bytes, by pHash, by the
+normalised multi-hash and by a copy descriptor."""
 
 import io
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
 from curate.stages.decontaminate import Decontaminate, DecontaminateConfig
-from curate.stages.near_dedup import phash
+from curate.stages.near_dedup import RADIUS, copy_hashes, phash
+from tests.copydetect_fixtures import copydetect_checkpoint  # noqa: F401
 
 
 def test_planted_eval_images_are_removed(pool_root, pool_table):
@@ -36,3 +39,66 @@ def test_planted_eval_images_are_removed(pool_root, pool_table):
     for uid, (reason, eval_uid) in got.items():
         distance = bin(phash(pool_images[uid]) ^ phash(eval_images[eval_uid])).count("1")
         assert distance <= 4 and (reason == "eval_near" or pool_images[uid] == eval_images[eval_uid])
+
+
+def _eval_copies(pool_root, kinds):
+    """Copies of the test pool's eval drawings (>= 128 px) of each kind, with the eval uid each copies."""
+    from curate import copies
+
+    eval_table = pq.read_table(pool_root / "eval")
+    rows = [r for r in eval_table.to_pylist() if min(Image.open(io.BytesIO(r["image"])).size) >= 128][:8]
+    rng = np.random.default_rng(0)
+    return [(f"c{k}{i:030x}", copies.copy_of(r["image"], kind, rng), r["uid"])
+            for k, kind in enumerate(kinds) for i, r in enumerate(rows)]
+
+
+def _decontaminated(config, pool_table, planted):
+    pool = pool_table.select(["uid", "image", "text"]).to_pylist()
+    table = pa.table({"uid": [r["uid"] for r in pool] + [p[0] for p in planted],
+                      "image": pa.array([r["image"] for r in pool] + [p[1] for p in planted], pa.binary()),
+                      "text": [r["text"] for r in pool] + ["a copy"] * len(planted)})
+    stage = Decontaminate(config)
+    stage.setup()
+    verdict = stage.process(table)
+    return table, {u: (r, v) for u, r, v in zip(table["uid"].to_pylist(), verdict.reasons, verdict.values) if r}
+
+
+def test_multi_hash_finds_bordered_recoloured_and_mirrored_eval_copies(pool_root, pool_table):
+    planted = _eval_copies(pool_root, ["border", "colour", "flip"])
+    eval_data = [str(pool_root / "eval")]
+    _, by_phash = _decontaminated(DecontaminateConfig(eval_data=eval_data), pool_table, planted)
+    table, by_hashes = _decontaminated(DecontaminateConfig(eval_data=eval_data, method="hashes"), pool_table, planted)
+    found = {method: sum(got.get(uid) == ("eval_near", eval_uid) for uid, _, eval_uid in planted)
+             for method, got in (("phash", by_phash), ("hashes", by_hashes))}
+    assert found["hashes"] >= 0.75 * len(planted) and found["hashes"] >= found["phash"] + len(planted) // 3, found
+    eval_table = pq.read_table(pool_root / "eval")
+    eval_codes = {u: copy_hashes(d) for u, d in zip(eval_table["uid"].to_pylist(), eval_table["image"].to_pylist())}
+    images = dict(zip(table["uid"].to_pylist(), table["image"].to_pylist()))
+    for uid, (reason, eval_uid) in by_hashes.items():  # every rejection is within the radius of the eval image named
+        if reason == "eval_near":
+            distance = sum(bin(a ^ b).count("1") for a, b in zip(copy_hashes(images[uid]), eval_codes[eval_uid]))
+            assert distance <= RADIUS["hashes"]
+
+
+def test_descriptor_rejects_exactly_the_images_near_an_eval_image(pool_root, pool_table, copydetect_checkpoint,
+                                                                 tmp_path):
+    from curate.models.copydetect import CopyDescriptor
+
+    planted = _eval_copies(pool_root, ["jpeg", "crop"])
+    model = CopyDescriptor.shared(str(copydetect_checkpoint))
+    eval_table = pq.read_table(pool_root / "eval")
+    _, eval_vectors, _ = model.embed(eval_table["image"].to_pylist())
+    eval_vectors = eval_vectors.astype(np.float16).astype(np.float32)
+    copy_vectors = model.embed([p[1] for p in planted])[1].astype(np.float16).astype(np.float32)
+    threshold = float(np.median((copy_vectors @ eval_vectors.T).max(axis=1)))
+    for store in (None, str(tmp_path / "store")):
+        config = DecontaminateConfig(eval_data=[str(pool_root / "eval")], checkpoint=str(copydetect_checkpoint),
+                                     threshold=threshold, store=store)
+        table, got = _decontaminated(config, pool_table, planted)
+        _, vectors, _ = model.embed(table["image"].to_pylist())
+        best = (vectors.astype(np.float16).astype(np.float32) @ eval_vectors.T).max(axis=1)
+        eval_images = set(eval_table["image"].to_pylist())
+        expected = {u for u, b, d in zip(table["uid"].to_pylist(), best, table["image"].to_pylist())
+                    if b >= threshold and d not in eval_images}
+        assert {u for u, (r, _) in got.items() if r == "eval_near"} == expected
+        assert any(uid in expected for uid, _, _ in planted)

@@ -15,6 +15,7 @@ from curate.stage import Verdict
 from curate.stages import near_dedup
 from curate.stages.exact_dedup import ExactDedup, ExactDedupConfig
 from curate.stages.near_dedup import NearDedup, NearDedupConfig, hamming
+from tests.copydetect_fixtures import copydetect_checkpoint  # noqa: F401
 
 
 def run_global(stage, table, batch_rows=7, workers=1):
@@ -170,3 +171,197 @@ def test_bucket_tiles_and_forest_limits_do_not_change_the_result(planted_hashes,
     monkeypatch.setattr(near_dedup, "TILE", 8)  # workers=1 runs in this process, so these apply
     monkeypatch.setattr(near_dedup, "EDGE_LIMIT", 2)
     assert _near_duplicates(table, 4, 1, partition_rows=100_000) == expected
+
+
+class GivenCodes(NearDedup):
+    """near_dedup's `hashes` method over a table that already has its copy_hashes column."""
+
+    def process(self, table: pa.Table) -> Verdict:
+        return Verdict(table)
+
+
+def _flip_code(code: np.ndarray, bits: int, rng) -> np.ndarray:
+    """A 192-bit code (three words) with `bits` random bits of the 192 flipped."""
+    out = code.copy()
+    for b in rng.choice(192, size=bits, replace=False):
+        out[b // 64] ^= np.uint64(1 << int(63 - b % 64))
+    return out
+
+
+@pytest.fixture(scope="module")
+def planted_codes():
+    """2,000 random 192-bit codes, 800 of them sharing their first 40 bits (one bucket verified in
+    tiles), with planted pairs whose summed distance is exactly 10 (the radius) or 11, a chain of
+    8-bit steps and identical copies, uids in random order."""
+    rng = np.random.default_rng(1)
+    codes = rng.integers(0, 2**64, size=(2000, 3), dtype=np.uint64)
+    codes[:800, 0] = (codes[:800, 0] & np.uint64(2**24 - 1)) | np.uint64(0xABCDEF12AB << 24)
+    pairs = {}
+    for i in range(0, 60, 3):
+        pairs[i] = 11 if i % 2 else 10
+        codes[i + 1] = _flip_code(codes[i], pairs[i], rng)
+    chain = [1500, 1501, 1502]
+    for a, b in zip(chain, chain[1:]):
+        codes[b] = _flip_code(codes[a], 8, rng)
+    codes[1900:1903] = codes[1500]
+    uids = np.array([f"{i:032x}" for i in rng.permutation(len(codes))], dtype=object)
+    table = pa.table({"uid": pa.array(uids, pa.string()),
+                      "copy_hashes": pa.array(codes.view(np.int64).tolist(), pa.list_(pa.int64()))})
+    return table, pairs, chain
+
+
+def brute_force_code_components(table: pa.Table, radius: int) -> dict[str, str]:
+    """The reference for multi-word codes: every pair whose summed Hamming distance is within
+    `radius`, connected components, each keeps its smallest uid."""
+    codes = np.array(table.column("copy_hashes").to_pylist(), np.int64)
+    uids = np.array(table.column("uid").to_pylist(), dtype=object)
+    distance = hamming(codes[:, None, :], codes[None, :, :]).sum(axis=-1)
+    a, b = np.nonzero(np.triu(distance <= radius, k=1))
+    _, component = connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(len(uids),) * 2), directed=False)
+    expected = {}
+    for label in np.unique(component):
+        members = np.flatnonzero(component == label)
+        kept = min(uids[members])
+        expected.update({uids[m]: kept for m in members if uids[m] != kept})
+    return expected
+
+
+def _code_duplicates(table, radius, workers, partition_rows):
+    stage = GivenCodes(NearDedupConfig(method="hashes", radius=radius))
+    _, verdict = run_global_stage(stage, table, LocalEngine(workers, progress=False), task_rows=64,
+                                  partition_rows=partition_rows)
+    return {u: v for u, r, v in zip(verdict.table.column("uid").to_pylist(), verdict.reasons, verdict.values) if r}
+
+
+def test_multi_hash_components_match_brute_force_at_the_summed_radius(planted_codes, monkeypatch):
+    table, pairs, chain = planted_codes
+    uids = table.column("uid").to_pylist()
+    expected = brute_force_code_components(table, radius=10)
+    got = {workers: _code_duplicates(table, 10, workers, partition_rows=150) for workers in (1, 2)}
+    assert got[1] == got[2] == expected
+    for i, bits in pairs.items():  # at the radius merged, one bit past it apart
+        assert ((uids[i] in expected) or (uids[i + 1] in expected)) == (bits == 10), (i, bits)
+    members = [uids[i] for i in chain + [1900, 1901, 1902]]  # a chain 16 bits end to end, and copies of its start
+    assert {expected.get(u, u) for u in members} == {min(members)}
+    monkeypatch.setattr(near_dedup, "TILE", 8)  # workers=1 runs in this process, so these apply
+    monkeypatch.setattr(near_dedup, "EDGE_LIMIT", 2)
+    assert _code_duplicates(table, 10, 1, partition_rows=100_000) == expected
+
+
+def test_chunks_cover_every_bit_layout():
+    # radius 0 of 192 bits still cuts 6 chunks of 32 bits; 1 word at radius 1, two of 32
+    assert near_dedup.chunk_layout(192, 0) == (6, 32) and near_dedup.chunk_layout(64, 1) == (2, 32)
+    assert near_dedup.chunk_layout(192, 14) == (15, 12) and near_dedup.chunk_layout(64, 4) == (5, 12)
+
+
+def _planted_copies(pool_table, kinds, count=40, seed=0):
+    """Distinct real pool drawings of >= 128 px (uids 0...) and a copy of each of the given kinds
+    (uids f<k>...), as a table, with each copy's original uid."""
+    from curate import copies
+
+    images = [d for d in dict.fromkeys(pool_table.column("image").to_pylist())
+              if min(Image.open(io.BytesIO(d)).size) >= 128]
+    images = [images[i] for i in copies.distinct(copies.thumbnails(images))][:count]
+    rng = np.random.default_rng(seed)
+    rows = [(f"0{i:031x}", d) for i, d in enumerate(images)]
+    planted = {}
+    for k, kind in enumerate(kinds):
+        for i, data in enumerate(images):
+            planted[f"f{k}{i:030x}"] = rows[i][0]
+            rows.append((f"f{k}{i:030x}", copies.copy_of(data, kind, rng)))
+    table = pa.table({"uid": [u for u, _ in rows], "image": pa.array([d for _, d in rows], pa.binary()),
+                      "text": ["a drawing"] * len(rows)})
+    return table, planted
+
+
+def _dedup_outcome(stage, table, planted):
+    """(recall of the planted copies, originals merged with another original's group, dropped uids -> kept)."""
+    _, verdict = run_global(stage, table, batch_rows=32)
+    dropped = {u: v for u, v, r in zip(verdict.table.column("uid").to_pylist(), verdict.values, verdict.reasons) if r}
+    recall = np.mean([dropped.get(u, u) == dropped.get(o, o) for u, o in planted.items()])  # in one group
+    return recall, [u for u in dropped if u.startswith("0")], dropped
+
+
+def test_multi_hash_finds_altered_copies_that_phash_misses(pool_table):
+    table, planted = _planted_copies(pool_table, ["border", "colour", "flip", "crop", "jpeg"])
+    phash_recall, phash_merged, _ = _dedup_outcome(NearDedup(NearDedupConfig(radius=4)), table, planted)
+    hashes_recall, hashes_merged, dropped = _dedup_outcome(NearDedup(NearDedupConfig(method="hashes")), table,
+                                                           planted)
+    assert hashes_recall >= phash_recall + 0.2, (hashes_recall, phash_recall)
+    assert len(hashes_merged) <= max(len(phash_merged), 1)
+    codes = {u: near_dedup.copy_hashes(d) for u, d in zip(table.column("uid").to_pylist(),
+                                                         table.column("image").to_pylist())}
+    for uid in hashes_merged:  # a merged original is a chain of pairs within the radius: its own nearest is one
+        distances = [sum(bin(a ^ b).count("1") for a, b in zip(codes[uid], code)) for u, code in codes.items()
+                     if u != uid]
+        assert min(distances) <= near_dedup.RADIUS["hashes"]
+
+
+def test_copy_hashes_are_the_same_for_a_border_and_a_mirror_image(pool_table):
+    from PIL import ImageOps
+
+    data = next(d for d in pool_table.column("image").to_pylist() if min(Image.open(io.BytesIO(d)).size) >= 128)
+    im = Image.open(io.BytesIO(data)).convert("RGB")
+    variants = []
+    for edited in (ImageOps.mirror(im), ImageOps.expand(im, 25, (0, 0, 0))):
+        out = io.BytesIO()
+        edited.save(out, format="PNG")
+        variants.append(near_dedup.copy_hashes(out.getvalue()))
+    original = near_dedup.copy_hashes(data)
+    assert variants[0] == original
+    assert sum(bin(a ^ b).count("1") for a, b in zip(variants[1], original)) <= 6
+
+
+def test_method_settings_are_checked():
+    assert NearDedupConfig().chosen == "phash" and NearDedupConfig(checkpoint="x.pt").chosen == "descriptor"
+    with pytest.raises(ValueError, match="method descriptor needs checkpoint"):
+        NearDedupConfig(method="descriptor")
+    with pytest.raises(ValueError, match="checkpoint, threshold are for method descriptor, not hashes"):
+        NearDedupConfig(method="hashes", checkpoint="x.pt", threshold=0.9)
+    with pytest.raises(ValueError, match="hash_column holds pHashes"):
+        NearDedupConfig(method="hashes", hash_column="h")
+    with pytest.raises(ValueError, match="radius is for the hash methods"):
+        NearDedupConfig(checkpoint="x.pt", radius=3)
+    assert NearDedupConfig(method="hashes").hash_radius == near_dedup.RADIUS["hashes"]
+
+
+def test_descriptor_dedup_is_the_components_of_its_pairs(pool_table, copydetect_checkpoint, tmp_path):
+    from curate.models.copydetect import CopyDescriptor
+
+    table, planted = _planted_copies(pool_table, ["jpeg", "flip", "crop"], count=30)
+    model = CopyDescriptor.shared(str(copydetect_checkpoint))
+    _, vectors, failures = model.embed(table.column("image").to_pylist())
+    assert not failures
+    vectors = vectors.astype(np.float16).astype(np.float32)
+    cosines = vectors @ vectors.T
+    threshold = float(np.quantile([cosines[int(u[2:], 16), i] for i, u in enumerate(table.column("uid").to_pylist())
+                                   if u.startswith("f")], 0.5))  # half the copies at or above it
+    a, b = np.nonzero(np.triu(cosines >= threshold, k=1))
+    _, component = connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(len(vectors),) * 2),
+                                        directed=False)
+    uids = np.array(table.column("uid").to_pylist(), dtype=object)
+    expected = {u: min(uids[component == component[i]]) for i, u in enumerate(uids)
+                if u != min(uids[component == component[i]])}
+    config = {"checkpoint": str(copydetect_checkpoint), "threshold": threshold, "neighbours": 200}
+    for settings in ({}, {"store": str(tmp_path / "store")}):
+        for workers in (1, 2):
+            stage = NearDedup(NearDedupConfig(**config, **settings))
+            _, verdict = run_global_stage(stage, table, LocalEngine(workers, progress=False), task_rows=32,
+                                          partition_rows=20)
+            got = {u: v for u, r, v in zip(verdict.table.column("uid").to_pylist(), verdict.reasons, verdict.values)
+                   if r}
+            assert got == expected, (settings, workers)
+    described = model.images_described
+    run_global(NearDedup(NearDedupConfig(**config, store=str(tmp_path / "store"))), table)
+    assert model.images_described == described  # every descriptor read back from the store
+
+
+def test_descriptor_is_the_same_for_an_image_and_its_mirror(copydetect_checkpoint):
+    import torch
+
+    from curate.models.copydetect import describe, load
+
+    net, _ = load(copydetect_checkpoint)
+    batch = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(describe(net, batch), describe(net, torch.flip(batch, dims=[3])), atol=1e-6)

@@ -1,0 +1,1 @@
+"""The copy-detection descriptor trainer (`curate train copydetect`)."""
