@@ -12,9 +12,9 @@ from curate.config import ConfigError
 from curate.io.readers import InputError
 from curate.metadata import WORDNET_DIR, MetadataError
 from curate.pipeline import load_pipeline
+from train.copydetect.cli import train_copydetect_command
 from train.eval.cli import eval_command
 from train.launch import launch_options
-from train.copydetect.cli import train_copydetect_command
 from train.llava.cli import caption_command, export_llava_command, train_llava_command
 
 
@@ -376,8 +376,9 @@ def calibrate():
 
 
 @calibrate.command("near_dedup")
-@click.option("--data", "data", multiple=True, required=True, help="Input(s) whose images are copied (any `curate run` "
-                                                                   "input; the held-out part of a descriptor's own pool).")
+@click.option("--data", "data", multiple=True, required=True,
+              help="Input(s) whose images are copied (any `curate run` input; the held-out part of a descriptor's "
+                   "own pool).")
 @click.option("--method", type=click.Choice(["phash", "hashes", "descriptor"]),
               help="near_dedup's method [default: descriptor with --checkpoint, else phash].")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, exists=True), help="A copydetect.pt (method descriptor).")
@@ -393,8 +394,10 @@ def calibrate():
 def calibrate_near_dedup(data, method, checkpoint, target, originals, seed, heldout, write):
     """Plant altered copies of the data's images among its distinct ones; print the threshold with the best
     recall at false merges <= TARGET, and that recall (per kind of copy)."""
-    from curate.calibrate import calibrate as run_calibration, write_threshold
-    from curate.copies import family, heldout as held_out, read_images
+    from curate.calibrate import calibrate as run_calibration
+    from curate.calibrate import write_threshold
+    from curate.copies import family, read_images
+    from curate.copies import heldout as held_out
 
     method = method or ("descriptor" if checkpoint else "phash")
     if (method == "descriptor") != bool(checkpoint) or (write and method != "descriptor"):
@@ -402,8 +405,8 @@ def calibrate_near_dedup(data, method, checkpoint, target, originals, seed, held
     found = read_images(list(data))
     images = found["image"]
     if heldout:
-        images = [d for d, h in zip(images, held_out([family(url, uid) for uid, url in zip(found["uid"], found["url"])]))
-                  if h]
+        families = [family(url, uid) for uid, url in zip(found["uid"], found["url"])]
+        images = [d for d, h in zip(images, held_out(families)) if h]
     result = run_calibration(method, images, originals, target, seed, checkpoint)
     planted = f"{result['copies']:,} planted copies among {result['distinct']:,} distinct images"
     if result["threshold"] is None:

@@ -9,7 +9,6 @@ from click.testing import CliRunner
 
 from curate import calibrate, copies
 from curate.cli import main
-from tests.copydetect_fixtures import copydetect_checkpoint  # noqa: F401
 
 
 def test_the_chosen_radius_holds_the_target_with_the_best_recall(pool_table):
@@ -24,7 +23,8 @@ def test_the_chosen_radius_holds_the_target_with_the_best_recall(pool_table):
 
 
 def test_calibrate_command_prints_the_threshold_and_recall(pool_root):
-    result = CliRunner().invoke(main, ["calibrate", "near_dedup", "--data", str(pool_root / "pool"), "--method", "hashes",
+    result = CliRunner().invoke(main, ["calibrate", "near_dedup", "--data", str(pool_root / "pool"),
+                                       "--method", "hashes",
                                        "--originals", "10", "--target", "0.05"])
     assert result.exit_code == 0, result.output
     found = re.search(r"hashes: radius (\d+) holds false merges at ([\d.]+)% \(target 5.00%\) on 90 planted copies "
@@ -47,6 +47,7 @@ def test_calibrate_writes_a_descriptor_threshold(pool_root, copydetect_checkpoin
 
 
 def test_calibrate_refuses_a_checkpoint_with_a_hash_method(pool_root, copydetect_checkpoint):
-    result = CliRunner().invoke(main, ["calibrate", "near_dedup", "--data", str(pool_root / "pool"), "--method", "phash",
+    result = CliRunner().invoke(main, ["calibrate", "near_dedup", "--data", str(pool_root / "pool"),
+                                       "--method", "phash",
                                        "--checkpoint", str(copydetect_checkpoint)])
     assert result.exit_code == 2 and "--checkpoint goes with method descriptor" in result.output

@@ -10,7 +10,6 @@ from PIL import Image
 
 from curate.stages.decontaminate import Decontaminate, DecontaminateConfig
 from curate.stages.near_dedup import RADIUS, copy_hashes, phash
-from tests.copydetect_fixtures import copydetect_checkpoint  # noqa: F401
 
 
 def test_planted_eval_images_are_removed(pool_root, pool_table):

@@ -15,7 +15,6 @@ from curate.stage import Verdict
 from curate.stages import near_dedup
 from curate.stages.exact_dedup import ExactDedup, ExactDedupConfig
 from curate.stages.near_dedup import NearDedup, NearDedupConfig, hamming
-from tests.copydetect_fixtures import copydetect_checkpoint  # noqa: F401
 
 
 def run_global(stage, table, batch_rows=7, workers=1):

@@ -47,6 +47,7 @@ def test_descriptors_are_unit_vectors_of_the_images(pool_table, tmp_path, pool_r
     CliRunner().invoke(main, ["train", "copydetect", "--data", str(pool_root / "pool"), "--output", str(out),
                               "--steps", "2", "--batch-size", "8", "--size", "32", "--calibrate-originals", "0"])
     assert json.loads((out / "copydetect.json").read_text())["threshold"] is None
-    rows, vectors, failures = CopyDescriptor(str(out / "copydetect.pt")).embed(pool_table.column("image").to_pylist()[:5])
+    images = pool_table.column("image").to_pylist()[:5]
+    rows, vectors, failures = CopyDescriptor(str(out / "copydetect.pt")).embed(images)
     assert list(rows) == list(range(5)) and not failures
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5) and vectors.shape == (5, 128)
