@@ -37,6 +37,23 @@ def make_uid(url: str | None, text: str | None) -> str:
     return hashlib.md5(f"{url or ''}\x00{text or ''}".encode()).hexdigest()
 
 
+def numbered_uid(url: str | None, text: str | None, occurrence: int) -> str:
+    """The uid curate makes for the `occurrence`-th sample (1: the first) of an (url, text) pair:
+    `make_uid(url, text)` for the first, md5 of url, text and the number (NUL-separated) for a repeat."""
+    return make_uid(url, text) if occurrence == 1 else make_uid(url, f"{text or ''}\x00{occurrence}")
+
+
+def count_occurrences(pairs: list[tuple | None], seen: dict | None = None) -> np.ndarray:
+    """Each pair's occurrence number (1: the first) in the order given, counting on from `seen`
+    (updated; pass the same dict for the next batch of one task); None (a given uid) counts 1."""
+    seen = {} if seen is None else seen
+    numbers = np.ones(len(pairs), np.int64)
+    for i, pair in enumerate(pairs):
+        if pair is not None:
+            seen[pair] = numbers[i] = seen.get(pair, 0) + 1
+    return numbers
+
+
 def is_hex_uid(uid: str) -> bool:
     """True when uid is already a 128-bit hex id."""
     if len(uid) != 32:
@@ -55,12 +72,14 @@ def uid_array(uids: list[str]) -> np.ndarray:
     return arr
 
 
-def normalize(table: pa.Table, source: str) -> pa.Table:
+def normalize(table: pa.Table, source: str, occurrences: np.ndarray | None = None) -> pa.Table:
     """Bring a table read from `source` to the core schema, keeping any extra columns.
 
-    Adds a uid (md5 of url+text) where missing, null url or image columns where absent (a
-    URL list has no images until the download stage), and casts core columns (including
-    width/height when the input has them) to their types.
+    Adds a uid where missing (`numbered_uid` of url and text: md5 of them for a pair's first
+    occurrence; `occurrences` gives each row's occurrence number, as a run counts them over its
+    whole input, else they are counted within the table), null url or image columns where
+    absent (a URL list has no images until the download stage), and casts core columns
+    (including width/height when the input has them) to their types.
     """
     names = set(table.column_names)
     if "text" not in names or not names & {"image", "url"}:
@@ -70,14 +89,11 @@ def normalize(table: pa.Table, source: str) -> pa.Table:
         if name not in names:
             table = table.append_column(name, pa.nulls(n, type_))
     if "uid" not in table.column_names or table.column("uid").null_count == n:
-        seen: dict[tuple, int] = {}
-        uids = []
-        for pair in zip(table.column("url").to_pylist(), table.column("text").to_pylist()):
-            # a repeated (url, text) row is another sample: its uid says which occurrence it is
-            seen[pair] = seen.get(pair, 0) + 1
-            uids.append(make_uid(*pair) if seen[pair] == 1 else make_uid(pair[0], f"{pair[1]}\x00{seen[pair]}"))
-        uids = pa.array(uids, pa.string())
-        table = set_column(table, "uid", uids)
+        pairs = list(zip(table.column("url").to_pylist(), table.column("text").to_pylist()))
+        # a repeated (url, text) row is another sample: its uid says which occurrence it is
+        numbers = count_occurrences(pairs) if occurrences is None else occurrences
+        uids = [numbered_uid(url, text, int(k)) for (url, text), k in zip(pairs, numbers)]
+        table = set_column(table, "uid", pa.array(uids, pa.string()))
     for field in CORE_FIELDS:
         if field.name not in table.column_names:
             continue

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from curate.engines.layout import RunLayout
+from curate.engines.occurrences import count_repeats, task_repeats
 from curate.engines.plan import Pass, StageStats, merge_stats, plan_passes, run_pass_on_batch
 from curate.engines.shuffle import EngineFitContext
 from curate.engines.uniqueness import check_input_uids
@@ -101,7 +102,8 @@ def _batches(job: TaskJob, layout: RunLayout):
     An empty task yields one empty batch, so its outputs still exist with a schema."""
     batch_size = job.pipeline.settings.batch_size
     if job.pass_.index == 0:
-        batches = read_task(job.task, batch_size, job.pipeline.settings.read_limits())
+        batches = read_task(job.task, batch_size, job.pipeline.settings.read_limits(),
+                            task_repeats(layout.repeats(), job.task.index))
         empty = INPUT_SCHEMA.empty_table()
     else:
         source = pq.ParquetFile(layout.intermediate(job.pass_.index - 1, job.task.index))
@@ -211,6 +213,9 @@ class TaskEngine(ABC):
             check_input_uids(self, tasks, pipeline.settings.read_limits(), layout.work / "uidcheck",
                              pipeline.settings.partition_rows, layout.uids_checked())
             shutil.rmtree(layout.work / "uidcheck", ignore_errors=True)
+            count_repeats(self, tasks, pipeline.settings.read_limits(), layout.work / "repeatcount",
+                          pipeline.settings.partition_rows, layout.repeats(), layout.repeats_counted())
+            shutil.rmtree(layout.work / "repeatcount", ignore_errors=True)
             for pass_ in passes:
                 state_path = str(layout.state(pass_.index - 1)) if pass_.apply is not None else None
                 markers.update(self._run_pass(pipeline, pass_, tasks, layout, state_path, len(passes)))

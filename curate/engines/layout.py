@@ -99,6 +99,16 @@ class RunLayout:
         """Marks the input's own uids checked (none empty, none twice), so a resumed run skips the check."""
         return self.work / "done" / "input-uids.json"
 
+    def repeats(self) -> Path:
+        """The occurrence numbers of input samples whose made uid repeats an earlier sample's, a
+        file per task with any (`task-NNNNN.parquet`); kept with the markers, since the uids in
+        the outputs depend on them (curate.engines.occurrences)."""
+        return self.work / "done" / "repeats"
+
+    def repeats_counted(self) -> Path:
+        """Marks the repeats of made uids counted, so a resumed run reuses the count."""
+        return self.work / "done" / "input-repeats.json"
+
     def marker(self, pass_index: int, task: int) -> Path:
         return self.work / "done" / f"pass{pass_index}-{self.part_name(task)}.json"
 

@@ -39,7 +39,7 @@ from curate.io.paths import (
     read_files,
     readable,
 )
-from curate.schema import INPUT_NEEDS, make_uid, normalize
+from curate.schema import INPUT_NEEDS, count_occurrences, make_uid, normalize, numbered_uid
 from curate.stage import Verdict
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "gif", "bmp", "tif", "tiff")
@@ -47,6 +47,7 @@ URL_LIST_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
 # img2dataset's parquet output names the image column after its format and the text "caption"
 COLUMN_ALIASES = {"caption": "text", "jpg": "image", "png": "image", "webp": "image"}
 READ_STAGE = "read"
+UID_MEMBERS = ("txt", "json")  # the members a tar's or folder's made uids are made of
 METADATA_THREADS = 16  # Parquet footers on object storage read at once while planning (each a round trip)
 
 InputError = StorageError  # an input path or URL cannot be read; the message names it and says what was expected
@@ -171,6 +172,72 @@ def task_uids(task: InputTask, limits: ReadLimits) -> pa.Array | None:
         raise InputError(f"{task.describe()}: column 'uid' has type {column.type}, expected text") from exc
 
 
+def task_made_uids(task: InputTask, limits: ReadLimits) -> tuple[np.ndarray, pa.Array]:
+    """The positions in the task (its first `limit`) of the samples whose uid curate makes, and the
+    uid each would get as the first sample of its (url, text) pair, for the run's count of repeats
+    over the whole input (curate.engines.occurrences). Reads only what the uids are made of: a
+    Parquet's url and caption columns (none when its uid column gives uids), a tar's or folder's
+    .txt and .json members (its images are skipped unread)."""
+    if task.kind in ("parquet", "url_list"):
+        table = _uid_sources(task, limits)
+        if table is None:
+            return np.zeros(0, np.int64), pa.array([], pa.string())
+        table = table.slice(0, task.limit) if task.limit is not None else table
+        urls = table.column("url").to_pylist() if "url" in table.column_names else [None] * table.num_rows
+        uids = [make_uid(url, text) for url, text in zip(urls, table.column("text").to_pylist())]
+        return np.arange(len(uids), dtype=np.int64), pa.array(uids, pa.string())
+    samples = _tar_samples(task.path, limits, UID_MEMBERS) if task.kind == "tar" else _folder_samples(
+        task.path, limits, UID_MEMBERS)
+    positions, uids = [], []
+    for position, sample in enumerate(samples):
+        if task.limit is not None and position >= task.limit:
+            break
+        if sample["uid"] is None:
+            positions.append(position)
+            uids.append(make_uid(*sample["source"]))
+    return np.array(positions, np.int64), pa.array(uids, pa.string())
+
+
+def _uid_sources(task: InputTask, limits: ReadLimits) -> pa.Table | None:
+    """A Parquet row group's or URL list's url and text columns (as the readers name them), or None
+    where its uid column gives uids, or its row group cannot be read while `on_unreadable: ledger`."""
+    if task.kind == "url_list":
+        table = _url_list(task)
+        table = table.rename_columns([_alias(c, table.column_names) for c in table.column_names])
+        gives = "uid" in table.column_names and table.column("uid").null_count < table.num_rows
+        if gives or "text" not in table.column_names:  # without a caption the read fails, naming the file
+            return None
+        return table.select([c for c in ("url", "text") if c in table.column_names])
+    file = _parquet_file(task.path)
+    names = file.schema_arrow.names
+    if "uid" in names and not _null_uids(file, task.row_group):
+        return None
+    columns = [c for c in ("url", "text" if "text" in names else "caption") if c in names]
+    try:
+        table = file.read_row_group(task.row_group, columns=columns)
+    except (OSError, pa.ArrowException) as exc:
+        if limits.on_unreadable == "ledger":
+            return None
+        raise InputError(f"{task.path}: row group {task.row_group} of {file.metadata.num_row_groups}: "
+                         f"unreadable url or caption column ({error_text(exc)}); set on_unreadable: ledger to "
+                         "send its rows to the ledger as unreadable_row_group and go on") from exc
+    return table.rename_columns(["text" if c == "caption" else c for c in table.column_names])
+
+
+def _null_uids(file: pq.ParquetFile, row_group: int) -> bool:
+    """Whether a row group's uid column is all null (curate makes its uids): from the footer's
+    statistics where the writer stored a null count, else by reading the column."""
+    meta = file.metadata.row_group(row_group)
+    index = next(i for i in range(meta.num_columns) if meta.column(i).path_in_schema == "uid")
+    stats = meta.column(index).statistics
+    if stats is not None and stats.has_null_count:
+        return stats.null_count == meta.num_rows
+    try:
+        return file.read_row_group(row_group, columns=["uid"]).column(0).null_count == meta.num_rows
+    except (OSError, pa.ArrowException):
+        return False  # its rows reach the ledger with place uids, or the read fails naming the row group
+
+
 def uid_problem(task: InputTask, uids: pa.Array) -> str | None:
     """The first null or empty uid of a column that gives some, as a one-line message; else None."""
     missing = pc.fill_null(pc.equal(pc.utf8_length(uids), 0), True)
@@ -237,11 +304,18 @@ def _sorted(paths) -> list[str]:
     return sorted(paths, key=lambda p: p.split("/"))
 
 
-def read_task(task: InputTask, batch_size: int, limits: ReadLimits = ReadLimits()) -> Iterator[Verdict]:
+def read_task(task: InputTask, batch_size: int, limits: ReadLimits = ReadLimits(),
+              repeats: pa.Table | None = None) -> Iterator[Verdict]:
     """Batches of the task's samples in the core schema, with read failures and values over
-    `limits` as rejections; only the first `task.limit` samples when the task has a limit."""
+    `limits` as rejections; only the first `task.limit` samples when the task has a limit.
+
+    A uid curate makes is `numbered_uid` of the sample's url and text and its occurrence number:
+    `repeats` (columns position, occurrence; sorted by position) numbers the task's samples that
+    repeat an earlier sample's pair anywhere in the input, as a run counts them
+    (curate.engines.occurrences); every other made uid is a first occurrence. Without it (a read
+    outside a run), repeats are counted within the task."""
     left = task.limit
-    for verdict in _read_task(task, batch_size, limits):
+    for verdict in _read_task(task, batch_size, limits, _Occurrences(repeats)):
         if left is not None:
             verdict = Verdict(verdict.table.slice(0, left), verdict.reasons[:left], verdict.values[:left])
             left -= verdict.table.num_rows
@@ -250,25 +324,57 @@ def read_task(task: InputTask, batch_size: int, limits: ReadLimits = ReadLimits(
             return
 
 
-def _read_task(task: InputTask, batch_size: int, limits: ReadLimits) -> Iterator[Verdict]:
+class _Occurrences:
+    """The occurrence numbers of a task's samples whose uid curate makes, by position in the task:
+    the run's (`repeats`), else counted within the task as it is read."""
+
+    def __init__(self, repeats: pa.Table | None):
+        self.repeats, self.seen = repeats, {}
+        if repeats is not None:
+            self.positions, self.numbers = (repeats.column(c).to_numpy() for c in ("position", "occurrence"))
+
+    def of(self, start: int, pairs: list[tuple | None]) -> np.ndarray:
+        """The numbers of the samples at positions `start`.. with these (url, text) pairs (None: a
+        sample whose uid is given)."""
+        if self.repeats is None:
+            return count_occurrences(pairs, self.seen)
+        numbers = np.ones(len(pairs), np.int64)
+        lo, hi = np.searchsorted(self.positions, [start, start + len(pairs)])
+        numbers[self.positions[lo:hi] - start] = self.numbers[lo:hi]
+        return numbers
+
+    def within(self, rows: int) -> np.ndarray | None:
+        """The numbers of a whole task of `rows` rows read as one table (None: normalize counts them)."""
+        return None if self.repeats is None else self.of(0, [None] * rows)
+
+
+def _read_task(task: InputTask, batch_size: int, limits: ReadLimits, occurrences: _Occurrences) -> Iterator[Verdict]:
     if task.kind in ("parquet", "url_list"):
-        whole = _row_group(task, limits) if task.kind == "parquet" else _table_verdict(_url_list(task), task, limits)
+        whole = (_row_group(task, limits, occurrences) if task.kind == "parquet" else
+                 _table_verdict(_url_list(task), task, limits, occurrences))
         for start in range(0, max(whole.table.num_rows, 1), batch_size):  # an empty task still yields its schema
             end = start + batch_size
             yield Verdict(whole.table.slice(start, batch_size), whole.reasons[start:end], whole.values[start:end])
         return
     samples = _tar_samples(task.path, limits) if task.kind == "tar" else _folder_samples(task.path, limits)
     batch: list[dict] = []
+    start = 0
     for sample in samples:
         batch.append(sample)
         if len(batch) == batch_size:
-            yield _samples_to_verdict(batch, task)
+            yield _samples_to_verdict(batch, task, occurrences.of(start, _sources(batch)))
+            start += len(batch)
             batch = []
     if batch:
-        yield _samples_to_verdict(batch, task)
+        yield _samples_to_verdict(batch, task, occurrences.of(start, _sources(batch)))
 
 
-def _row_group(task: InputTask, limits: ReadLimits) -> Verdict:
+def _sources(samples: list[dict]) -> list[tuple | None]:
+    """What each sample's uid is made of (url, else its key, and text), or None where its .json gives one."""
+    return [None if s["uid"] is not None else s["source"] for s in samples]
+
+
+def _row_group(task: InputTask, limits: ReadLimits, occurrences: _Occurrences) -> Verdict:
     """A Parquet task's rows; an unreadable row group fails naming the file and row group, or with
     `on_unreadable: ledger` comes back as rejections, one per row the file's metadata counts."""
     file = _parquet_file(task.path)
@@ -280,8 +386,8 @@ def _row_group(task: InputTask, limits: ReadLimits) -> Verdict:
             raise InputError(f"{where}: unreadable ({error_text(exc)}); set "
                              "on_unreadable: ledger to send its rows to the ledger as unreadable_row_group "
                              "and go on") from exc
-        return _unreadable_rows(file, task, f"{where}: {error_text(exc, 200)}")
-    return _table_verdict(table, task, limits)
+        return _unreadable_rows(file, task, f"{where}: {error_text(exc, 200)}", occurrences)
+    return _table_verdict(table, task, limits, occurrences)
 
 
 def error_text(exc: BaseException, limit: int = 300) -> str:
@@ -291,7 +397,7 @@ def error_text(exc: BaseException, limit: int = 300) -> str:
     return f"{type(exc).__name__}: {text[:limit]}"
 
 
-def _unreadable_rows(file: pq.ParquetFile, task: InputTask, error: str) -> Verdict:
+def _unreadable_rows(file: pq.ParquetFile, task: InputTask, error: str, occurrences: _Occurrences) -> Verdict:
     """Every row of an unreadable row group, rejected as `unreadable_row_group`: with the uids the
     file gives (its uid column, or its url and caption when it has none) where those columns still
     read, else uids naming the row's place (`FILE#ROW_GROUP:ROW`)."""
@@ -312,11 +418,11 @@ def _unreadable_rows(file: pq.ParquetFile, task: InputTask, error: str) -> Verdi
     elif not own:
         columns["uid"] = pc.binary_join_element_wise(f"{task.path}#{task.row_group}:",
                                                      pc.cast(pa.array(range(rows)), pa.string()), "")
-    table = normalize(pa.table(columns), task.describe())
+    table = normalize(pa.table(columns), task.describe(), occurrences.within(rows))
     return Verdict(table, ["unreadable_row_group"] * rows, [error] * rows)
 
 
-def _table_verdict(table: pa.Table, task: InputTask, limits: ReadLimits) -> Verdict:
+def _table_verdict(table: pa.Table, task: InputTask, limits: ReadLimits, occurrences: _Occurrences) -> Verdict:
     """A Parquet row group or URL list in the core schema: img2dataset's column names aliased, an
     `image` column of paths or Hugging Face Image structs read into bytes."""
     table = table.rename_columns([_alias(c, table.column_names) for c in table.column_names])
@@ -324,7 +430,7 @@ def _table_verdict(table: pa.Table, task: InputTask, limits: ReadLimits) -> Verd
     if "image" in table.column_names and not _is_bytes(table.schema.field("image").type):
         table, reasons, values = _image_files(table, task, limits)
     try:
-        table = normalize(table, task.describe())
+        table = normalize(table, task.describe(), occurrences.within(table.num_rows))
     except ValueError as exc:
         raise InputError(str(exc)) from exc
     return Verdict(table, reasons, values)
@@ -442,10 +548,14 @@ def _alias(column: str, columns: list[str]) -> str:
     return target if target and target not in columns else column
 
 
-def _samples_to_verdict(samples: list[dict], task: InputTask) -> Verdict:
+def _samples_to_verdict(samples: list[dict], task: InputTask, occurrences: np.ndarray) -> Verdict:
+    """Tar or folder samples as a table in the core schema; a uid the .json does not give is made
+    from the sample's url (else key) and text and its occurrence number."""
+    uids = [s["uid"] if s["uid"] is not None else numbered_uid(*s["source"], int(k))
+            for s, k in zip(samples, occurrences)]
     table = pa.table(
         {
-            "uid": pa.array([s["uid"] for s in samples], pa.string()),
+            "uid": pa.array(uids, pa.string()),
             "url": pa.array([s["url"] for s in samples], pa.string()),
             "text": pa.array([s["text"] for s in samples], pa.string()),
             "image": pa.array([s["image"] for s in samples], pa.binary()),
@@ -522,18 +632,19 @@ def _sample(key: str, files: dict[str, bytes], error: str | None = None, error_v
         text = meta.get("caption", meta.get("text"))
     image = next((files[e] for e in IMAGE_EXTENSIONS if e in files), None)
     url = meta.get("url")
-    uid = str(meta.get("uid") or make_uid(url or key, text))
+    uid = str(meta["uid"]) if meta.get("uid") else None  # else made from source, numbered per occurrence
     extra = {name: value for name, value in meta.items() if name not in JSON_CORE}
-    return {"uid": uid, "url": url, "text": text, "image": image, "meta": extra, "error": error,
-            "error_value": error_value}
+    return {"uid": uid, "source": (url or key, text), "url": url, "text": text, "image": image, "meta": extra,
+            "error": error, "error_value": error_value}
 
 
-def _tar_samples(path: str, limits: ReadLimits) -> Iterator[dict]:
+def _tar_samples(path: str, limits: ReadLimits, only: tuple[str, ...] | None = None) -> Iterator[dict]:
     """Samples of a WebDataset tar, grouped by key; a tar cut off mid-sample ends with that
     sample flagged `truncated_shard` instead of an exception (webdataset would drop it). A member
     over `limits` (its header gives the size) is skipped unread and flags its sample, as does a
     member that is a link or a device (`unsupported_member`): webdataset skips those, and a sample
-    made only of them would vanish."""
+    made only of them would vanish. `only`: the member extensions to load (the rest are skipped
+    unread; their samples are still counted)."""
     key, files, refused = None, {}, (None, None)
     try:
         with open_input(path) as handle, tarfile.open(fileobj=handle, mode="r|") as tar:
@@ -552,7 +663,8 @@ def _tar_samples(path: str, limits: ReadLimits) -> Iterator[dict]:
                 if too_big is not None:  # the next member's header is found without reading this one's bytes
                     refused = refused if refused[0] else too_big
                     continue
-                files[ext.lower()] = tar.extractfile(member).read()
+                if only is None or ext.lower() in only:
+                    files[ext.lower()] = tar.extractfile(member).read()
     except (tarfile.ReadError, EOFError, OSError) as exc:
         if key is None:
             raise InputError(f"{path}: not a readable tar (compressed or corrupt?): {exc}") from exc
@@ -580,9 +692,9 @@ def _split_key(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), ext
 
 
-def _folder_samples(folder: str, limits: ReadLimits) -> Iterator[dict]:
+def _folder_samples(folder: str, limits: ReadLimits, only: tuple[str, ...] | None = None) -> Iterator[dict]:
     """Samples of an img2dataset `files` folder: {key}.jpg beside {key}.txt and {key}.json; a file
-    over `limits` is not read and flags its sample."""
+    over `limits` is not read and flags its sample; `only`: the extensions to read."""
     paths = [p for p in files_in(folder) if "." in p.rpartition("/")[2]]
     groups: dict[str, dict[str, bytes]] = {}
     refused: dict[str, tuple[str, str]] = {}
@@ -592,7 +704,8 @@ def _folder_samples(folder: str, limits: ReadLimits) -> Iterator[dict]:
         groups.setdefault(stem, {})
         too_big = limits.refuse_member(path, ext, size)
         if too_big is None:
-            readable_paths.append(path)
+            if only is None or ext.lower() in only:
+                readable_paths.append(path)
         else:
             refused.setdefault(stem, too_big)
     for path, data in zip(readable_paths, read_files(readable_paths)):
