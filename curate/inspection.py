@@ -48,7 +48,7 @@ def inspect_rejected(output: str | Path, reason: str, n: int = 20, stage: str | 
     limits = runs.read_limits(provenance)
     picked = samples.pick_rejected(layout, [t.index for t in tasks], {k: min(n, c) for k, c in keys.items()}, seed)
     by_index = {t.index: t for t in tasks}
-    inputs = samples.read_inputs(picked, by_index, limits)
+    inputs = samples.read_inputs(picked, by_index, limits, layout=layout)
     rows = [{**row, **{c: inputs.get(row["uid"], {}).get(c) for c in ("text", "image", "url")}}
             for row in picked.to_pylist()]
     if reason in samples.DUPLICATE_REASONS:
@@ -64,7 +64,7 @@ def _join_kept(layout, rows: list[dict], task_indices: list[int], tasks: dict, l
     found = {row["uid"]: {**row, "status": "kept"} for row in (kept.to_pylist() if kept is not None else [])}
     later = samples.find_rejected(layout, task_indices, [uid for uid in wanted if uid not in found])
     if later.num_rows:
-        read = samples.read_inputs(later, tasks, limits)
+        read = samples.read_inputs(later, tasks, limits, layout=layout)
         for row in later.to_pylist():
             source = read.get(row["uid"], {})
             found[row["uid"]] = {"text": source.get("text"), "image": source.get("image"),

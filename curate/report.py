@@ -286,7 +286,7 @@ def _rejected_galleries(layout, stats: dict, provenance: dict, n: int) -> str:
     counts = samples.reason_counts(stats)
     tasks = runs.input_tasks(provenance)
     picked = samples.pick_rejected(layout, [t.index for t in tasks], {k: min(n, c) for k, c in counts.items()}, SEED)
-    inputs = samples.read_inputs(picked, {t.index: t for t in tasks}, runs.read_limits(provenance))
+    inputs = samples.read_inputs(picked, {t.index: t for t in tasks}, runs.read_limits(provenance), layout=layout)
     sections = []
     for (stage, reason), count in sorted(counts.items(), key=lambda item: -item[1]):
         mine = [row for row in picked.to_pylist() if (row["stage"], row["reason"]) == (stage, reason)]

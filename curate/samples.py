@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curate.engines.occurrences import task_repeats
 from curate.io.readers import InputTask, ReadLimits, read_task
 from curate.schema import uid_pairs
 
@@ -151,14 +152,18 @@ def find_rejected(layout, tasks: list[int], uids: list[str]) -> pa.Table:
 
 
 def read_inputs(picked: pa.Table, tasks: dict[int, InputTask], limits: ReadLimits = ReadLimits(),
-                batch_size: int = 256) -> dict[str, dict]:
+                batch_size: int = 256, layout=None) -> dict[str, dict]:
     """uid -> the input row (its columns as the reader gives them: text, image, url...) of every
-    picked sample, read from its input task; each task is read only up to its last sample wanted."""
+    picked sample, read from its input task; each task is read only up to its last sample wanted.
+    `layout`: the run's, whose occurrence numbers of repeated (url, text) pairs make the uids the
+    input lacks as the run made them (curate.engines.occurrences)."""
     rows: dict[str, dict] = {}
+    counted = layout is not None and layout.repeats_counted().exists()  # not by a run of an older curate
     by_task = picked.group_by("task").aggregate([("uid", "list")])
     for task, uids in zip(by_task.column("task").to_pylist(), by_task.column("uid_list").to_pylist()):
         left = pa.array(sorted(set(uids)), pa.string())
-        for verdict in read_task(tasks[task], batch_size, limits):
+        repeats = task_repeats(layout.repeats(), task) if counted else None
+        for verdict in read_task(tasks[task], batch_size, limits, repeats):
             table = verdict.table
             found = table.filter(pc.is_in(table.column("uid"), value_set=left))
             rows.update((row["uid"], row) for row in found.to_pylist())

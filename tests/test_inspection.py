@@ -51,3 +51,19 @@ def test_a_near_duplicate_beside_its_kept_image(report_run, tmp_path):
     row = rows[0]
     assert row["kept_uid"] == row["value"] and row["kept_status"] == "kept"
     assert row["image"] and row["kept_image"] and row["kept_image"] != row["image"]  # near, not the same bytes
+
+
+def test_repeats_of_a_uid_less_input_are_read_back_by_the_uids_the_run_made(tmp_path, pool_table):
+    """Samples of one (url, text) pair in other row groups and files have uids numbered over the
+    whole input (issue 18): inspect reads each back by its run's uid, not by a count within its task."""
+    from curate.engines import LocalEngine
+    from curate.inspection import inspect_rejected
+    from tests.engines.test_occurrences import parquet_inputs, run
+
+    folder, pairs = parquet_inputs(tmp_path, pool_table)
+    run([folder], tmp_path / "out", LocalEngine(workers=1, progress=False))
+    rows = inspect_rejected(tmp_path / "out", "duplicate").to_pylist()
+    assert len(rows) == 4  # 3 of a's row 1 pair (rows 1, 2, 5 of a, 2 of b) and 1 of row 9's (9 of a, 7 of b)
+    for row in rows:
+        assert (row["url"], row["text"]) in (pairs[1], pairs[9]) and row["image"] and row["kept_status"] == "kept"
+        assert row["kept_image"] and row["kept_text"] == row["text"]
