@@ -191,7 +191,7 @@ def bench_calibrate(args) -> None:
     import pyarrow.parquet as pq
     from PIL import Image
 
-    from curate.embeddings import ClipEmbedder
+    from curate.models.embedder import ClipEmbedder
     from curate.sample.near_copies import KINDS, near_copies
 
     pool = pq.read_table(ROOT / "data" / "openclipart" / "pool", columns=["image"])["image"].to_pylist()

@@ -101,7 +101,7 @@ def test_sixteen_bit_pngs_keep_their_grey_through_resize(channels):
 
 
 def test_sixteen_bit_pngs_embed_and_hash_as_their_8_bit_copies(embedding_checkpoint):
-    from curate.embeddings import ClipEmbedder
+    from curate.models.embedder import ClipEmbedder
 
     ramp = np.tile(np.linspace(0, 65535, 48), (48, 1)) * np.linspace(0.2, 1, 48)[:, None]  # a shaded 16-bit ramp
     wide, narrow = io.BytesIO(), io.BytesIO()

@@ -117,7 +117,7 @@ def _tree(root: Path, files: dict[str, str]) -> Path:
     ("curate/engines/e.py", "from curate import stages\n", 1, "an engine imports a concrete stage"),
     ("train/t.py", "if True:\n    from curate.stages.decode import Decode\n", 2, "train/ imports a stage"),
     ("train/t.py", "import importlib\nimportlib.import_module('curate.engines.local')\n", 2, "train/ imports a stage"),
-    ("curate/embeddings.py", "class A:\n    def f(self):\n        from train.clip.model import load\n", 3,
+    ("curate/models/embedder.py", "class A:\n    def f(self):\n        from train.clip.model import load\n", 3,
      "curation imports the trainers"),
 ])
 def test_each_rule_is_caught_with_file_and_line(tmp_path, name, source, line, why):

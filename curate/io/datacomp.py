@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.embeddings import KEYED_BY_UID, EmbeddingStore
+from curate.io.embedding_store import KEYED_BY_UID, EmbeddingStore
 
 CHUNK_ROWS = 8_192  # vectors read, and committed as one store shard, at once
 

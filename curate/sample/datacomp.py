@@ -61,7 +61,7 @@ class _Vectors:
     def __init__(self, checkpoint: str | None, model: str | None, seed: int):
         self._embedder = None
         if checkpoint is not None:
-            from curate.embeddings import ClipEmbedder
+            from curate.models.embedder import ClipEmbedder
 
             self._embedder = ClipEmbedder(checkpoint, model)
         self._rng = np.random.default_rng(seed)

@@ -12,9 +12,9 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from curate.embeddings import EmbeddingConfig, Embeddings
 from curate.schema import set_column
 from curate.stage import MapStage, Verdict
+from curate.stages.embeddings import EmbeddingConfig, Embeddings
 
 
 class CaptionFilterConfig(EmbeddingConfig):

@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
-from curate.embeddings import EmbeddingConfig, Embeddings
 from curate.schema import set_column
 from curate.stage import Dataset, FitContext, Fitted, GlobalStage, Verdict, fixed_decimals
+from curate.stages.embeddings import EmbeddingConfig, Embeddings
 
 BINS = 1 << 16
 

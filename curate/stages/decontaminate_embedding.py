@@ -5,9 +5,9 @@ from __future__ import annotations
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from curate.embeddings import EmbeddingConfig, Embeddings, embed_paths
 from curate.neighbours import SearchConfig, build_index, search
 from curate.stage import MapStage, Verdict
+from curate.stages.embeddings import EmbeddingConfig, Embeddings, embed_paths
 
 
 class DecontaminateEmbeddingConfig(EmbeddingConfig, SearchConfig):

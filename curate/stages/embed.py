@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from curate.embeddings import Embeddings, StoredEmbeddingConfig
 from curate.stage import MapStage, Verdict
+from curate.stages.embeddings import Embeddings, StoredEmbeddingConfig
 
 
 class EmbedConfig(StoredEmbeddingConfig):

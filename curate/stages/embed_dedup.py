@@ -17,17 +17,17 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from curate.embeddings import (
+from curate.neighbours import FLAT_MAX_ROWS, KMeansConfig, SearchConfig, components, similar_pairs
+from curate.stage import ROW_COLUMN, Dataset, FitContext, Fitted, rejections
+from curate.stages.clustered import (
     CLUSTER_COLUMN,
     VECTOR_COLUMN,
-    StoredEmbeddingConfig,
     StoredEmbeddingsStage,
     cluster_runs,
     column_vectors,
     with_clusters,
 )
-from curate.neighbours import FLAT_MAX_ROWS, KMeansConfig, SearchConfig, components, similar_pairs
-from curate.stage import ROW_COLUMN, Dataset, FitContext, Fitted, rejections
+from curate.stages.embeddings import StoredEmbeddingConfig
 
 
 class EmbedDedupConfig(StoredEmbeddingConfig, SearchConfig, KMeansConfig):

@@ -23,9 +23,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
-from curate.embeddings import VECTOR_COLUMN, StoredEmbeddingConfig, StoredEmbeddingsStage, column_vectors, embed_paths
 from curate.neighbours import KMeansConfig, nearest_centroid
 from curate.stage import ROW_COLUMN, Dataset, FitContext, Fitted, rejections
+from curate.stages.clustered import VECTOR_COLUMN, StoredEmbeddingsStage, column_vectors
+from curate.stages.embeddings import StoredEmbeddingConfig, embed_paths
 
 TARGET_CHUNK = 65_536  # target vectors assigned to centroids at once (DataComp's ImageNet-1k set: 1.28M of them)
 

@@ -65,19 +65,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
-from curate.embeddings import (
-    CLUSTER_COLUMN,
-    VECTOR_COLUMN,
-    EmbeddingStore,
-    StoredEmbeddingsStage,
-    _mix,
-    cluster_runs,
-    column_vectors,
-    file_fingerprint,
-    sample_keys,
-    vector_column,
-    with_clusters,
-)
+from curate.io.embedding_store import EmbeddingStore, sample_keys
+from curate.models.embedder import file_fingerprint
 from curate.neighbours import FLAT_MAX_ROWS, KMeansConfig, SearchConfig, components, kmeans, similar_pairs
 from curate.schema import set_column
 from curate.stage import (
@@ -90,6 +79,16 @@ from curate.stage import (
     Verdict,
     map_rows,
     rejections,
+)
+from curate.stages.clustered import (
+    CLUSTER_COLUMN,
+    VECTOR_COLUMN,
+    StoredEmbeddingsStage,
+    cluster_runs,
+    column_vectors,
+    splitmix64,
+    vector_column,
+    with_clusters,
 )
 
 HASH_BITS = 64
@@ -205,9 +204,9 @@ def node_ids(codes: np.ndarray) -> np.ndarray:
     (splitmix64 chained over them)."""
     if codes.shape[1] == 1:
         return codes[:, 0].astype(np.int64)
-    node = _mix(codes[:, 0].view(np.uint64))
+    node = splitmix64(codes[:, 0].view(np.uint64))
     for word in codes[:, 1:].T:
-        node = _mix(node ^ word.view(np.uint64))
+        node = splitmix64(node ^ word.view(np.uint64))
     return node.view(np.int64)
 
 

@@ -10,7 +10,7 @@ from typing import Literal
 import pyarrow as pa
 from pydantic import Field
 
-from curate.embeddings import digest
+from curate.io.embedding_store import digest
 from curate.schema import set_column
 from curate.stage import MapStage, StageConfig, Verdict, map_rows
 

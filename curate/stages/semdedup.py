@@ -13,17 +13,17 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from curate.embeddings import (
+from curate.neighbours import KMeansConfig
+from curate.stage import ROW_COLUMN, Dataset, FitContext, Fitted, rejections
+from curate.stages.clustered import (
     CLUSTER_COLUMN,
     VECTOR_COLUMN,
-    StoredEmbeddingConfig,
     StoredEmbeddingsStage,
     cluster_runs,
     column_vectors,
     with_clusters,
 )
-from curate.neighbours import KMeansConfig
-from curate.stage import ROW_COLUMN, Dataset, FitContext, Fitted, rejections
+from curate.stages.embeddings import StoredEmbeddingConfig
 
 BLOCK = 4096  # the within-cluster similarity matrix is computed in BLOCK x BLOCK tiles
 

@@ -9,8 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from curate.cli import main
-from curate.embeddings import EmbeddingConfig, Embeddings, EmbeddingStore
 from curate.io.datacomp import import_embeddings, npz_chunks, npz_shape
+from curate.io.embedding_store import EmbeddingStore
+from curate.stages.embeddings import EmbeddingConfig, Embeddings
 
 
 def metadata_file(folder, name, uids, arrays, compressed=False):

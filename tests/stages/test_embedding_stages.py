@@ -12,15 +12,17 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageFilter
 
-from curate import embeddings as embeddings_module
-from curate.embeddings import Embeddings, EmbeddingStore, file_fingerprint, sample_keys, uid_hash
 from curate.engines import LocalEngine
 from curate.engines.driver import run_global_stage
+from curate.io.embedding_store import EmbeddingStore, sample_keys
+from curate.models.embedder import file_fingerprint
 from curate.neighbours import components, spherical_kmeans
 from curate.sample.near_copies import jpeg, near_copies
-from curate.stages import semdedup
+from curate.stages import clustered, semdedup
+from curate.stages.clustered import uid_hash
 from curate.stages.decontaminate_embedding import DecontaminateEmbedding, DecontaminateEmbeddingConfig
 from curate.stages.embed_dedup import EmbedDedup, EmbedDedupConfig
+from curate.stages.embeddings import Embeddings
 from curate.stages.image_based_filter import ImageBasedFilter, ImageBasedFilterConfig
 from curate.stages.semdedup import SemDedup, SemDedupConfig
 from tests.stages.test_dedup import run_global
@@ -206,8 +208,8 @@ def test_kmeans_fits_on_a_bounded_sample(planted, embedding_checkpoint, tmp_path
     """With fit_sample below the pool's size k-means sees exactly the rows with the smallest uid
     hashes (whatever the tasks), and every row, sampled or not, gets a cluster and a decision."""
     fitted = []
-    original = embeddings_module.kmeans
-    monkeypatch.setattr(embeddings_module, "kmeans",
+    original = clustered.kmeans
+    monkeypatch.setattr(clustered, "kmeans",
                         lambda vectors, *args: fitted.append((vectors, *original(vectors, *args))) or fitted[-1][1:])
     config = SemDedupConfig(checkpoint=str(embedding_checkpoint), store=str(tmp_path / "s"), clusters=4,
                             epsilon=0.01, fit_sample=30)

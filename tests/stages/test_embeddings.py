@@ -1,91 +1,29 @@
-"""The embedding store and embedder: entries keyed by uid and content, written once, reused."""
-
-import json
-import os
-import resource
+"""A stage's embeddings: the embedder's vectors as the store keeps them, each image embedded once per
+store, and the fit rows of the stages on clustered vectors (vector columns, the k-means sample)."""
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate import embeddings
-from curate.embeddings import (
+from curate.engines import LocalEngine
+from curate.engines.shuffle import EngineFitContext
+from curate.io.embedding_store import EmbeddingStore, sample_keys
+from curate.models.embedder import ClipEmbedder
+from curate.pipeline import parse_pipeline
+from curate.runner import run_pipeline
+from curate.stage import Dataset
+from curate.stages import clustered
+from curate.stages.clustered import (
     VECTOR_COLUMN,
-    ClipEmbedder,
-    EmbeddingConfig,
-    Embeddings,
-    EmbeddingStore,
     column_vectors,
     sample_cutoff,
-    sample_keys,
     sample_partial,
     uid_hash,
     vector_column,
 )
-from curate.engines import LocalEngine
-from curate.engines.shuffle import EngineFitContext
-from curate.pipeline import parse_pipeline
-from curate.runner import run_pipeline
-from curate.stage import Dataset
+from curate.stages.embeddings import EmbeddingConfig, Embeddings
 from curate.stages.semdedup import SemDedup, SemDedupConfig
-
-
-def test_store_round_trip_and_content_keys(tmp_path):
-    store = EmbeddingStore(tmp_path / "store", "model-a")
-    rng = np.random.default_rng(0)
-    image, text = rng.normal(size=(3, 8)).astype(np.float32), rng.normal(size=(3, 8)).astype(np.float32)
-    keys = [("a", 1, 2), ("b", 3, 4), ("c", 5, 6)]
-    store.put(keys, image, text, np.array([0.1, 0.2, 0.3], np.float32))
-    files = sorted(p.name for p in (tmp_path / "store").iterdir())
-    store.put(keys, image, text, np.array([0.1, 0.2, 0.3], np.float32))  # the same rows: the same shard file
-    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == files and len(files) == 3
-    reopened = EmbeddingStore(tmp_path / "store", "model-a")
-    got_image, got_text, scores = reopened.get([keys[2], keys[0]])
-    assert np.array_equal(got_image, image[[2, 0]].astype(np.float16).astype(np.float32))
-    assert np.array_equal(got_text, text[[2, 0]].astype(np.float16).astype(np.float32))
-    assert scores.tolist() == pytest.approx([0.3, 0.1])
-    # same uid, other image bytes: not the stored sample
-    assert reopened.find([("a", 1, 2), ("a", 9, 2), ("z", 1, 2)]).tolist() == [True, False, False]
-    with pytest.raises(KeyError, match="1 sample"):
-        reopened.get([("a", 9, 2)])
-    assert json.loads((tmp_path / "store" / "meta.json").read_text())["dim"] == 8
-    with pytest.raises(ValueError, match="another model"):
-        EmbeddingStore(tmp_path / "store", "model-b")
-
-
-def test_store_compacts_and_reads_more_shards_than_open_files(tmp_path):
-    rng = np.random.default_rng(1)
-    limit = len(os.listdir("/proc/self/fd")) + 32  # this process's open files (Ray, Spark, Java...) and a few more
-    shards = limit + 60
-    keys = [(f"u{i}", i, -i) for i in range(shards * 2)]
-    image, text = rng.normal(size=(2, len(keys), 4)).astype(np.float32)
-    writer = EmbeddingStore(tmp_path / "store", "m")
-    for s in range(shards):  # one shard per batch of two, as workers commit them
-        rows = slice(2 * s, 2 * s + 2)
-        writer.put(keys[rows], image[rows], text[rows], np.full(2, s, np.float32))
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))  # fewer files than shards: none may stay open
-    try:
-        reader = EmbeddingStore(tmp_path / "store", "m")  # indexed before the compaction
-        got_image, got_text, scores = reader.get(keys)
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    assert np.array_equal(got_image, image.astype(np.float16).astype(np.float32))
-    assert scores.tolist() == [k // 2 for k in range(len(keys))]
-    assert not writer.compact(at_least=shards + 1)
-    assert writer.compact(at_least=shards)
-    assert sorted(p.suffix for p in (tmp_path / "store").iterdir()) == [".json", ".npy", ".parquet"]
-    assert writer.shard_count == 1 and len(writer) == len(keys)
-    again = reader.get(keys[::-1])  # its shards are gone: it re-indexes and reads the merged one
-    assert np.array_equal(again[1], got_text[::-1]) and np.array_equal(again[2], scores[::-1])
-    assert np.array_equal(reader.images(keys[:3]), got_image[:3])
-    # a compaction interrupted between its deletions leaves a Parquet without vectors: ignored, then removed
-    leftover = tmp_path / "store" / "0123.parquet"
-    leftover.write_bytes((tmp_path / "store").glob("*.parquet").__next__().read_bytes())
-    assert np.array_equal(EmbeddingStore(tmp_path / "store", "m").get(keys)[0], got_image)
-    writer.put([("new", 0, 0)], image[:1], text[:1], np.zeros(1, np.float32))  # a second shard...
-    assert writer.compact(at_least=2) and not leftover.exists()  # ...and the compaction removes the leftover
 
 
 def test_stored_vectors_are_the_models(pool_table, embedding_checkpoint, tmp_path):
@@ -159,8 +97,8 @@ def test_the_kmeans_sample_is_the_smallest_uid_hashes_and_stays_bounded(tmp_path
     cutoff = sample_cutoff(len(uids), 500, 0)
     sent = sum(sample_partial(500, cutoff, pq.read_table(f)).num_rows for f in files)
     assert 500 <= sent <= 800
-    for sigmas in (embeddings.SAMPLE_SIGMAS, -5.0):  # -5: the first bound holds too few rows, the second enough
-        monkeypatch.setattr(embeddings, "SAMPLE_SIGMAS", sigmas)
+    for sigmas in (clustered.SAMPLE_SIGMAS, -5.0):  # -5: the first bound holds too few rows, the second enough
+        monkeypatch.setattr(clustered, "SAMPLE_SIGMAS", sigmas)
         context = EngineFitContext(LocalEngine(1, progress=False), tmp_path / "work", 1_000)
         sample = stage.sample(data, context, 500)
         assert sample["uid"].to_pylist() == [uids[i] for i in expected]
