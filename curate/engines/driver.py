@@ -32,7 +32,7 @@ from curate.engines.plan import Pass, StageStats, merge_stats, plan_passes, run_
 from curate.engines.shuffle import EngineFitContext
 from curate.engines.uniqueness import check_input_uids
 from curate.io.assembly import write_sorted_uids
-from curate.io.readers import InputError, InputTask, read_task
+from curate.io.readers import InputError, InputTask, gives_uids, read_task
 from curate.io.state import load_state, save_state
 from curate.io.writers import PartWriter, remove_temp_files, write_table_atomic
 from curate.schema import INPUT_SCHEMA, LEDGER_SCHEMA, uid_pairs
@@ -48,6 +48,7 @@ class TaskJob:
     task: InputTask
     layout_root: str
     state_path: str | None
+    check_uids: bool  # write the task's `all` uid part for the run's final uniqueness check
 
 
 _WORKER_STAGES: dict[str, list[Stage]] = {}
@@ -156,7 +157,7 @@ def _run_task(job: TaskJob) -> dict:
     if fit_parts:
         write_table_atomic(pa.concat_tables(fit_parts), layout.fit_rows(pass_.index, task.index))
     if pass_.is_last:
-        _write_uid_parts(layout, task.index, pass_.index, kept_uids)
+        _write_uid_parts(layout, task.index, pass_.index, kept_uids, job.check_uids)
     marker = {"task": task.index, "rows_in": rows_in, "rows_out": writer.rows,
               "fit_rows": sum(t.num_rows for t in fit_parts),
               "stats": {k: s.to_dict() for k, s in merge_stats(stats).items()}}
@@ -169,18 +170,20 @@ def _with_row_ids(rows: pa.Table, task: int, start: int) -> pa.Table:
     return rows.append_column(ROW_COLUMN, pa.array(ids, pa.int64()))
 
 
-def _write_uid_parts(layout: RunLayout, task: int, last_pass: int, kept: list[pa.Table]) -> None:
-    """The task's sorted uids: every sample it kept or rejected in any pass (for the uniqueness
-    check) and its kept input samples (not derived ones), for uids.npy."""
+def _write_uid_parts(layout: RunLayout, task: int, last_pass: int, kept: list[pa.Table], check_uids: bool) -> None:
+    """The task's sorted uids: every sample it kept or rejected in any pass (for the final
+    uniqueness check, when `check_uids`) and its kept input samples (not derived ones), for uids.npy."""
     if kept:
         kept_table = pa.concat_tables(kept, promote_options="default")
     else:
         kept_table = pa.table({"uid": pa.array([], pa.string())})
-    rejected = [pq.read_table(path, columns=["uid"]).column("uid") for k in range(last_pass + 1)
-                if (path := layout.ledger_part(k, task)).exists()]
-    columns = [kept_table.column("uid"), *rejected]
-    every = pa.chunked_array([chunk.cast(pa.string()) for column in columns for chunk in column.chunks], pa.string())
-    write_sorted_uids(uid_pairs(every), layout.uid_part("all", task))
+    if check_uids:
+        rejected = [pq.read_table(path, columns=["uid"]).column("uid") for k in range(last_pass + 1)
+                    if (path := layout.ledger_part(k, task)).exists()]
+        columns = [kept_table.column("uid"), *rejected]
+        every = pa.chunked_array([chunk.cast(pa.string()) for column in columns for chunk in column.chunks],
+                                 pa.string())
+        write_sorted_uids(uid_pairs(every), layout.uid_part("all", task))
     pool = kept_table
     if "parent_uid" in pool.column_names:
         pool = pool.filter(pc.is_null(pool.column("parent_uid")))
@@ -209,6 +212,9 @@ class TaskEngine(ABC):
         stages = pipeline.build_stages()
         passes = plan_passes(stages)
         markers: dict[tuple[int, int], dict] = {}
+        # uids the input gives are checked unique before any work (check_input_uids) and every input
+        # row is kept or rejected once, so only made or derived uids need the check at the end
+        check_uids = any(stage.derives_samples for stage in stages) or not all(gives_uids(t) for t in tasks)
         with self.session():
             check_input_uids(self, tasks, pipeline.settings.read_limits(), layout.work / "uidcheck",
                              pipeline.settings.partition_rows, layout.uids_checked())
@@ -218,7 +224,7 @@ class TaskEngine(ABC):
             shutil.rmtree(layout.work / "repeatcount", ignore_errors=True)
             for pass_ in passes:
                 state_path = str(layout.state(pass_.index - 1)) if pass_.apply is not None else None
-                markers.update(self._run_pass(pipeline, pass_, tasks, layout, state_path, len(passes)))
+                markers.update(self._run_pass(pipeline, pass_, tasks, layout, state_path, len(passes), check_uids))
                 if pass_.fit is not None:
                     self._fit(stages[pass_.fit], pass_, tasks, layout, markers, pipeline.settings.partition_rows)
         input_rows = sum(markers[(0, t.index)]["rows_in"] for t in tasks)
@@ -228,11 +234,11 @@ class TaskEngine(ABC):
             stages, task_stats, input_rows, [t.index for t in tasks], passes,
             {"pipeline": pipeline.name, "engine": self.name, "workers": self.workers,
              "elapsed_s": round(elapsed, 3), "samples_per_s": round(input_rows / elapsed, 1) if elapsed else None},
-            write_uids="uids" in pipeline.settings.outputs,
+            write_uids="uids" in pipeline.settings.outputs, check_uids=check_uids,
         )
 
     def _run_pass(self, pipeline, pass_: Pass, tasks: list[InputTask], layout: RunLayout,
-                  state_path: str | None, n_passes: int) -> dict[tuple[int, int], dict]:
+                  state_path: str | None, n_passes: int, check_uids: bool) -> dict[tuple[int, int], dict]:
         """Run the pass's unfinished tasks; progress is counted in input samples of finished tasks."""
         done: dict[tuple[int, int], dict] = {}
         todo = []
@@ -241,7 +247,7 @@ class TaskEngine(ABC):
             if marker.exists():
                 done[(pass_.index, task.index)] = _load_json(marker)
             else:
-                todo.append(TaskJob(pipeline, pass_, task, str(layout.root), state_path))
+                todo.append(TaskJob(pipeline, pass_, task, str(layout.root), state_path, check_uids))
 
         def input_rows(task: InputTask) -> int | None:
             first = layout.marker(0, task.index)

@@ -205,7 +205,7 @@ class RunLayout:
         part, fit rows and uid parts), then write its completion marker (`final`: its pass is the
         run's last); returns the marker."""
         outputs = [self.kept_parquet(task), self.kept_tar(task)] if final else [self.intermediate(pass_index, task)]
-        uids = [self.uid_part("all", task), self.uid_part("pool", task)] if final else []
+        uids = [p for p in (self.uid_part("all", task), self.uid_part("pool", task)) if p.exists()] if final else []
         written = [*outputs, self.ledger_part(pass_index, task), self.fit_rows(pass_index, task), *uids]
         sync_paths([p for p in written if p.exists()])
         marker = {**marker, "files": self._task_files(pass_index, task, final)}
@@ -232,14 +232,15 @@ class RunLayout:
         save_state(state, self.state(pass_index))
 
     def finish(self, stages: list[Stage], task_stats: list[dict[str, StageStats]], input_rows: int,
-               tasks: list[int], passes: list[Pass], extra: dict, write_uids: bool = True) -> dict:
-        """Assemble rejected.parquet, uids.npy (unless not `write_uids`), stats.json and check
-        kept + rejected == input, all
-        streaming: ledger parts are copied row group by row group, uids merged from sorted parts."""
+               tasks: list[int], passes: list[Pass], extra: dict, write_uids: bool = True,
+               check_uids: bool = True) -> dict:
+        """Assemble uids.npy (unless not `write_uids`) and stats.json, check kept + rejected ==
+        input and (with `check_uids`: the tasks wrote their `all` uid parts) that no uid occurs
+        twice, all streaming: uids are merged from sorted parts."""
         ledger_parts = [p for k in range(len(passes)) for t in tasks if (p := self.ledger_part(k, t)).exists()]
         rejected = sum(pq.ParquetFile(p).metadata.num_rows for p in ledger_parts)
         kept = sum(pq.ParquetFile(self.kept_parquet(t)).metadata.num_rows for t in tasks)
-        repeats, examples = repeated_uids([self.uid_part("all", t) for t in tasks])
+        repeats, examples = repeated_uids([self.uid_part("all", t) for t in tasks]) if check_uids else (0, [])
         if repeats:
             raise ValueError(f"{repeats} uid(s) occur more than once in the input (e.g. {examples}, as 128-bit hex "
                              "ids): uids must be unique; drop the uid column to have curate make them")
