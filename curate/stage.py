@@ -262,6 +262,12 @@ class GlobalStage(Stage):
         """Compute the columns the fit phase needs; keeps every row by default."""
         return Verdict(table)
 
+    def cheap_process(self) -> bool:
+        """Whether `process` costs about as little as reading its rows back (no model, no decoding):
+        then a pass that only applies the previous decision and runs this process stores no output,
+        and the next pass recomputes it (default: when `process` keeps the batch as it is)."""
+        return type(self).process is GlobalStage.process
+
     def fit_rows(self, table: pa.Table) -> pa.Table:
         """The narrow rows the fit reads, each with its `_row` (default: uid, fit_columns and _row)."""
         return table.select(["uid", *self.fit_columns, ROW_COLUMN])

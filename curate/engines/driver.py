@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from curate.engines.layout import RunLayout
 from curate.engines.occurrences import count_repeats, task_repeats
-from curate.engines.plan import Pass, StageStats, merge_stats, plan_passes, run_pass_on_batch
+from curate.engines.plan import Pass, StageStats, merge_stats, plan_passes, replay_on_batch, run_pass_on_batch
 from curate.engines.shuffle import EngineFitContext
 from curate.engines.uniqueness import check_input_uids
 from curate.io.assembly import write_sorted_uids
@@ -75,7 +75,8 @@ def _state_for(path: str | None) -> dict[str, Any]:
     stat = Path(path).stat()
     key = (path, stat.st_mtime_ns, stat.st_size)
     if key not in _WORKER_STATE:
-        _WORKER_STATE.clear()
+        if len(_WORKER_STATE) >= 4:  # a pass may replay earlier passes: it holds their states too
+            _WORKER_STATE.clear()
         _WORKER_STATE[key] = load_state(Path(path))
     return _WORKER_STATE[key]
 
@@ -99,15 +100,15 @@ class TaskRejections:
 
 
 def _batches(job: TaskJob, layout: RunLayout):
-    """The task's input for this pass: the reader on pass 0, the previous pass's part after.
-    An empty task yields one empty batch, so its outputs still exist with a schema."""
+    """The task's input for this pass: the reader on pass 0, after it the part of the last stored
+    pass. An empty task yields one empty batch, so its outputs still exist with a schema."""
     batch_size = job.pipeline.settings.batch_size
-    if job.pass_.index == 0:
+    if job.pass_.source < 0:
         batches = read_task(job.task, batch_size, job.pipeline.settings.read_limits(),
                             task_repeats(layout.repeats(), job.task.index))
         empty = INPUT_SCHEMA.empty_table()
     else:
-        source = pq.ParquetFile(layout.intermediate(job.pass_.index - 1, job.task.index))
+        source = pq.ParquetFile(layout.intermediate(job.pass_.source, job.task.index))
         batches = (Verdict(pa.Table.from_batches([b])) for b in source.iter_batches(batch_size=batch_size))
         empty = source.schema_arrow.empty_table()
     yielded = False
@@ -137,16 +138,25 @@ def _run_task(job: TaskJob) -> dict:
     rejections = TaskRejections(layout.task_decisions(pass_.index - 1, task.index)) if pass_.apply is not None else None
     out_parquet = layout.kept_parquet(task.index) if pass_.is_last else layout.intermediate(pass_.index, task.index)
     out_tar = layout.kept_tar(task.index) if pass_.is_last and "webdataset" in job.pipeline.settings.outputs else None
+    replays = [(p, _state_for(str(layout.state(p.index - 1))),
+                TaskRejections(layout.task_decisions(p.index - 1, task.index))) for p in pass_.replays]
     stats: list[dict[str, StageStats]] = []
-    ledgers, fit_parts, rows_in, kept_uids = [], [], 0, []
-    with PartWriter(out_parquet, out_tar) as writer:
+    ledgers, fit_parts, rows_in, rows_out, kept_uids = [], [], 0, 0, []
+    writer = PartWriter(out_parquet, out_tar) if pass_.stored else None
+    with writer or nullcontext():
         for verdict in _batches(job, layout):
+            for replayed, replayed_state, replayed_rejections in replays:
+                table = verdict.table
+                verdict = Verdict(replay_on_batch(stages, replayed, table, replayed_state,
+                                                  replayed_rejections.next(table.num_rows)))
             rows_in += verdict.table.num_rows
             rejected = rejections.next(verdict.table.num_rows) if rejections is not None else None
             result = run_pass_on_batch(stages, pass_, verdict, state, rejected, read_step=pass_.index == 0)
             if pass_.fit is not None:
-                fit_parts.append(stages[pass_.fit].fit_rows(_with_row_ids(result.kept, task.index, writer.rows)))
-            writer.write(result.kept)
+                fit_parts.append(stages[pass_.fit].fit_rows(_with_row_ids(result.kept, task.index, rows_out)))
+            if writer is not None:
+                writer.write(result.kept)
+            rows_out += result.kept.num_rows
             ledgers += result.ledger
             stats.append(result.stats)
             if pass_.is_last:
@@ -158,7 +168,7 @@ def _run_task(job: TaskJob) -> dict:
         write_table_atomic(pa.concat_tables(fit_parts), layout.fit_rows(pass_.index, task.index))
     if pass_.is_last:
         _write_uid_parts(layout, task.index, pass_.index, kept_uids, job.check_uids)
-    marker = {"task": task.index, "rows_in": rows_in, "rows_out": writer.rows,
+    marker = {"task": task.index, "rows_in": rows_in, "rows_out": rows_out,
               "fit_rows": sum(t.num_rows for t in fit_parts),
               "stats": {k: s.to_dict() for k, s in merge_stats(stats).items()}}
     return layout.commit_task(pass_.index, task.index, marker, pass_.is_last)

@@ -3,8 +3,10 @@
 A pipeline is cut at its global stages. Pass k applies the decision of the global stage that
 ended pass k-1 (if any), runs the map stages that follow, and ends with the `process` of the
 next global stage (if any), whose narrow fit rows are written beside the pass's output.
-Engines decide where batches run; this module decides what happens to a batch, so all engines
-give the same answer.
+A pass with no map stages whose global stage's `process` is cheap (`GlobalStage.cheap_process`)
+stores no output: the next pass reads what it read and replays its apply and process (a
+DataComp recipe's dedup then top fraction rewrites the pool once less). Engines decide where
+batches run; this module decides what happens to a batch, so all engines give the same answer.
 """
 
 from __future__ import annotations
@@ -27,24 +29,47 @@ class Pass:
     apply: int | None  # stage index whose fitted state is applied first
     maps: tuple[int, ...]  # map stage indices, in order
     fit: int | None  # global stage index whose process + partial end the pass
+    stored: bool = True  # the pass writes its output (the next pass's input, or the run's output)
+    replays: tuple[Pass, ...] = ()  # the unstored passes just before this one, replayed on what it reads
 
     @property
     def is_last(self) -> bool:
         return self.fit is None
 
+    @property
+    def source(self) -> int:
+        """The pass whose stored output this pass reads (-1: the input)."""
+        return self.index - 1 - len(self.replays)
+
 
 def plan_passes(stages: list[Stage]) -> list[Pass]:
-    """Cut the stage list at global stages."""
-    passes: list[Pass] = []
+    """Cut the stage list at global stages; a middle pass without map stages whose global stage's
+    process is cheap is not stored (the passes after it replay it)."""
+    cuts: list[Pass] = []
     apply, maps = None, []
     for i, stage in enumerate(stages):
         if isinstance(stage, GlobalStage):
-            passes.append(Pass(len(passes), apply, tuple(maps), i))
+            cuts.append(Pass(len(cuts), apply, tuple(maps), i))
             apply, maps = i, []
         else:
             maps.append(i)
-    passes.append(Pass(len(passes), apply, tuple(maps), None))
+    cuts.append(Pass(len(cuts), apply, tuple(maps), None))
+    passes: list[Pass] = []
+    for cut in cuts:
+        replays = tuple(passes[len(passes) - _unstored_run(passes):])
+        stored = cut.index == 0 or cut.is_last or cut.maps or not stages[cut.fit].cheap_process()
+        passes.append(Pass(cut.index, cut.apply, cut.maps, cut.fit, bool(stored), replays))
     return passes
+
+
+def _unstored_run(passes: list[Pass]) -> int:
+    """How many passes at the end of `passes` are not stored."""
+    count = 0
+    for pass_ in reversed(passes):
+        if pass_.stored:
+            break
+        count += 1
+    return count
 
 
 @dataclass
@@ -100,6 +125,15 @@ def check_declared(key: str, stage: Stage, reasons: Counter, new_columns: set[st
     if new_columns - set(stage.writes):
         raise RuntimeError(f"stage {key} added columns {sorted(new_columns - set(stage.writes))}, not in "
                            f"{cls}.writes {sorted(stage.writes)}: declare every column the stage writes")
+
+
+def replay_on_batch(stages: list[Stage], pass_: Pass, table: pa.Table, state: dict[str, Any],
+                    rejected: pa.Table | None) -> pa.Table:
+    """The rows an unstored pass kept of a batch (its apply, then its global stage's process),
+    recomputed by a later pass; the pass itself recorded their ledger and stats."""
+    applied = stages[pass_.apply].apply(table, state, rejected)
+    processed = stages[pass_.fit].process(applied.table.filter(pa.array(applied.kept_mask())))
+    return processed.table.filter(pa.array(processed.kept_mask()))
 
 
 def run_pass_on_batch(stages: list[Stage], pass_: Pass, verdict: Verdict, state: dict[str, Any],

@@ -115,6 +115,10 @@ class ClipScore(GlobalStage):
     def setup(self) -> None:
         self._embeddings = Embeddings(self.config) if self.config.checkpoint else None
 
+    def cheap_process(self) -> bool:
+        """Reading a score column is cheap; scoring with a model is not."""
+        return self.config.score_column is not None
+
     def process(self, table: pa.Table) -> Verdict:
         if self.config.score_column:
             return self._read_scores(table)
