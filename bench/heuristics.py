@@ -85,25 +85,27 @@ def bench_curate(pool: Path, workers: int, out: Path) -> tuple[float, int, int]:
     return time.perf_counter() - start, stats["input"], stats["kept"]
 
 
-def _decode_row_groups(row_groups: list[tuple[str, int]]) -> int:
-    n = 0
+def _decode_row_groups(row_groups: list[tuple[str, int]]) -> tuple[int, float]:
+    """Images read and decoded, and the CPU seconds it took this process."""
+    n, started = 0, time.process_time()
     for path, group in row_groups:
         for data in pq.ParquetFile(path).read_row_group(group, columns=["image"]).column(0).to_pylist():
             with Image.open(io.BytesIO(data)) as im:
                 im.load()
             n += 1
-    return n
+    return n, time.process_time() - started
 
 
-def bench_decode_limit(pool: Path, cores: int) -> tuple[float, int]:
-    """The limit: only read and decode every image, with `cores` processes sharing the row groups.
-    The processes are started and warmed before the clock starts, so the limit is pure decoding."""
+def bench_decode_limit(pool: Path, cores: int) -> tuple[float, int, float]:
+    """The limit: only read and decode every image, with `cores` processes sharing the row groups;
+    (wall seconds, images, CPU seconds of the processes). The processes are started and warmed
+    before the clock starts, so the limit is pure decoding."""
     row_groups = [(str(p), g) for p in sorted(pool.glob("*.parquet")) for g in range(pq.ParquetFile(p).num_row_groups)]
     with multiprocessing.get_context("forkserver").Pool(cores) as workers:
         workers.map(_decode_row_groups, [row_groups[:1]] * cores)
         start = time.perf_counter()
-        n = sum(workers.map(_decode_row_groups, [row_groups[i::cores] for i in range(cores)], chunksize=1))
-        return time.perf_counter() - start, n
+        done = workers.map(_decode_row_groups, [row_groups[i::cores] for i in range(cores)], chunksize=1)
+        return time.perf_counter() - start, sum(n for n, _ in done), sum(cpu for _, cpu in done)
 
 
 def export_for_dj(pool: Path, scratch: Path) -> Path:
@@ -162,7 +164,7 @@ def main() -> None:
         rows = []
         for cores in sorted({1, args.workers}):
             # best of --repeat for the two fast ones: this machine's timings vary by 20-30% run to run
-            limit_s, n = min(bench_decode_limit(args.pool, cores) for _ in range(args.repeat))
+            limit_s, n, _ = min(bench_decode_limit(args.pool, cores) for _ in range(args.repeat))
             curate_s, _, curate_kept = min(bench_curate(args.pool, cores, scratch / f"curate-{cores}-{r}")
                                            for r in range(args.repeat))
             dj_s, dj_kept = bench_data_juicer(dataset, cores, scratch)
