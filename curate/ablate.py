@@ -27,7 +27,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from curate.config import ConfigError, load_yaml, validate
+from curate.config import ConfigError, load_yaml, updated, validate
 from curate.pipeline import Pipeline, load_pipeline, parse_pipeline
 from curate.stages.decontaminate import Decontaminate
 
@@ -125,21 +125,24 @@ def check_experiment(config: ExperimentConfig) -> None:
 
 
 def training_runs(config: ExperimentConfig, curated: Path, seed: int, run_dir: Path) -> list[tuple[Path, BaseModel]]:
-    """The training runs of one recipe and seed, in order: (run folder, validated training config).
+    """The training runs of one recipe and seed, in order: (run folder, validated training config),
+    the training file's config with the experiment's budget, seed and data set as typed values.
     CLIP: one run. LLaVA: stage 1 on the curated captions, then stage 2 from its checkpoint when set."""
-    common = [f"samples_seen={config.samples_seen}", f"seed={seed}", f"data={curated}"]
+    source = f"{config.train} (as {config.name} sets it)"
+    common = {"samples_seen": config.samples_seen, "seed": seed, "data": str(curated)}
     if config.model == "clip":
         from train.clip.config import load_clip_config
 
-        return [(run_dir, load_clip_config(config.train, common))]
+        return [(run_dir, updated(load_clip_config(config.train), source, **common))]
     from train.llava.config import load_llava_config
 
-    runs = [(run_dir, load_llava_config(config.train, [*common, "stage=1", "init=null"]))]
+    base = load_llava_config(config.train)
+    runs = [(run_dir, updated(base, source, **common, stage=1, init=None))]
     if config.stage2_data is not None:
         budget = config.stage2_samples_seen or config.samples_seen
-        runs.append((run_dir / "stage2", load_llava_config(config.train, [
-            f"samples_seen={budget}", f"seed={seed}", f"data={config.stage2_data}", "stage=2",
-            f"init={run_dir / 'last.pt'}"])))
+        stage2 = updated(base, source, samples_seen=budget, seed=seed, data=config.stage2_data, stage=2,
+                         init=str(run_dir / "last.pt"))
+        runs.append((run_dir / "stage2", stage2))
     return runs
 
 

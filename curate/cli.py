@@ -246,14 +246,22 @@ def train():
 @_user_errors
 def train_clip_command(config_path, data, output, samples_seen, launch_with, overrides):
     """Train a CLIP (InfoNCE or SigLIP) on curated shards at a fixed samples-seen budget; resumes a run folder."""
+    from curate.config import updated
     from train.clip.config import load_clip_config
     from train.launch import launch
 
     output = output or f"runs/{Path(config_path).stem}"
     args = [config_path, "--output", output] + (["--data", data] if data else []) + \
         (["--samples-seen", str(samples_seen)] if samples_seen else []) + [a for o in overrides for a in ("--set", o)]
-    config = load_clip_config(config_path, list(overrides) + ([f"data={data}"] if data else []))  # fail fast
-    launch("train.clip.train", args, launch_with)
+    flags = {key: value for key, value in (("data", data), ("samples_seen", samples_seen)) if value}
+    config = updated(load_clip_config(config_path, list(overrides)), config_path, **flags)  # fail fast
+
+    def here() -> None:
+        from train.clip.train import train_clip
+
+        train_clip(config, output)
+
+    launch("train.clip.train", args, launch_with, here)
     click.echo(f"{config.model} trained: {output}/last.pt (log: {output}/log.jsonl)")
 
 

@@ -7,10 +7,12 @@ import difflib
 import re
 import reprlib
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
+
+Model = TypeVar("Model", bound=BaseModel)
 
 
 class ConfigError(ValueError):
@@ -85,13 +87,20 @@ def short_repr(value: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def validate(model: type[BaseModel], raw: Any, source: str, prefix: str = "", what: str | None = None) -> BaseModel:
+def validate(model: type[Model], raw: Any, source: str, prefix: str = "", what: str | None = None) -> Model:
     """`model.model_validate(raw)`, with errors as a ConfigError naming `source` and key paths
     (every error of `raw` at once; an unknown key with the known keys closest to it)."""
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(format_errors(source, exc, prefix, what, model)) from exc
+
+
+def updated(config: Model, source: str, **changes: Any) -> Model:
+    """`config` with `changes` set, validated again: `config.model_copy(update=changes)` would skip
+    validation, so a wrong type or a broken rule across keys would pass. The changes are typed values
+    (a path stays the path, where a `key=value` string would be parsed as YAML); errors name `source`."""
+    return validate(type(config), {**config.model_dump(), **changes}, source)
 
 
 def format_errors(source: str, exc: ValidationError, prefix: str = "", what: str | None = None,

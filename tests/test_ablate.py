@@ -158,3 +158,22 @@ def test_llava_ablation_is_checked_before_any_work(tmp_path, pool_root):
         result = ablate(ROOT / "pipelines" / file, *[a for o in base + extra for a in ("--set", o)])
         assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
         assert not (tmp_path / "runs" / "curated").exists()
+
+
+def test_training_configs_take_the_experiments_values_as_they_are(tmp_path):
+    """The experiment's paths, seed and budget reach each training config as typed values: a path
+    with ' #' in it stays whole (as a `key=value` string it parsed as YAML, and '#' began a comment)."""
+    from curate.ablate import ExperimentConfig, training_runs
+
+    where = tmp_path / "runs #2"
+    common = {"pool": "pool", "output": str(where), "suite": "suite.yaml", "eval_data": ["eval"], "samples_seen": 64}
+    clip = ExperimentConfig(name="c", train=str(ROOT / "train" / "configs" / "clip_tiny.yaml"), **common)
+    [(run_dir, config)] = training_runs(clip, where / "curated #1", 7, where / "run")
+    assert (run_dir, config.data, config.seed, config.samples_seen) == (where / "run", str(where / "curated #1"), 7, 64)
+    llava = ExperimentConfig(name="l", model="llava", train=str(ROOT / "train" / "configs" / "llava_tiny.yaml"),
+                             stage2_data=str(where / "talk #3.json"), stage2_samples_seen=48, **common)
+    (_, stage1), (stage2_dir, stage2) = training_runs(llava, where / "curated #1", 7, where / "run")
+    assert (stage1.stage, stage1.init, stage1.data, stage1.samples_seen) == (1, None, str(where / "curated #1"), 64)
+    assert stage2_dir == where / "run" / "stage2"
+    assert (stage2.stage, stage2.init, stage2.data) == (2, str(where / "run" / "last.pt"), str(where / "talk #3.json"))
+    assert (stage2.seed, stage2.samples_seen, stage2.model) == (7, 48, stage1.model)

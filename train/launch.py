@@ -1,4 +1,5 @@
-"""How `curate train clip|llava` start a job: in this process, under torchrun on this node
+"""How `curate train clip|llava` start a job: in this process (the validated config handed to the
+trainer as it is), under torchrun on this node
 (`--nproc N`), or as one node of several (`--nnodes N --node-rank R --master-addr A`: torchrun's
 static rendezvous at A's --master-port, the same command on every node but for its rank).
 
@@ -8,9 +9,9 @@ Importing this module loads no torch, so the commands stay fast to register.
 from __future__ import annotations
 
 import functools
-import importlib
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import click
@@ -39,11 +40,12 @@ class Launch:
                 *args]
 
 
-def launch(module: str, args: list[str], how: Launch) -> None:
-    """Run `module`'s main(args) in this process, or under torchrun as `how` says."""
+def launch(module: str, args: list[str], how: Launch, here: Callable[[], object]) -> None:
+    """Run a training job: one process on one node is `here()`, in this process, on the config the
+    command validated; more run `module`'s command line `args` under torchrun, one process a rank."""
     command = how.torchrun(module, args)
     if command is None:
-        importlib.import_module(module).main(args)
+        here()
         return
     if subprocess.run(command).returncode != 0:
         where = f" on node {how.node_rank} of {how.nnodes}" if how.nnodes > 1 else ""

@@ -30,9 +30,10 @@ def run_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def run_overrides(args: argparse.Namespace, keys: list[str]) -> list[str]:
-    """The --set overrides, then `key=value` for --data and each of the trainer's `keys` that was given."""
-    return list(args.overrides) + [f"{key}={getattr(args, key)}" for key in ["data", *keys] if getattr(args, key)]
+def run_values(args: argparse.Namespace, keys: list[str]) -> dict:
+    """The config values given as flags: --data and each of the trainer's `keys` that was given,
+    as typed values (for curate.config.updated, after the --set overrides)."""
+    return {key: getattr(args, key) for key in ["data", *keys] if getattr(args, key)}
 
 
 @contextmanager

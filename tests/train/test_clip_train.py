@@ -88,3 +88,25 @@ def test_config_errors_name_the_key(tmp_path):
     path.write_text("model: clip-tiny\nloss: triplet\n")
     with pytest.raises(ConfigError, match=rf"{path}: loss: Input should be 'infonce' or 'siglip'"):
         load_clip_config(path)
+
+
+def test_one_process_trains_here_on_the_config_the_command_validated(curated, tmp_path, monkeypatch):
+    """`curate train clip` with one process trains in this process, on the config it validated: no
+    child process, and --data and --samples-seen as given (a path with ' #' stays whole; as a
+    `key=value` string it was parsed as YAML, where '#' begins a comment)."""
+    from click.testing import CliRunner
+
+    from curate.cli import main
+
+    data = tmp_path / "curated #1"
+    shutil.copytree(curated, data)
+    config = tmp_path / "c.yaml"
+    config.write_text("".join(f"{k}: {v}\n" for k, v in BASE.items()))
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail(f"a child process: {a}"))
+    out = tmp_path / "run"
+    result = CliRunner().invoke(main, ["train", "clip", "--config", str(config), "--data", str(data),
+                                       "--samples-seen", "32", "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    written = json.loads((out / "config.json").read_text())
+    assert (written["data"], written["samples_seen"]) == (str(data), 32)
+    assert [r["step"] for r in log(out)] == [1, 2]

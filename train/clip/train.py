@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from curate.config import updated
 from curate.models.clip import create_clip, load_checkpoint, save_checkpoint
 from train.clip.config import ClipTrainConfig, load_clip_config
 from train.clip.data import clip_loader
 from train.clip.objective import ClipObjective
 from train.data import StreamSettings
 from train.loop import LoopSettings, train_loop
-from train.run import open_run, run_overrides, run_parser, saver, training_job
+from train.run import open_run, run_parser, run_values, saver, training_job
 
 
 def train_clip(config: ClipTrainConfig, run_dir: str | Path, progress: bool = True) -> dict:
@@ -35,7 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = run_parser(__doc__.splitlines()[0])
     parser.add_argument("--samples-seen", type=int)
     args = parser.parse_args(argv)
-    train_clip(load_clip_config(args.config, run_overrides(args, ["samples_seen"])), args.output)
+    config = load_clip_config(args.config, args.overrides)
+    train_clip(updated(config, args.config, **run_values(args, ["samples_seen"])), args.output)
 
 
 if __name__ == "__main__":

@@ -31,18 +31,26 @@ class LlavaError(click.ClickException):
               help="Override a config key, e.g. model.prefix_lm=true or init=runs/s1/last.pt.")
 def train_llava_command(config_path, stage, data, output, launch_with, overrides):
     """Train a LLaVA (vision tower + projector + causal LM) at a fixed samples-seen budget; resumes a run folder."""
+    from curate.config import updated
     from train.launch import launch
     from train.llava.config import load_llava_config
 
     output = output or f"runs/{Path(config_path).stem}"
-    extra = ([f"stage={stage}"] if stage else []) + ([f"data={data}"] if data else [])
+    flags = {key: value for key, value in (("stage", stage and int(stage)), ("data", data)) if value}
     try:
-        config = load_llava_config(config_path, list(overrides) + extra)  # fail fast
+        config = updated(load_llava_config(config_path, list(overrides)), config_path, **flags)  # fail fast
     except ConfigError as exc:
         raise LlavaError(str(exc)) from exc
-    args = [config_path, "--output", output, *[a for o in list(overrides) + extra for a in ("--set", o)]]
+    args = [config_path, "--output", output, *[a for o in overrides for a in ("--set", o)],
+            *[a for key, value in flags.items() for a in (f"--{key}", str(value))]]
+
+    def here() -> None:
+        from train.llava.train import train_llava
+
+        train_llava(config, output)
+
     try:
-        launch("train.llava.train", args, launch_with)
+        launch("train.llava.train", args, launch_with, here)
     except (ValueError, FileNotFoundError) as exc:
         raise LlavaError(str(exc)) from exc
     click.echo(f"LLaVA stage {config.stage} trained: {output}/last.pt (log: {output}/log.jsonl)")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from curate.config import updated
 from curate.models.llava.format import PLACEHOLDER
 from curate.models.llava.model import Llava, load_checkpoint, save_checkpoint
 from train.data import StreamSettings
@@ -15,7 +16,7 @@ from train.llava.config import LlavaTrainConfig, load_llava_config
 from train.llava.data import llava_loader, llava_source, source_texts
 from train.llava.objective import LlavaObjective
 from train.loop import LoopSettings, train_loop
-from train.run import open_run, run_overrides, run_parser, saver, training_job
+from train.run import open_run, run_parser, run_values, saver, training_job
 
 
 def train_llava(config: LlavaTrainConfig, run_dir: str | Path, progress: bool = True) -> dict:
@@ -52,7 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = run_parser(__doc__.splitlines()[0])
     parser.add_argument("--stage", type=int, choices=[1, 2])
     args = parser.parse_args(argv)
-    train_llava(load_llava_config(args.config, run_overrides(args, ["stage"])), args.output)
+    config = load_llava_config(args.config, args.overrides)
+    train_llava(updated(config, args.config, **run_values(args, ["stage"])), args.output)
 
 
 if __name__ == "__main__":
