@@ -28,6 +28,7 @@ import yaml
 
 from curate import provenance as runs
 from curate import samples
+from curate.io.card import fold_fits
 from curate.io.writers import atomic
 
 SAMPLE_ROWS = 200_000  # kept rows the distribution plots are drawn from
@@ -56,25 +57,6 @@ def _bars(title: str, rows: list[tuple[str, int, str]], color: str, section: str
         for label, n, note in rows
     )
     return f"<section id='{section}'><h2>{title}</h2><table class='bars'>{bars}</table></section>"
-
-
-def fold_fits(stages: list[dict]) -> list[dict]:
-    """Stats rows with each global stage's `:fit` row (its own rejections while the fit rows were
-    made) folded into the stage's row: in from the fit row, out from the stage's, reasons summed."""
-    folded: list[dict] = []
-    fits = {s["key"].removesuffix(":fit"): s for s in stages if s["key"].endswith(":fit")}
-    for stage in stages:
-        if stage["key"].endswith(":fit"):
-            if stage["key"].removesuffix(":fit") not in {s["key"] for s in stages}:
-                folded.append({**stage, "key": stage["key"].removesuffix(":fit")})
-            continue
-        fit = fits.get(stage["key"])
-        if fit is not None:
-            reasons = Counter(fit["reasons"]) + Counter(stage["reasons"])
-            stage = {**stage, "in": fit["in"], "rejected": fit["rejected"] + stage["rejected"],
-                     "reasons": dict(sorted(reasons.items()))}
-        folded.append(stage)
-    return folded
 
 
 def _funnel(stats: dict, stages: list[dict]) -> str:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from curate.report import GALLERY_PER_REASON, fold_fits
+from curate.io.card import fold_fits
+from curate.report import GALLERY_PER_REASON
 from curate.samples import reason_counts
 
 CHROMIUM = Path("/usr/bin/chromium")

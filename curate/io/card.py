@@ -5,13 +5,15 @@ files of each config (`default`: the kept Parquet parts; `rejected`: the ledger'
 loader never guesses from the folder's other files (the ledger's other schema, the WebDataset
 shards, `_work/`); `dataset_info` gives each config's features (from the Parquet schemas) and
 split sizes (checked by the loader against what it reads). The body tells a person what the set
-is: counts by stage and reason (stats.json), the pipeline and provenance (run.json), the columns
+is: counts by stage and reason (stats.json, each global stage's fit row folded into it by
+`fold_fits`, which the report's funnel shares), the pipeline and provenance (run.json), the columns
 and their types, and how to load it with datasets, webdataset and DuckDB.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -85,9 +87,26 @@ def _info(config: str, schema: pa.Schema, files: list[Path]) -> dict:
             "splits": [{"name": "train", "num_bytes": size, "num_examples": rows}]}
 
 
-def _body(layout: RunLayout, stats: dict, run: dict, kept_schema: pa.Schema, has_ledger: bool) -> str:
-    from curate.report import fold_fits  # here: the report's imports (matplotlib) are slow, and layout imports CARD
+def fold_fits(stages: list[dict]) -> list[dict]:
+    """Stats rows with each global stage's `:fit` row (its own rejections while the fit rows were
+    made) folded into the stage's row: in from the fit row, out from the stage's, reasons summed."""
+    folded: list[dict] = []
+    fits = {s["key"].removesuffix(":fit"): s for s in stages if s["key"].endswith(":fit")}
+    for stage in stages:
+        if stage["key"].endswith(":fit"):
+            if stage["key"].removesuffix(":fit") not in {s["key"] for s in stages}:
+                folded.append({**stage, "key": stage["key"].removesuffix(":fit")})
+            continue
+        fit = fits.get(stage["key"])
+        if fit is not None:
+            reasons = Counter(fit["reasons"]) + Counter(stage["reasons"])
+            stage = {**stage, "in": fit["in"], "rejected": fit["rejected"] + stage["rejected"],
+                     "reasons": dict(sorted(reasons.items()))}
+        folded.append(stage)
+    return folded
 
+
+def _body(layout: RunLayout, stats: dict, run: dict, kept_schema: pa.Schema, has_ledger: bool) -> str:
     where = run.get("output") or str(layout.root)  # the output as given (a URL's, not its staging folder)
     name = stats.get("pipeline") or run.get("pipeline", {}).get("name") or "curate run"
     lines = [f"# {name}", "",
