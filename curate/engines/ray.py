@@ -1,5 +1,5 @@
 """The Ray engine: Ray Data maps the pass's tasks over an actor pool, and global stages'
-shuffles are Ray Data's hash shuffle (a groupby on the partition column).
+shuffles are Ray Data's sort-based shuffle (a groupby on the partition column, one block per file).
 
 Tasks run whole, with the shared driver, so the output layout, resume markers and results
 are those of the local engine. When a stage loads a model (`Stage.uses_model`), the tasks
@@ -19,6 +19,9 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from curate.engines.driver import TaskEngine, TaskJob, run_task, stages_for
 from curate.engines.shuffle import PARTITION_COLUMN, Reducer, call, reduce_group, with_partition
 from curate.stage import Dataset
@@ -29,6 +32,12 @@ BLOCKS_PER_WORKER = 3
 def run_jobs(batch: dict) -> dict:
     """Run a block of pickled task jobs; return their markers as JSON."""
     return {"marker": [json.dumps(run_task(pickle.loads(job))) for job in batch["job"]]}
+
+
+def read_with_partition(keys: list[str], partitions: int, batch: pa.Table) -> pa.Table:
+    """The rows of a block's Parquet files (a column `path`), with their partition column."""
+    tables = [pq.read_table(path) for path in batch.column("path").to_pylist()]
+    return with_partition(keys, partitions, pa.concat_tables(tables))
 
 
 class TaskRunner:
@@ -102,8 +111,13 @@ class RayEngine(TaskEngine):
     def shuffle(self, data: Dataset, keys: list[str], partitions: int, reduce: Reducer, work: Path) -> list[dict]:
         import ray
 
-        dataset = ray.data.read_parquet(list(data.files)).map_batches(
-            partial(with_partition, keys, partitions), batch_format="pyarrow")
+        # one block per file: ray.data.read_parquet merges small files into blocks of up to 128 MiB
+        # (a whole 1M-row fit in one block), and the sort-based groupby keeps the blocks it is given,
+        # each reduced whole by one worker; so a block holds one file's rows, and after the sort
+        # one or a few partitions (bounded by partition_rows, not by Ray's block size)
+        files = ray.data.from_items([{"path": path} for path in data.files], override_num_blocks=len(data.files))
+        dataset = files.map_batches(partial(read_with_partition, keys, partitions), batch_size=None,
+                                    batch_format="pyarrow")
         grouped = dataset.groupby(PARTITION_COLUMN, num_partitions=partitions).map_groups(
             partial(reduce_group, reduce), batch_format="pyarrow")
         return [{"path": row["path"], "rows": int(row["rows"])} for row in grouped.take_all()]

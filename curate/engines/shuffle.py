@@ -1,7 +1,7 @@
 """The fit operations of global stages (`FitContext`), shared by every engine and built on two
 engine primitives: `map_calls` (a function over items, in the engine's workers) and `shuffle`
 (rows hashed by key to partitions, a function over each whole partition: an out-of-core
-partitioned spill on the local engine, Ray Data's hash shuffle, Spark's groupBy).
+partitioned spill on the local engine, Ray Data's sort-based groupby, Spark's groupBy).
 
 Datasets are Parquet files of narrow rows under the fit's work folder; every function here that
 runs in a worker is a module-level function or a `functools.partial` of one, so it pickles.
