@@ -41,6 +41,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import ROOT
 from curate import calibrate, copies
 from curate.sample.openclipart import DEFAULT_SOURCE
+from curate.stages.copy_method import RADIUS
+
+OLD_RADIUS = 4  # pHash's radius in near_dedup and decontaminate before issue 21: the baseline
 
 
 def tested_drawings(source: Path = DEFAULT_SOURCE) -> set[str]:
@@ -87,6 +90,53 @@ def print_method(method: str, view: str, result: copies.Sweep, target: float) ->
               + " | ".join(f"{result.recall_by_kind[k][i]:.2f}" for k in kinds) + " |")
 
 
+def row(label: str, method: str, result: copies.Sweep, index: int) -> dict:
+    """One summary row: a method's figures at the sweep's threshold `index`."""
+    return {"row": label, "method": method, "threshold": calibrate.as_threshold(method, result.thresholds[index]),
+            "recall": round(float(result.recall[index]), 4), "false_merge": round(float(result.false_merge[index]), 4),
+            "recall_by_kind": {k: round(float(v[index]), 4) for k, v in result.recall_by_kind.items()}}
+
+
+def default_index(method: str, stage: str, result: copies.Sweep, checkpoint: str) -> int:
+    """The sweep's index of the stage's default threshold for the method: the calibrated radius
+    (curate.stages.copy_method.RADIUS) or the checkpoint's calibrated cosine."""
+    if method == "descriptor":
+        from curate.models.copydetect import read_config
+
+        cosine = read_config(checkpoint)["threshold"]
+        return int(np.flatnonzero(result.thresholds <= 1 - cosine + 1e-9).max())
+    return int(np.flatnonzero(result.thresholds == RADIUS[stage][method])[0])
+
+
+def summary_rows(method: str, stage: str, result: copies.Sweep, target: float, checkpoint: str) -> list[dict]:
+    """A method's summary rows for one view: pHash at radius 4 (its default before issue 21, the
+    issue's baseline), the stage's default, and the best threshold holding `target` (or where none
+    holds it, the one with the fewest false merges)."""
+    rows = [row(f"{method}, {stage}'s default", method, result, default_index(method, stage, result, checkpoint))]
+    if method == "phash":
+        rows.insert(0, row("phash at radius 4 (the baseline)", method, result,
+                           int(np.flatnonzero(result.thresholds == OLD_RADIUS)[0])))
+    best = copies.at_false_merge(result, target)
+    if best is None:
+        rows.append(row(f"{method}, fewest false merges (none holds {target:.1%})", method, result,
+                        int(np.argmin(result.false_merge))))
+    else:
+        rows.append(row(f"{method}, best at <= {target:.1%} false merges", method, result, best))
+    return rows
+
+
+def print_summary(view: str, rows: list[dict]) -> None:
+    """The summary rows of one view as a Markdown table, recall by kind included."""
+    if not rows:
+        return
+    kinds = list(rows[0]["recall_by_kind"])
+    print(f"\n{view}: each method beside pHash at radius 4\n\n| | threshold | recall | false merges | "
+          + " | ".join(kinds) + " |\n" + "|---" * (4 + len(kinds)) + "|")
+    for r in rows:
+        print(f"| {r['row']} | {r['threshold']} | {r['recall']:.3f} | {r['false_merge']:.4f} | "
+              + " | ".join(f"{r['recall_by_kind'][k]:.2f}" for k in kinds) + " |")
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pool", default=str(ROOT / "data/openclipart/pool"))
@@ -107,6 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"{len(planted.eval_images)} evaluation drawings; built in {time.time() - started:.0f} s")
     figures = {"distinct": distinct, "copies": len(planted.images) - distinct, "eval": len(planted.eval_images),
                "target": args.target, "methods": {}}
+    results_by_method: dict[str, dict[str, copies.Sweep]] = {}
     for method in args.methods.split(","):
         if method == "descriptor" and not Path(args.checkpoint).exists():
             print(f"\ndescriptor: skipped, no checkpoint at {args.checkpoint} (`curate train copydetect` makes one)")
@@ -116,18 +167,13 @@ def main(argv: list[str] | None = None) -> dict:
         seconds = time.time() - started
         figures["methods"][method] = {view: calibrate.summary(method, r, args.target) for view, r in results.items()}
         figures["methods"][method]["seconds"] = round(seconds, 1)
+        results_by_method[method] = results
         for view, result in results.items():
             print_method(method, view, result, args.target)
-    print(f"\nat false merges <= {args.target:.1%}: threshold, recall, false-merge rate\n")
-    print("| method | dedup threshold | dedup recall | dedup false merges | decontaminate threshold | "
-          "decontaminate recall | decontaminate false matches |\n|---|---|---|---|---|---|---|")
-    for method, views in figures["methods"].items():
-        cells = []
-        for view in ("dedup", "decontaminate"):
-            s = views.get(view, {})
-            cells += ([str(s["threshold"]), f"{s['recall']:.3f}", f"{s['false_merge']:.4f}"] if s.get("threshold")
-                      is not None else ["none holds it", f"(lowest {s.get('lowest_false_merge', 1):.4f})", "-"])
-        print(f"| {method} | " + " | ".join(cells) + " |")
+    for view, stage in (("dedup", "near_dedup"), ("decontaminate", "decontaminate")):
+        figures[view] = [r for method, results in results_by_method.items() if view in results
+                         for r in summary_rows(method, stage, results[view], args.target, args.checkpoint)]
+        print_summary(view, figures[view])
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
     return figures

@@ -2,7 +2,7 @@
 that holds a target false-merge rate on planted copies (`curate calibrate near_dedup`).
 
 Methods (near_dedup's and decontaminate's `method`): `phash` (one 64-bit pHash, Hamming bits),
-`hashes` (the normalised multi-hash code of `curate.stages.near_dedup.copy_hashes`, the sum of
+`hashes` (the normalised multi-hash code of `curate.copyhash.copy_hashes`, the sum of
 its Hamming distances) and `descriptor` (a `curate train copydetect` checkpoint; distance
 1 - cosine, thresholds reported as cosines).
 """
@@ -14,7 +14,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from curate import copies
+from curate import copies, copyhash
 
 METHODS = ("phash", "hashes", "descriptor")
 MIN_SIDE = 64  # originals copied are at least this big on their shorter side (a 50% resize leaves 32 px)
@@ -24,12 +24,10 @@ PAIR_CHUNK = 512  # rows of a distance matrix computed at once
 def signatures(method: str, images: list[bytes], checkpoint: str | None = None) -> np.ndarray:
     """Each image's signature: uint64 code words (n x words) for the hash methods, unit float32
     descriptors (n x dim) for `descriptor`. Every image must decode."""
-    from curate.stages import near_dedup
-
     if method == "phash":
-        return np.array([[near_dedup.phash(d)] for d in images], np.uint64).reshape(-1, 1)
+        return np.array([[copyhash.phash(d)] for d in images], np.uint64).reshape(-1, 1)
     if method == "hashes":
-        return np.array([near_dedup.copy_hashes(d) for d in images], np.uint64).reshape(len(images), -1)
+        return np.array([copyhash.copy_hashes(d) for d in images], np.uint64).reshape(len(images), -1)
     if method == "descriptor":
         if checkpoint is None:
             raise ValueError("method descriptor needs a checkpoint (a `curate train copydetect` copydetect.pt)")
@@ -47,9 +45,7 @@ def distances(method: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     bits (summed over code words) or 1 - cosine."""
     if method == "descriptor":
         return 1 - a @ b.T
-    from curate.stages.near_dedup import hamming
-
-    return hamming(a.view(np.int64)[:, None, :], b.view(np.int64)[None, :, :]).sum(axis=-1, dtype=np.int32)
+    return copyhash.code_distance(a.view(np.int64)[:, None, :], b.view(np.int64)[None, :, :])
 
 
 def close_pairs(method: str, sig: np.ndarray, limit: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -11,7 +11,10 @@ import pytest
 from PIL import Image
 
 from curate.sample.openclipart import DEFAULT_SOURCE, build_pool
-from tests.copydetect_fixtures import copydetect_checkpoint  # noqa: F401 - a fixture, registered by its import here
+from tests.copydetect_fixtures import (  # noqa: F401 - fixtures, registered by their import here
+    calibrated_copydetect,
+    copydetect_checkpoint,
+)
 from tests.report_fixtures import report_input, report_run  # noqa: F401 - fixtures, registered by their import here
 
 POOL_LIMIT = 160

@@ -1,26 +1,30 @@
 """Decontamination stage: drop samples whose image is an evaluation image, exactly (same bytes)
 or as a copy: by pHash or the normalised multi-hash within a Hamming radius (a FAISS multi-hash
 binary index, exact within the radius), or by a learned copy descriptor at or above a cosine
-(FAISS, exact), the methods of near_dedup (curate/stages/near_dedup.py)."""
+(FAISS, exact), the methods of near_dedup (curate/stages/copy_method.py)."""
 
 from __future__ import annotations
 
 import hashlib
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
+from curate.copyhash import as_codes, copy_hashes, hamming_index, phash
 from curate.io.readers import plan_inputs, read_task
 from curate.neighbours import SearchConfig, build_index, search
 from curate.stage import MapStage, Verdict, map_rows
-from curate.stages.near_dedup import CopyConfig, Descriptors, as_codes, copy_hashes, hamming_index, phash
+from curate.stages.copy_method import CopyConfig, Descriptors
 
 EVAL_BATCH = 1024
 
 
 class DecontaminateConfig(CopyConfig):
     """Parameters of the decontaminate stage."""
+
+    stage_name: ClassVar[str] = "decontaminate"
 
     eval_data: list[str] = Field(..., min_length=1,
                                  description="evaluation sets (Parquet/WebDataset/folders) to keep out")

@@ -2,14 +2,16 @@
 normalised multi-hash and by a copy descriptor."""
 
 import io
+import json
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from curate.copyhash import copy_hashes, phash
+from curate.stages.copy_method import RADIUS
 from curate.stages.decontaminate import Decontaminate, DecontaminateConfig
-from curate.stages.near_dedup import RADIUS, copy_hashes, phash
 
 
 def test_planted_eval_images_are_removed(pool_root, pool_table):
@@ -76,7 +78,49 @@ def test_multi_hash_finds_bordered_recoloured_and_mirrored_eval_copies(pool_root
     for uid, (reason, eval_uid) in by_hashes.items():  # every rejection is within the radius of the eval image named
         if reason == "eval_near":
             distance = sum(bin(a ^ b).count("1") for a, b in zip(copy_hashes(images[uid]), eval_codes[eval_uid]))
-            assert distance <= RADIUS["hashes"]
+            assert distance <= RADIUS["decontaminate"]["hashes"]
+
+
+def _near(got: dict) -> set[str]:
+    """The uids rejected as copies (not as exact bytes) of an eval image."""
+    return {u for u, (r, _) in got.items() if r == "eval_near"}
+
+
+def _descriptor_matches(table: pa.Table, eval_table: pa.Table, model, threshold: float) -> set[str]:
+    """The reference: uids whose image is at or above the cosine `threshold` to an eval image
+    (float16 descriptors, as the stage keeps them) without being one byte for byte."""
+    _, eval_vectors, _ = model.embed(eval_table["image"].to_pylist())
+    _, vectors, _ = model.embed(table["image"].to_pylist())
+    best = (vectors.astype(np.float16).astype(np.float32) @ eval_vectors.astype(np.float16).astype(np.float32).T)
+    eval_images = set(eval_table["image"].to_pylist())
+    return {u for u, b, d in zip(table["uid"].to_pylist(), best.max(axis=1), table["image"].to_pylist())
+            if b >= threshold and d not in eval_images}
+
+
+def test_without_a_checkpoint_decontaminate_is_phash_at_radius_4_on_real_drawings(pool_root, pool_table):
+    planted = _eval_copies(pool_root, ["jpeg", "resize", "colour"])
+    config = DecontaminateConfig(eval_data=[str(pool_root / "eval")])
+    assert (config.chosen, config.hash_radius) == ("phash", RADIUS["decontaminate"]["phash"]) == ("phash", 4)
+    table, got = _decontaminated(config, pool_table, planted)
+    eval_table = pq.read_table(pool_root / "eval")
+    eval_hashes = np.array([phash(d) for d in eval_table["image"].to_pylist()], np.uint64)
+    eval_images = set(eval_table["image"].to_pylist())
+    expected = {u for u, d in zip(table["uid"].to_pylist(), table["image"].to_pylist()) if d not in eval_images
+                and min(bin(int(h) ^ phash(d)).count("1") for h in eval_hashes) <= 4}
+    assert _near(got) == expected
+    assert sum(got.get(uid, (None, None))[1] == eval_uid for uid, _, eval_uid in planted) >= 0.75 * len(planted)
+
+
+def test_with_a_checkpoint_decontaminate_is_the_descriptor_at_its_calibrated_threshold(pool_root, pool_table,
+                                                                                      calibrated_copydetect):
+    from curate.models.copydetect import CopyDescriptor
+
+    calibrated = json.loads(calibrated_copydetect.with_suffix(".json").read_text())["threshold"]
+    config = DecontaminateConfig(eval_data=[str(pool_root / "eval")], checkpoint=str(calibrated_copydetect))
+    assert config.chosen == "descriptor" and calibrated is not None
+    table, got = _decontaminated(config, pool_table, _eval_copies(pool_root, ["jpeg", "crop"]))
+    model = CopyDescriptor.shared(str(calibrated_copydetect))
+    assert _near(got) == _descriptor_matches(table, pq.read_table(pool_root / "eval"), model, calibrated)
 
 
 def test_descriptor_rejects_exactly_the_images_near_an_eval_image(pool_root, pool_table, copydetect_checkpoint,
@@ -94,10 +138,6 @@ def test_descriptor_rejects_exactly_the_images_near_an_eval_image(pool_root, poo
         config = DecontaminateConfig(eval_data=[str(pool_root / "eval")], checkpoint=str(copydetect_checkpoint),
                                      threshold=threshold, store=store)
         table, got = _decontaminated(config, pool_table, planted)
-        _, vectors, _ = model.embed(table["image"].to_pylist())
-        best = (vectors.astype(np.float16).astype(np.float32) @ eval_vectors.T).max(axis=1)
-        eval_images = set(eval_table["image"].to_pylist())
-        expected = {u for u, b, d in zip(table["uid"].to_pylist(), best, table["image"].to_pylist())
-                    if b >= threshold and d not in eval_images}
-        assert {u for u, (r, _) in got.items() if r == "eval_near"} == expected
+        expected = _descriptor_matches(table, eval_table, model, threshold)
+        assert _near(got) == expected
         assert any(uid in expected for uid, _, _ in planted)

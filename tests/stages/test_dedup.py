@@ -1,6 +1,7 @@
 """Exact and perceptual dedup: the fit/apply contract, the keep rule, planted near-duplicates."""
 
 import io
+import json
 
 import numpy as np
 import pyarrow as pa
@@ -9,12 +10,14 @@ from PIL import Image
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from curate import pigeonhole
+from curate.copyhash import copy_hashes, hamming
 from curate.engines.driver import run_global_stage
 from curate.engines.local import LocalEngine
 from curate.stage import Verdict
-from curate.stages import near_dedup
+from curate.stages.copy_method import RADIUS
 from curate.stages.exact_dedup import ExactDedup, ExactDedupConfig
-from curate.stages.near_dedup import NearDedup, NearDedupConfig, hamming
+from curate.stages.near_dedup import NearDedup, NearDedupConfig
 
 
 def run_global(stage, table, batch_rows=7, workers=1):
@@ -167,8 +170,8 @@ def test_radius_zero_merges_identical_hashes_only(planted_hashes):
 def test_bucket_tiles_and_forest_limits_do_not_change_the_result(planted_hashes, monkeypatch):
     table, _, _ = planted_hashes
     expected = brute_force_components(table, radius=4)
-    monkeypatch.setattr(near_dedup, "TILE", 8)  # workers=1 runs in this process, so these apply
-    monkeypatch.setattr(near_dedup, "EDGE_LIMIT", 2)
+    monkeypatch.setattr(pigeonhole, "TILE", 8)  # workers=1 runs in this process, so these apply
+    monkeypatch.setattr(pigeonhole, "EDGE_LIMIT", 2)
     assert _near_duplicates(table, 4, 1, partition_rows=100_000) == expected
 
 
@@ -242,15 +245,10 @@ def test_multi_hash_components_match_brute_force_at_the_summed_radius(planted_co
         assert ((uids[i] in expected) or (uids[i + 1] in expected)) == (bits == 10), (i, bits)
     members = [uids[i] for i in chain + [1900, 1901, 1902]]  # a chain 16 bits end to end, and copies of its start
     assert {expected.get(u, u) for u in members} == {min(members)}
-    monkeypatch.setattr(near_dedup, "TILE", 8)  # workers=1 runs in this process, so these apply
-    monkeypatch.setattr(near_dedup, "EDGE_LIMIT", 2)
+    monkeypatch.setattr(pigeonhole, "TILE", 8)  # workers=1 runs in this process, so these apply
+    monkeypatch.setattr(pigeonhole, "EDGE_LIMIT", 2)
     assert _code_duplicates(table, 10, 1, partition_rows=100_000) == expected
 
-
-def test_chunks_cover_every_bit_layout():
-    # radius 0 of 192 bits still cuts 6 chunks of 32 bits; 1 word at radius 1, two of 32
-    assert near_dedup.chunk_layout(192, 0) == (6, 32) and near_dedup.chunk_layout(64, 1) == (2, 32)
-    assert near_dedup.chunk_layout(192, 14) == (15, 12) and near_dedup.chunk_layout(64, 4) == (5, 12)
 
 
 def _planted_copies(pool_table, kinds, count=40, seed=0):
@@ -284,31 +282,17 @@ def _dedup_outcome(stage, table, planted):
 def test_multi_hash_finds_altered_copies_that_phash_misses(pool_table):
     table, planted = _planted_copies(pool_table, ["border", "colour", "flip", "crop", "jpeg"])
     phash_recall, phash_merged, _ = _dedup_outcome(NearDedup(NearDedupConfig(radius=4)), table, planted)
-    hashes_recall, hashes_merged, dropped = _dedup_outcome(NearDedup(NearDedupConfig(method="hashes")), table,
-                                                           planted)
+    hashes = NearDedup(NearDedupConfig(method="hashes", radius=8))
+    hashes_recall, hashes_merged, dropped = _dedup_outcome(hashes, table, planted)
     assert hashes_recall >= phash_recall + 0.2, (hashes_recall, phash_recall)
     assert len(hashes_merged) <= max(len(phash_merged), 1)
-    codes = {u: near_dedup.copy_hashes(d) for u, d in zip(table.column("uid").to_pylist(),
+    codes = {u: copy_hashes(d) for u, d in zip(table.column("uid").to_pylist(),
                                                          table.column("image").to_pylist())}
     for uid in hashes_merged:  # a merged original is a chain of pairs within the radius: its own nearest is one
         distances = [sum(bin(a ^ b).count("1") for a, b in zip(codes[uid], code)) for u, code in codes.items()
                      if u != uid]
-        assert min(distances) <= near_dedup.RADIUS["hashes"]
+        assert min(distances) <= 8
 
-
-def test_copy_hashes_are_the_same_for_a_border_and_a_mirror_image(pool_table):
-    from PIL import ImageOps
-
-    data = next(d for d in pool_table.column("image").to_pylist() if min(Image.open(io.BytesIO(d)).size) >= 128)
-    im = Image.open(io.BytesIO(data)).convert("RGB")
-    variants = []
-    for edited in (ImageOps.mirror(im), ImageOps.expand(im, 25, (0, 0, 0))):
-        out = io.BytesIO()
-        edited.save(out, format="PNG")
-        variants.append(near_dedup.copy_hashes(out.getvalue()))
-    original = near_dedup.copy_hashes(data)
-    assert variants[0] == original
-    assert sum(bin(a ^ b).count("1") for a, b in zip(variants[1], original)) <= 6
 
 
 def test_method_settings_are_checked():
@@ -321,35 +305,70 @@ def test_method_settings_are_checked():
         NearDedupConfig(method="hashes", hash_column="h")
     with pytest.raises(ValueError, match="radius is for the hash methods"):
         NearDedupConfig(checkpoint="x.pt", radius=3)
-    assert NearDedupConfig(method="hashes").hash_radius == near_dedup.RADIUS["hashes"]
+    assert NearDedupConfig(method="hashes").hash_radius == RADIUS["near_dedup"]["hashes"]
+
+
+def _descriptor_components(table: pa.Table, checkpoint, threshold: float) -> dict[str, str]:
+    """The reference for the descriptor: every pair of the table's images at or above the cosine
+    `threshold` (float16 descriptors, as the stage keeps them), connected components, each keeps
+    its smallest uid."""
+    from curate.models.copydetect import CopyDescriptor
+
+    _, vectors, failures = CopyDescriptor.shared(str(checkpoint)).embed(table.column("image").to_pylist())
+    assert not failures
+    vectors = vectors.astype(np.float16).astype(np.float32)
+    a, b = np.nonzero(np.triu(vectors @ vectors.T >= threshold, k=1))
+    _, component = connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(len(vectors),) * 2),
+                                        directed=False)
+    uids = np.array(table.column("uid").to_pylist(), dtype=object)
+    kept = {label: min(uids[component == label]) for label in np.unique(component)}
+    return {u: kept[component[i]] for i, u in enumerate(uids) if u != kept[component[i]]}
+
+
+def _dropped(verdict: Verdict) -> dict[str, str]:
+    """Rejected uids -> the kept uid each names."""
+    return {u: v for u, r, v in zip(verdict.table.column("uid").to_pylist(), verdict.reasons, verdict.values) if r}
+
+
+def test_without_a_checkpoint_near_dedup_is_phash_at_radius_4_on_real_drawings(pool_table):
+    table, planted = _planted_copies(pool_table, ["jpeg", "resize", "colour"], count=30)
+    config = NearDedupConfig()
+    assert (config.chosen, config.hash_radius) == ("phash", RADIUS["near_dedup"]["phash"]) == ("phash", 4)
+    processed, verdict = run_global(NearDedup(config), table, batch_rows=32)
+    dropped = _dropped(verdict)
+    assert dropped == brute_force_components(processed.table, radius=4)
+    assert np.mean([dropped.get(u, u) == dropped.get(o, o) for u, o in planted.items()]) >= 0.75
+
+
+def test_with_a_checkpoint_near_dedup_is_the_descriptor_at_its_calibrated_threshold(pool_table,
+                                                                                  calibrated_copydetect):
+    table, _ = _planted_copies(pool_table, ["jpeg", "flip", "crop"], count=30)
+    calibrated = json.loads(calibrated_copydetect.with_suffix(".json").read_text())["threshold"]
+    stage = NearDedup(NearDedupConfig(checkpoint=str(calibrated_copydetect), neighbours=200))
+    assert stage.config.chosen == "descriptor" and calibrated is not None
+    _, verdict = run_global(stage, table, batch_rows=32)
+    assert stage.descriptors.threshold == calibrated
+    assert _dropped(verdict) == _descriptor_components(table, calibrated_copydetect, calibrated)
 
 
 def test_descriptor_dedup_is_the_components_of_its_pairs(pool_table, copydetect_checkpoint, tmp_path):
     from curate.models.copydetect import CopyDescriptor
 
-    table, planted = _planted_copies(pool_table, ["jpeg", "flip", "crop"], count=30)
+    table, _ = _planted_copies(pool_table, ["jpeg", "flip", "crop"], count=30)
     model = CopyDescriptor.shared(str(copydetect_checkpoint))
-    _, vectors, failures = model.embed(table.column("image").to_pylist())
-    assert not failures
+    _, vectors, _ = model.embed(table.column("image").to_pylist())
     vectors = vectors.astype(np.float16).astype(np.float32)
     cosines = vectors @ vectors.T
     threshold = float(np.quantile([cosines[int(u[2:], 16), i] for i, u in enumerate(table.column("uid").to_pylist())
                                    if u.startswith("f")], 0.5))  # half the copies at or above it
-    a, b = np.nonzero(np.triu(cosines >= threshold, k=1))
-    _, component = connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(len(vectors),) * 2),
-                                        directed=False)
-    uids = np.array(table.column("uid").to_pylist(), dtype=object)
-    expected = {u: min(uids[component == component[i]]) for i, u in enumerate(uids)
-                if u != min(uids[component == component[i]])}
+    expected = _descriptor_components(table, copydetect_checkpoint, threshold)
     config = {"checkpoint": str(copydetect_checkpoint), "threshold": threshold, "neighbours": 200}
     for settings in ({}, {"store": str(tmp_path / "store")}):
         for workers in (1, 2):
             stage = NearDedup(NearDedupConfig(**config, **settings))
             _, verdict = run_global_stage(stage, table, LocalEngine(workers, progress=False), task_rows=32,
                                           partition_rows=20)
-            got = {u: v for u, r, v in zip(verdict.table.column("uid").to_pylist(), verdict.reasons, verdict.values)
-                   if r}
-            assert got == expected, (settings, workers)
+            assert _dropped(verdict) == expected, (settings, workers)
     described = model.images_described
     run_global(NearDedup(NearDedupConfig(**config, store=str(tmp_path / "store"))), table)
     assert model.images_described == described  # every descriptor read back from the store
