@@ -4,10 +4,6 @@ outside unchanged)."""
 
 import io
 import json
-import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -22,6 +18,7 @@ from curate.io.reshard import load_uids, reshard
 from curate.io.writers import TarShard
 from curate.sample.datacomp import build_datacomp
 from curate.schema import uid_array
+from tests.io.open_clip_runner import train_open_clip
 
 ROOT = Path(__file__).parents[2]
 
@@ -133,27 +130,11 @@ def test_faces_are_blurred_inside_their_boxes_only(pool_table, tmp_path):
     assert not np.array_equal(pixels[outside], noisy[outside])
 
 
-OPEN_CLIP = f"""
-import sys
-import open_clip
-open_clip.add_model_config({str(ROOT / "train" / "configs" / "models")!r})
-from open_clip_train.main import main
-main(sys.argv[1:])
-"""
-
-
 @pytest.mark.slow
 def test_open_clip_train_streams_resharded_shards(shards, tmp_path):
     folder, uids = shards
     np.save(tmp_path / "uids.npy", uid_array(uids[:64]))
     reshard(tmp_path / "uids.npy", [str(folder)], tmp_path / "out", samples_per_shard=32)
-    args = ["--train-data", str(tmp_path / "out" / "{00000000..00000001}.tar"), "--dataset-type", "webdataset",
-            "--model", "clip-tiny", "--batch-size", "16", "--epochs", "1", "--workers", "1", "--precision", "fp32",
-            "--device", "cpu", "--logs", str(tmp_path / "logs"), "--report-to", "", "--save-frequency", "0",
-            "--log-every-n-steps", "1"]
-    result = subprocess.run([sys.executable, "-c", OPEN_CLIP, *args], capture_output=True, text=True, cwd=tmp_path,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
-    log = result.stdout + result.stderr
-    assert result.returncode == 0, log[-3000:]
-    steps = re.findall(r"Train Epoch: 0 \[\s*(\d+)/(\d+)", log)
-    assert steps and {total for _, total in steps} == {"64"} and steps[-1][0] == "64", steps  # sizes.json's count
+    returncode, log, steps = train_open_clip(str(tmp_path / "out" / "{00000000..00000001}.tar"), tmp_path)
+    assert returncode == 0, log[-3000:]
+    assert steps and {total for _, total in steps} == {64} and steps[-1][0] == 64, steps  # sizes.json's count

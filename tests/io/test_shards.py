@@ -3,10 +3,6 @@
 open_clip's sizes.json beside them; open_clip_train streams the result with no size flags."""
 
 import json
-import os
-import re
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -17,9 +13,9 @@ import pytest
 from curate.engines.local import LocalEngine
 from curate.io.shards import SIZES_FILE, reshard, shard_name
 from curate.io.writers import PartWriter
-from curate.models.clip import MODEL_CONFIGS
 from curate.pipeline import load_pipeline
 from curate.runner import run_pipeline
+from tests.io.open_clip_runner import train_open_clip
 
 ROOT = Path(__file__).parents[2]
 TASK_ROWS = [9, 0, 23, 1, 14]  # an empty task and a one-sample one among them
@@ -127,15 +123,6 @@ def test_a_run_writes_sizes_json_and_shards_of_samples_per_shard(pool_root, tmp_
     assert not (tmp_path / "n" / "_work" / "tars").exists()  # the tasks' tars and the progress file are gone
 
 
-OPEN_CLIP = f"""
-import sys
-import open_clip
-open_clip.add_model_config({str(MODEL_CONFIGS)!r})
-from open_clip_train.main import main
-main(sys.argv[1:])
-"""
-
-
 @pytest.mark.slow
 def test_open_clip_train_streams_a_run_with_only_train_data(pool_table, tmp_path):
     data = tmp_path / "input"
@@ -145,18 +132,11 @@ def test_open_clip_train_streams_a_run_with_only_train_data(pool_table, tmp_path
     out = tmp_path / "out"
     assert run(out, [str(data)], samples_per_shard=32)["kept"] == 96
     assert sorted(p.name for p in (out / "shards").glob("*.tar")) == [shard_name(i) for i in range(3)]
-    args = ["--train-data", str(out / "shards" / "part-{00000..00002}.tar"), "--dataset-type", "webdataset",
-            "--model", "clip-tiny", "--batch-size", "16", "--epochs", "1", "--workers", "1", "--precision", "fp32",
-            "--device", "cpu", "--logs", str(tmp_path / "logs"), "--report-to", "", "--save-frequency", "0",
-            "--log-every-n-steps", "1"]
-    result = subprocess.run([sys.executable, "-c", OPEN_CLIP, *args], capture_output=True, text=True, cwd=tmp_path,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
-    log = result.stdout + result.stderr
-    assert result.returncode == 0, log[-3000:]
-    steps = re.findall(r"Train Epoch: 0 \[\s*(\d+)/(\d+)", log)
-    assert steps and {total for _, total in steps} == {"96"}, steps  # the epoch's size: sizes.json's sum
-    assert steps[-1][0] == "96" and len(steps) == 96 // 16, steps  # 6 steps of 16 samples, every one trained
+    pattern = str(out / "shards" / "part-{00000..00002}.tar")
+    returncode, log, steps = train_open_clip(pattern, tmp_path)
+    assert returncode == 0, log[-3000:]
+    assert steps and {total for _, total in steps} == {96}, steps  # the epoch's size: sizes.json's sum
+    assert steps[-1][0] == 96 and len(steps) == 96 // 16, steps  # 6 steps of 16 samples, every one trained
     (out / "shards" / SIZES_FILE).unlink()  # without the size file, open_clip_train needs --train-num-samples
-    again = subprocess.run([sys.executable, "-c", OPEN_CLIP, *args, "--name", "again"], capture_output=True,
-                           text=True, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
-    assert again.returncode != 0 and "--train-num-samples" in again.stdout + again.stderr
+    returncode, log, _ = train_open_clip(pattern, tmp_path, "--name", "again")
+    assert returncode != 0 and "--train-num-samples" in log
