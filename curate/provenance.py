@@ -70,8 +70,8 @@ def record(pipeline, engine, tasks: list, output: str, started: str, command: st
 
 def _program(argv0: str) -> str:
     """`curate` for the command line (its script, or `python -m curate.cli`), else argv[0]."""
-    return "curate" if Path(argv0).name == "curate" or Path(argv0).resolve() == Path(__file__).with_name("cli.py") \
-        else argv0
+    module = Path(__file__).parent / "cli" / "__main__.py"
+    return "curate" if Path(argv0).name == "curate" or Path(argv0).resolve() == module else argv0
 
 
 def write(root: Path, provenance: dict) -> None:

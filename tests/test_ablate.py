@@ -163,7 +163,7 @@ def test_llava_ablation_is_checked_before_any_work(tmp_path, pool_root):
 def test_training_configs_take_the_experiments_values_as_they_are(tmp_path):
     """The experiment's paths, seed and budget reach each training config as typed values: a path
     with ' #' in it stays whole (as a `key=value` string it parsed as YAML, and '#' began a comment)."""
-    from curate.ablate import ExperimentConfig, training_runs
+    from curate.experiments.ablate import ExperimentConfig, training_runs
 
     where = tmp_path / "runs #2"
     common = {"pool": "pool", "output": str(where), "suite": "suite.yaml", "eval_data": ["eval"], "samples_seen": 64}

@@ -114,8 +114,8 @@ def test_every_problem_of_a_file_is_reported_at_once(tmp_path):
     ("pipelines/bootstrap_small.yaml", "curate.pipeline:load_pipeline", "a bootstrap file", "curate bootstrap"),
     ("train/configs/eval_default.yaml", "curate.pipeline:load_pipeline", "an evaluation suite", "curate eval"),
     ("train/configs/clip_tiny.yaml", "curate.pipeline:load_pipeline", "a training config", "curate train clip"),
-    ("pipelines/quickstart.yaml", "curate.ablate:load_ablation", "a pipeline file", "curate run"),
-    ("pipelines/quickstart.yaml", "curate.bootstrap:load_bootstrap", "a pipeline file", "curate run"),
+    ("pipelines/quickstart.yaml", "curate.experiments.ablate:load_ablation", "a pipeline file", "curate run"),
+    ("pipelines/quickstart.yaml", "curate.experiments.bootstrap:load_bootstrap", "a pipeline file", "curate run"),
     ("pipelines/ablation_small.yaml", "train.clip.config:load_clip_config", "an ablation file", "curate ablate"),
 ])
 def test_a_file_given_to_the_wrong_command_names_the_right_one(recipe, loader, what, command):

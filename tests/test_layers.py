@@ -4,15 +4,16 @@
 - a stage (curate/stages/) never imports an engine (curate/engines/);
 - an engine never imports a concrete stage (curate/stages/, its registry included);
 - train/ never imports a stage or an engine;
-- curation (curate/) never imports the trainers (train/), except the runners the design names
-  as what ties curation, training and evaluation together: the CLI and the ablation and
-  bootstrap runners. Model inference both sides need lives in curate/models/, which train/
-  imports, not the other way.
+- the tie layer (TIE: the CLI package and the experiment runners, which tie curation, training
+  and evaluation together) is the only curation code that imports the trainers (train/); model
+  inference both sides need lives in curate/models/, which train/ imports, not the other way;
+- nothing outside the tie layer imports it (train/ included).
 """
 
 from __future__ import annotations
 
 import ast
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("curate", "train")
-RUNNERS = ("curate.cli", "curate.ablate", "curate.bootstrap")
+TIE = ("curate.cli", "curate.experiments")  # the layer above curation and training: packages, not files
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class Import:
     path: Path
     line: int
     target: str  # the imported module, resolved (relative imports made absolute)
+    lazy: bool = False  # inside a function: runs when it is called, not when the module loads
+    typing_only: bool = False  # under `if TYPE_CHECKING:`: never runs
 
 
 def module_name(root: Path, path: Path) -> str:
@@ -49,8 +52,10 @@ def imports_of(root: Path, path: Path, modules: set[str]) -> list[Import]:
     `importlib.import_module("...")` calls counted too."""
     module = module_name(root, path)
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    tree = ast.parse(path.read_text(), str(path))
+    lazy, typing_only = _scopes(tree)
     found = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(tree):
         targets: list[str] = []
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
@@ -63,42 +68,102 @@ def imports_of(root: Path, path: Path, modules: set[str]) -> list[Import]:
         elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "import_module"
               and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
             targets = [node.args[0].value]
-        found += [Import(module, path, node.lineno, target) for target in dict.fromkeys(targets)]
+        found += [Import(module, path, node.lineno, target, id(node) in lazy, id(node) in typing_only)
+                  for target in dict.fromkeys(targets)]
     return found
 
 
-def violation(item: Import) -> str | None:
-    """Why this import runs against the layers, or None when it does not."""
-    source, target = item.module, item.target
+def _scopes(tree: ast.AST) -> tuple[set[int], set[int]]:
+    """The ids of the nodes inside a function, and of those under `if TYPE_CHECKING:`."""
+    lazy: set[int] = set()
+    typing_only: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            lazy |= {id(inner) for statement in node.body for inner in ast.walk(statement)}
+        elif isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+            typing_only |= {id(inner) for statement in node.body for inner in ast.walk(statement)}
+    return lazy, typing_only
+
+
+def violation(source: str, target: str) -> str | None:
+    """Why module `source` importing `target` runs against the layers, or None when it does not."""
     if _within(source, "curate.stages") and _within(target, "curate.engines"):
         return "a stage imports an engine"
     if _within(source, "curate.engines") and _within(target, "curate.stages"):
         return "an engine imports a concrete stage"
     if _within(source, "train") and (_within(target, "curate.stages") or _within(target, "curate.engines")):
         return "train/ imports a stage or an engine (it reads shards through curate.io)"
-    if (_within(source, "curate") and _within(target, "train")
-            and not any(_within(source, runner) for runner in RUNNERS)):
+    tie_source, tie_target = (any(_within(module, tie) for tie in TIE) for module in (source, target))
+    if _within(source, "curate") and _within(target, "train") and not tie_source:
         return "curation imports the trainers (shared model code belongs in curate/models/)"
+    if tie_target and not tie_source:
+        return "a module below the tie layer imports it (the CLI and curate.experiments sit on top)"
     return None
+
+
+def import_graph(root: Path) -> dict[str, list[Import]]:
+    """Every module of the packages under `root`, with its imports."""
+    files = sorted(p for package in PACKAGES for p in (root / package).rglob("*.py"))
+    modules = {module_name(root, p) for p in files}
+    return {module_name(root, path): imports_of(root, path, modules) for path in files}
 
 
 def violations(root: Path) -> list[str]:
     """`file:line: import target: why` for every import in the packages under `root` that runs
     against the layers."""
-    files = sorted(p for package in PACKAGES for p in (root / package).rglob("*.py"))
-    modules = {module_name(root, p) for p in files}
+    return [f"{item.path.relative_to(root)}:{item.line}: import {item.target}: {why}"
+            for imports in import_graph(root).values() for item in imports
+            if (why := violation(item.module, item.target))]
+
+
+def _reached(target: str, graph: dict[str, list[Import]]) -> list[tuple[str, bool]]:
+    """What importing `target` runs, each with whether all of its imports count: the nearest module
+    of the tree (all), then each package above it (only its module-level imports: its functions
+    run when they are called)."""
+    parts = target.split(".")
+    known = [name for name in (".".join(parts[:i]) for i in range(len(parts), 0, -1)) if name in graph]
+    return [(name, i == 0) for i, name in enumerate(known)]
+
+
+def indirect_violations(root: Path) -> list[str]:
+    """`file:line: a -> b -> c: why` for every module that reaches, through modules in between, one
+    that a rule keeps it from importing (an engine reaching a concrete stage through the report,
+    say). Imports that run count: a module's own lazy ones and those of every module it imports
+    (it may call them), but of a package entered on the way to its submodule only the module-level
+    ones, and none under TYPE_CHECKING. An arrow is named at the first module on it that breaks a
+    rule itself (`violations` names the last hop when that is the one)."""
+    graph = import_graph(root)
     out = []
-    for path in files:
-        for item in imports_of(root, path, modules):
-            why = violation(item)
-            if why:
-                out.append(f"{path.relative_to(root)}:{item.line}: import {item.target}: {why}")
+    for source in sorted(graph):
+        seen: dict[str, bool] = {source: True}
+        queue = deque([(source, True, [source], None)])
+        while queue:
+            module, whole, chain, first = queue.popleft()
+            for item in graph[module]:
+                if item.typing_only or (item.lazy and not whole):
+                    continue
+                for reached, full in _reached(item.target, graph):
+                    if reached in seen and (seen[reached] or not full):
+                        continue
+                    seen[reached] = full
+                    why = violation(source, reached)
+                    if why is None:
+                        queue.append((reached, full, chain + [reached], first or item))
+                    elif len(chain) > 1 and violation(module, reached) is None:
+                        start = first or item
+                        out.append(f"{start.path.relative_to(root)}:{start.line}: "
+                                   f"{' -> '.join(chain + [reached])}: {why}")
     return out
 
 
 def test_the_tree_keeps_its_layers():
     found = violations(ROOT)
     assert not found, "imports against the layers of docs/design.md:\n" + "\n".join(found)
+
+
+def test_no_module_reaches_across_the_layers_through_others():
+    found = indirect_violations(ROOT)
+    assert not found, "imports that reach across the layers of docs/design.md:\n" + "\n".join(found)
 
 
 def _tree(root: Path, files: dict[str, str]) -> Path:
@@ -119,11 +184,16 @@ def _tree(root: Path, files: dict[str, str]) -> Path:
     ("train/t.py", "import importlib\nimportlib.import_module('curate.engines.local')\n", 2, "train/ imports a stage"),
     ("curate/models/embedder.py", "class A:\n    def f(self):\n        from train.clip.model import load\n", 3,
      "curation imports the trainers"),
+    ("curate/report.py", "import train.clip.model\n", 1, "curation imports the trainers"),
+    ("train/t.py", "from curate.experiments.ablate import training_runs\n", 1, "below the tie layer imports it"),
+    ("curate/stages/s.py", "from curate.cli.errors import UserError\n", 1, "below the tie layer imports it"),
 ])
 def test_each_rule_is_caught_with_file_and_line(tmp_path, name, source, line, why):
     """Each rule fails with the file and line of the import, lazy and relative imports included."""
     root = _tree(tmp_path, {"curate/__init__.py": "", "curate/stages/__init__.py": "", "curate/stages/decode.py": "",
                             "curate/engines/__init__.py": "", "curate/engines/local.py": "",
+                            "curate/cli/__init__.py": "", "curate/cli/errors.py": "",
+                            "curate/experiments/__init__.py": "", "curate/experiments/ablate.py": "",
                             "train/__init__.py": "", "train/clip/__init__.py": "", "train/clip/model.py": "",
                             name: source})
     found = violations(root)
@@ -132,14 +202,41 @@ def test_each_rule_is_caught_with_file_and_line(tmp_path, name, source, line, wh
 
 def test_allowed_arrows_pass(tmp_path):
     """The arrows the design allows: stages and engines on the stage base and IO, train on curate.io
-    and curate.models, the runners on everything."""
+    and curate.models, the tie layer (curate.cli, curate.experiments) on everything, itself included."""
     root = _tree(tmp_path, {
         "curate/__init__.py": "", "curate/stage.py": "", "curate/io/__init__.py": "", "curate/models/__init__.py": "",
         "curate/stages/__init__.py": "from curate.stages.decode import Decode as Decode\n",
         "curate/stages/decode.py": "from curate.stage import MapStage\nfrom curate.models import clip\n",
         "curate/engines/__init__.py": "from curate.stage import GlobalStage\nfrom curate.io import readers\n",
-        "curate/ablate.py": "from train.clip.train import train_clip\nfrom curate.engines import LocalEngine\n",
-        "curate/cli.py": "def main():\n    import train.launch\n",
+        "curate/experiments/ablate.py": "from train.clip.train import train_clip\n"
+                                        "from curate.engines import LocalEngine\n",
+        "curate/experiments/bootstrap.py": "from curate.experiments.ablate import training_runs\n",
+        "curate/cli/__init__.py": "from curate.cli import train\n",
+        "curate/cli/train.py": "from curate.experiments.ablate import training_runs\n"
+                               "def main():\n    import train.launch\n",
         "train/__init__.py": "", "train/clip.py": "from curate.models.clip import load_checkpoint\nimport curate.io\n",
     })
     assert violations(root) == []
+
+
+def test_an_arrow_through_other_modules_is_caught_with_its_path(tmp_path):
+    """The indirect check follows what runs: a lazy import of a module imported (the card calls the
+    report, which builds a stage), not a package's functions when only a submodule is imported, nor
+    TYPE_CHECKING imports."""
+    root = _tree(tmp_path, {
+        "curate/__init__.py": "def run():\n    from curate.engines import local\n",  # the notebook API: lazy
+        "curate/stage.py": "", "curate/io/__init__.py": "",
+        "curate/io/card.py": "from typing import TYPE_CHECKING\n"
+                             "if TYPE_CHECKING:\n    from curate.engines import local\n"
+                             "def body():\n    from curate.report import fold\n",
+        "curate/report.py": "def languages():\n    from curate.stages import REGISTRY\n",
+        "curate/stages/__init__.py": "from curate.stages.decode import Decode\n",
+        "curate/stages/decode.py": "from curate.stage import MapStage\nfrom curate.io import card\n",
+        "curate/engines/__init__.py": "", "curate/engines/local.py": "from curate.stage import GlobalStage\n",
+        "curate/engines/layout.py": "from curate.io.card import body\n",
+        "train/__init__.py": "", "train/data.py": "import curate.io\n",
+    })
+    assert violations(root) == []
+    assert indirect_violations(root) == [
+        "curate/engines/layout.py:1: curate.engines.layout -> curate.io.card -> curate.report -> curate.stages: "
+        "an engine imports a concrete stage"]

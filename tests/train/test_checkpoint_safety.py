@@ -10,10 +10,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from curate.cli.eval import DEFAULT_SUITE, eval_command
 from curate.models.checkpoint import UnsafeCheckpointError, load_torch_file
 from curate.models.clip import create_clip, load_checkpoint, save_checkpoint
 from curate.models.llava.model import load_checkpoint as load_llava
-from train.eval.cli import DEFAULT_SUITE, eval_command
 
 
 class TouchOnLoad:

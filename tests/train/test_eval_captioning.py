@@ -94,8 +94,8 @@ def test_curate_eval_scores_a_llava_checkpoint_on_captioning_and_vqa(tmp_path, p
                                                                     clip_checkpoint):
     from click.testing import CliRunner
 
+    from curate.cli.eval import eval_command
     from curate.models.llava.generate import Captioner
-    from train.eval.cli import eval_command
     from train.eval.suite import load_task_data, open_image
 
     question = "What category does this drawing belong to?"

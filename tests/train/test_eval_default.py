@@ -5,8 +5,8 @@ import json
 
 from click.testing import CliRunner
 
+from curate.cli.eval import DEFAULT_SUITE, eval_command
 from curate.models.clip import create_clip, save_checkpoint
-from train.eval.cli import DEFAULT_SUITE, eval_command
 
 
 def test_default_suite_gives_numbers_in_range(tmp_path, pool_root, monkeypatch):

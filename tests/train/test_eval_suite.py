@@ -14,9 +14,9 @@ import yaml
 from click.testing import CliRunner
 from PIL import Image
 
+from curate.cli.eval import DEFAULT_SUITE, eval_command
 from curate.models.clip import create_clip, save_checkpoint
 from curate.sample.openclipart import DEFAULT_SOURCE, build_pool
-from train.eval.cli import DEFAULT_SUITE, eval_command
 from train.eval.datasets import DIGIT_NAMES, ensure_digits
 from train.eval.evaluate import evaluate, same_content
 from train.eval.metrics import retrieval_recalls

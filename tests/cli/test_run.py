@@ -1,4 +1,4 @@
-"""The command line: exit codes, messages and the run contract."""
+"""`curate run`, `validate`, `stages` and `--version`: exit codes, messages and the run contract."""
 
 import json
 import shlex
@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from curate.cli import main
 from curate.stages import REGISTRY
 
-RECIPES = Path(__file__).parents[1] / "pipelines"
+RECIPES = Path(__file__).parents[2] / "pipelines"
 
 
 def test_stages_lists_every_stage_with_parameters():

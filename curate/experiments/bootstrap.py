@@ -13,7 +13,8 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from curate.ablate import (
+from curate.config import ConfigError, load_yaml, validate
+from curate.experiments.ablate import (
     ExperimentConfig,
     curate_recipe,
     leaderboard_rows,
@@ -21,7 +22,6 @@ from curate.ablate import (
     with_stage,
     write_leaderboard,
 )
-from curate.config import ConfigError, load_yaml, validate
 from curate.pipeline import load_pipeline
 from curate.stages.clip_score import ClipScore
 

@@ -1,5 +1,5 @@
-"""`curate train llava` and `curate caption`. torch and transformers load when a command runs,
-so registering them keeps `curate` fast to start."""
+"""`curate caption`: caption images with a LLaVA checkpoint. torch and transformers load when it
+runs, so registering it keeps `curate` fast to start."""
 
 from __future__ import annotations
 
@@ -10,68 +10,7 @@ from pathlib import Path
 
 import click
 
-from curate.config import ConfigError
-from train.launch import launch_options
-
-
-class LlavaError(click.ClickException):
-    """A bad config, checkpoint or data set: printed without a traceback, exit code 2."""
-
-    exit_code = 2
-
-
-@click.command("llava")
-@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="Training config (YAML).")
-@click.option("--stage", type=click.Choice(["1", "2"]), help="1: projector on caption pairs; 2: projector and LM on "
-                                                            "conversations [default: the config's].")
-@click.option("--data", help="Stage 1: curated output folder or shard files; stage 2: LLaVA-Instruct JSON/JSONL.")
-@click.option("--output", help="Run folder [default: runs/<config name>].")
-@launch_options
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a config key, e.g. model.prefix_lm=true or init=runs/s1/last.pt.")
-def train_llava_command(config_path, stage, data, output, launch_with, overrides):
-    """Train a LLaVA (vision tower + projector + causal LM) at a fixed samples-seen budget; resumes a run folder."""
-    from curate.config import updated
-    from train.launch import launch
-    from train.llava.config import load_llava_config
-
-    output = output or f"runs/{Path(config_path).stem}"
-    flags = {key: value for key, value in (("stage", stage and int(stage)), ("data", data)) if value}
-    try:
-        config = updated(load_llava_config(config_path, list(overrides)), config_path, **flags)  # fail fast
-    except ConfigError as exc:
-        raise LlavaError(str(exc)) from exc
-    args = [config_path, "--output", output, *[a for o in overrides for a in ("--set", o)],
-            *[a for key, value in flags.items() for a in (f"--{key}", str(value))]]
-
-    def here() -> None:
-        from train.llava.train import train_llava
-
-        train_llava(config, output)
-
-    try:
-        launch("train.llava.train", args, launch_with, here)
-    except (ValueError, FileNotFoundError) as exc:
-        raise LlavaError(str(exc)) from exc
-    click.echo(f"LLaVA stage {config.stage} trained: {output}/last.pt (log: {output}/log.jsonl)")
-
-
-@click.command("export-llava")
-@click.argument("checkpoint", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder to create: the LM as a Hugging Face model, with the projector and vision tower beside it.")
-def export_llava_command(checkpoint, out):
-    """Export a LLaVA checkpoint: its LM and tokenizer via save_pretrained (AutoModelForCausalLM loads the
-    folder), plus projector.safetensors, vision.safetensors and llava.json saying how they connect."""
-    from train.llava.export import export_llava
-
-    try:
-        manifest = export_llava(checkpoint, out)
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
-        raise LlavaError(str(exc)) from exc
-    vision = manifest["vision"]
-    click.echo(f"{out}: the LM and tokenizer (AutoModelForCausalLM.from_pretrained), {manifest['projector']['file']}, "
-               f"{vision['file']} ({vision['open_clip_model']}, blocks 0-{vision['layer']}), llava.json")
+from curate.cli.errors import UserError, user_errors
 
 
 def image_seed(uid: str, seed: int) -> int:
@@ -98,6 +37,7 @@ def image_seed(uid: str, seed: int) -> int:
 @click.option("--format", "fmt", type=click.Choice(["parquet", "jsonl"]), default="parquet", show_default=True)
 @click.option("--device", help="torch device [default: cuda when available, else cpu].")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@user_errors
 def caption_command(checkpoint, inputs, output, num_captions, strategy, prompt, top_p, temperature, num_beams,
                     max_new_tokens, batch_size, seed, fmt, device, quiet):
     """Caption every image of INPUT shards with a LLaVA checkpoint: uid, caption_index, text per caption."""
@@ -114,8 +54,8 @@ def caption_command(checkpoint, inputs, output, num_captions, strategy, prompt, 
         sources = [ShardSource(path) for path in inputs]
         if strategy == "beam" and num_captions > num_beams:
             raise ValueError(f"--num-captions {num_captions} is more than --num-beams {num_beams}")
-    except (ValueError, FileNotFoundError) as exc:
-        raise LlavaError(str(exc)) from exc
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
     rows: dict[str, list] = {"uid": [], "caption_index": [], "text": []}
     chunk = batch_size * 4
     sizes = [task.rows for source in sources for task in source.tasks]  # Parquet's are known, a tar's are not
@@ -135,7 +75,7 @@ def caption_command(checkpoint, inputs, output, num_captions, strategy, prompt, 
                     rows["text"] += captions
                 bar.update(len(uids))
     if not rows["uid"]:
-        raise LlavaError(f"{', '.join(inputs)}: no samples with an image and a caption to caption")
+        raise UserError(f"{', '.join(inputs)}: no samples with an image and a caption to caption")
     target = output / f"captions.{fmt}"
     if fmt == "parquet":
         write_table_atomic(pa.table({"uid": pa.array(rows["uid"], pa.string()),

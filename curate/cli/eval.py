@@ -13,18 +13,13 @@ from pathlib import Path
 
 import click
 
+from curate.cli.errors import UserError
 from curate.io.writers import write_json_atomic
 from curate.models.checkpoint import UnsafeCheckpointError, load_torch_file
 from train.eval.suite import SuiteError, load_suite
 
 DEFAULT_SUITE = Path(__file__).resolve().parents[2] / "train" / "configs" / "eval_default.yaml"
 DEFAULT_LLAVA_SUITE = DEFAULT_SUITE.with_name("eval_llava.yaml")
-
-
-class EvalError(click.ClickException):
-    """A bad suite, checkpoint or data set: printed without a traceback, exit code 2."""
-
-    exit_code = 2
 
 
 @click.command("eval")
@@ -53,16 +48,16 @@ def eval_command(checkpoint: Path, model_name: str | None, suite_path: Path | No
         suite = load_suite(suite_path or (DEFAULT_LLAVA_SUITE if kind == "llava" else DEFAULT_SUITE))
         model, extra = _load(kind, checkpoint, model_name, device)
     except (SuiteError, FileNotFoundError) as exc:
-        raise EvalError(str(exc)) from exc
+        raise UserError(str(exc)) from exc
     except (ValueError, RuntimeError, EOFError) as exc:
-        raise EvalError(f"cannot load checkpoint {checkpoint}: {exc}") from exc
+        raise UserError(f"cannot load checkpoint {checkpoint}: {exc}") from exc
     try:
         if kind == "llava":
             results = evaluate_captioner(model, suite, batch_size=batch_size)
         else:
             results = evaluate(model, suite, batch_size=batch_size, device=device)
     except SuiteError as exc:
-        raise EvalError(str(exc)) from exc
+        raise UserError(str(exc)) from exc
     output = output or checkpoint.parent / "results.json"
     state = {key: value for key, value in extra.items() if isinstance(value, (bool, int, float, str))}
     write_json_atomic({"checkpoint": str(checkpoint), "checkpoint_state": state, **results}, output)
