@@ -196,8 +196,8 @@ def test_memory_does_not_grow_with_the_training_set(pool_table, tmp_path, worker
 
 
 def test_two_processes_killed_mid_run_resume_the_uninterrupted_curve(shards, tmp_path):
-    """2 DDP processes: uninterrupted with 0 loader workers; with 2 workers, killed (SIGKILL) after
-    the step-4 checkpoint, then resumed with 1: the same loss at every step and the same weights."""
+    """2 DDP processes: uninterrupted with 0 loader workers; with 2 workers, killed (SIGKILL) once
+    the step-4 checkpoint is last.pt, then resumed with 1: the same loss at every step and the same weights."""
     config = tmp_path / "c.yaml"
     config.write_text("model: clip-tiny\nbatch_size: 16\nlr: 0.002\nwarmup_steps: 2\nseed: 3\nshuffle_block: 24\n"
                       "checkpoint_every: 4\n")
@@ -211,10 +211,13 @@ def test_two_processes_killed_mid_run_resume_the_uninterrupted_curve(shards, tmp
     assert full.returncode == 0, full.stderr[-3000:]
     killed = subprocess.Popen(command("killed", 2), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
+    # last.pt (the resume point) is copied from step-000004.pt after that file appears: wait for it,
+    # not for step-000004.pt, or the kill may fall between the two and leave nothing to resume from
     deadline = time.monotonic() + 600
-    while not (tmp_path / "killed" / "step-000004.pt").exists() and killed.poll() is None:
+    while not (tmp_path / "killed" / "last.pt").exists() and killed.poll() is None:
         assert time.monotonic() < deadline, "no checkpoint at step 4"
         time.sleep(0.05)
+    assert killed.poll() is None, "the run ended before its first checkpoint"
     os.killpg(killed.pid, signal.SIGKILL)
     killed.wait()
     stopped = torch.load(tmp_path / "killed" / "last.pt", weights_only=True)["step"]
