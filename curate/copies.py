@@ -26,7 +26,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 from PIL import Image, ImageDraw, ImageEnhance, ImageFont, ImageOps
 
 HELDOUT_PERCENT = 30  # share of families held out of descriptor training
@@ -55,13 +54,13 @@ def heldout(families: list[str], percent: int = HELDOUT_PERCENT) -> np.ndarray:
 def read_images(paths: list[str], columns: tuple[str, ...] = ("uid", "url", "image")) -> dict[str, list]:
     """`columns` of every sample of the inputs `paths` (any `curate run` input) that the reader
     keeps and that has image bytes."""
-    from curate.io.readers import plan_inputs, read_task
+    from curate.io.readers.tasks import plan_inputs, read_task
 
     out: dict[str, list] = {c: [] for c in columns}
     for task in plan_inputs(list(paths)):
-        for verdict in read_task(task, 1024):
-            table = verdict.table.filter(pa.array(verdict.kept_mask() & verdict.table["image"].is_valid().to_numpy(
-                zero_copy_only=False)))
+        for batch in read_task(task, 1024):
+            kept = batch.kept()
+            table = kept.filter(kept["image"].is_valid())
             for c in columns:
                 out[c] += table[c].to_pylist() if c in table.column_names else [None] * table.num_rows
     return out

@@ -104,11 +104,11 @@ def corpus_ngrams(texts: Iterable[str | None], min_unigram_count: int, min_bigra
 
 def read_captions(inputs: list[str], batch_size: int = 4096) -> Iterable[str | None]:
     """The `text` of every sample of any input `curate run` reads (Parquet, WebDataset, ...)."""
-    from curate.io.readers import plan_inputs, read_task
+    from curate.io.readers.tasks import plan_inputs, read_task
 
     for task in plan_inputs(inputs):
-        for verdict in read_task(task, batch_size):
-            yield from verdict.table.column("text").to_pylist()
+        for batch in read_task(task, batch_size):
+            yield from batch.table.column("text").to_pylist()
 
 
 def read_entry_file(path: str | Path) -> list[str]:

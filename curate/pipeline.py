@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from curate.config import ConfigError, load_yaml, short_repr, suggest, validate
-from curate.io.readers import ReadLimits
+from curate.io.readers.contract import ReadLimits
 from curate.schema import INPUT_SCHEMA
 from curate.stage import Stage, StageConfig
 from curate.stages import REGISTRY

@@ -89,7 +89,7 @@ def input_tasks(provenance: dict) -> list:
     """The run's input tasks, rebuilt from run.json's input list (a Parquet file's tasks are its
     first row groups, any other input one task, each with its limit in a run with one), indexed
     as the run indexed them."""
-    from curate.io.readers import InputTask
+    from curate.io.readers.contract import InputTask
 
     tasks = []
     for entry in provenance["inputs"]:
@@ -101,7 +101,7 @@ def input_tasks(provenance: dict) -> list:
 
 def read_limits(provenance: dict):
     """The readers' limits the run used (its pipeline's max_member_bytes, max_caption_bytes, on_unreadable)."""
-    from curate.io.readers import ReadLimits
+    from curate.io.readers.contract import ReadLimits
 
     pipeline = provenance["pipeline"]
     default = ReadLimits()

@@ -175,7 +175,7 @@ def pool_sample(provenance: dict, rows: int = POOL_ROWS) -> pa.Table | None:
     as that stage gives it."""
     from dataclasses import replace
 
-    from curate.io.readers import read_task
+    from curate.io.readers.tasks import read_task
 
     tasks = runs.input_tasks(provenance)
     limits = runs.read_limits(provenance)
@@ -184,8 +184,8 @@ def pool_sample(provenance: dict, rows: int = POOL_ROWS) -> pa.Table | None:
         if left <= 0:
             break
         task = tasks[index]
-        for verdict in read_task(replace(task, limit=min(left, task.limit or left)), 1024, limits):
-            table = verdict.table
+        for batch in read_task(replace(task, limit=min(left, task.limit or left)), 1024, limits):
+            table = batch.table
             pieces.append(_with_sizes(table))
             left -= table.num_rows
     if not pieces:

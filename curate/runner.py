@@ -13,7 +13,8 @@ from curate.engines.lock import output_lock
 from curate.io import publish
 from curate.io.card import write_card
 from curate.io.paths import is_url
-from curate.io.readers import InputTask, ReadLimits, holds_images, plan_inputs, read_task
+from curate.io.readers.contract import InputTask, ReadLimits
+from curate.io.readers.tasks import holds_images, plan_inputs, read_task
 from curate.pipeline import Pipeline, missing_files
 from curate.report import write_report
 from curate.schema import INPUT_SCHEMA
@@ -99,7 +100,7 @@ def first_samples(tasks: list[InputTask], limit: int, read_limits=None) -> list[
         rows = task.rows
         if rows is None:
             batches = read_task(replace(task, limit=left), 1024, read_limits or ReadLimits())
-            rows = sum(v.table.num_rows for v in batches)
+            rows = sum(batch.table.num_rows for batch in batches)
         take = min(rows, left)
         chosen.append(replace(task, rows=take, limit=take))
         left -= take

@@ -20,7 +20,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.engines.occurrences import task_repeats
-from curate.io.readers import InputTask, ReadLimits, read_task
+from curate.io.readers.contract import InputTask, ReadLimits
+from curate.io.readers.tasks import read_task
 from curate.schema import uid_pairs
 
 # reasons whose ledger value is the uid of the sample kept in the rejected one's place
@@ -163,8 +164,8 @@ def read_inputs(picked: pa.Table, tasks: dict[int, InputTask], limits: ReadLimit
     for task, uids in zip(by_task.column("task").to_pylist(), by_task.column("uid_list").to_pylist()):
         left = pa.array(sorted(set(uids)), pa.string())
         repeats = task_repeats(layout.repeats(), task) if counted else None
-        for verdict in read_task(tasks[task], batch_size, limits, repeats):
-            table = verdict.table
+        for batch in read_task(tasks[task], batch_size, limits, repeats):
+            table = batch.table
             found = table.filter(pc.is_in(table.column("uid"), value_set=left))
             rows.update((row["uid"], row) for row in found.to_pylist())
             left = pc.filter(left, pc.invert(pc.is_in(left, value_set=found.column("uid"))))

@@ -52,6 +52,20 @@ class Verdict:
             raise ValueError(f"verdict has {len(self.reasons)} reasons and {len(self.values)} values for {n} rows")
         self._kept = np.ones(n, bool) if reasons is None else np.equal(self.reasons, None).astype(bool)
 
+    @classmethod
+    def rejecting(cls, table: pa.Table, rejected: pa.Table | None = None) -> Verdict:
+        """A verdict on `table` that rejects the rows `rejected` names (columns position, reason and
+        value: a reader's failures, a fit's decisions on this batch); a row named twice keeps its
+        first reason."""
+        verdict = cls(table)
+        if rejected is None or not rejected.num_rows:
+            return verdict
+        rows, first = np.unique(rejected.column("position").to_numpy(), return_index=True)
+        verdict.reasons[rows] = rejected.column("reason").to_numpy(zero_copy_only=False)[first]
+        verdict.values[rows] = rejected.column("value").to_numpy(zero_copy_only=False)[first]
+        verdict._kept[rows] = False
+        return verdict
+
     def kept_mask(self) -> np.ndarray:
         """True where no check has rejected the row (yet); read-only (mark rows with `reject`)."""
         view = self._kept.view()
@@ -284,14 +298,7 @@ class GlobalStage(Stage):
     def apply(self, table: pa.Table, state: dict[str, Any], rejected: pa.Table | None = None) -> Verdict:
         """Decide each row of a batch: by default reject the rows the fit named. `rejected` holds
         (position in this batch, reason, value) for this batch's rows."""
-        verdict = Verdict(table)
-        if rejected is None:
-            return verdict
-        positions = rejected.column("position").to_pylist()
-        for row, reason, value in zip(positions, rejected.column("reason").to_pylist(),
-                                      rejected.column("value").to_pylist()):
-            verdict.reject(row, reason, value)
-        return verdict
+        return Verdict.rejecting(table, rejected)
 
 
 def rejections(rows: pa.Array | np.ndarray, reason: str | pa.Array, values: pa.Array | list | None = None) -> pa.Table:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from curate.config import ConfigError
-from curate.io.readers import InputError
+from curate.io.readers.contract import InputError
 from curate.metadata import MetadataError
 
 # what a user's input or files cause, wherever it is raised: a bad config, input, metadata or path

@@ -32,7 +32,9 @@ from curate.engines.plan import Pass, StageStats, merge_stats, plan_passes, repl
 from curate.engines.shuffle import EngineFitContext
 from curate.engines.uniqueness import check_input_uids
 from curate.io.assembly import write_sorted_uids
-from curate.io.readers import InputError, InputTask, gives_uids, read_task
+from curate.io.readers.contract import InputError, InputTask
+from curate.io.readers.tasks import read_task
+from curate.io.readers.uids import gives_uids
 from curate.io.state import load_state, save_state
 from curate.io.writers import PartWriter, remove_temp_files, write_table_atomic
 from curate.schema import INPUT_SCHEMA, LEDGER_SCHEMA, uid_pairs
@@ -104,8 +106,9 @@ def _batches(job: TaskJob, layout: RunLayout):
     pass. An empty task yields one empty batch, so its outputs still exist with a schema."""
     batch_size = job.pipeline.settings.batch_size
     if job.pass_.source < 0:
-        batches = read_task(job.task, batch_size, job.pipeline.settings.read_limits(),
-                            task_repeats(layout.repeats(), job.task.index))
+        read = read_task(job.task, batch_size, job.pipeline.settings.read_limits(),
+                         task_repeats(layout.repeats(), job.task.index))
+        batches = (Verdict.rejecting(batch.table, batch.failures) for batch in read)
         empty = INPUT_SCHEMA.empty_table()
     else:
         source = pq.ParquetFile(layout.intermediate(job.pass_.source, job.task.index))

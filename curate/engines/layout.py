@@ -19,7 +19,7 @@ from curate.io.assembly import merge_uids, repeated_uids, uid_count
 from curate.io.card import CARD
 from curate.io.manifest import SUCCESS, content_samples, describe, verify, write_manifest
 from curate.io.paths import file_stamp, is_url
-from curate.io.readers import READ_STAGE
+from curate.io.readers.contract import READ_STAGE
 from curate.io.shards import SIZES_FILE, place_task_tars, reshard
 from curate.io.state import save_state
 from curate.io.writers import remove_temp_files, sync_paths, write_json_atomic

@@ -20,7 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.engines.shuffle import EngineFitContext, ShuffleEngine
-from curate.io.readers import InputError, InputTask, ReadLimits, task_made_uids
+from curate.io.readers.contract import InputError, InputTask, ReadLimits
+from curate.io.readers.uids import task_made_uids
 from curate.io.writers import write_json_atomic, write_table_atomic
 from curate.schema import uid_pairs
 from curate.stage import ROW_COLUMN, TASK_SHIFT, Dataset

@@ -17,7 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from curate.io.readers import READ_STAGE
+from curate.io.readers.contract import READ_STAGE
 from curate.stage import GlobalStage, Stage, Verdict, reason_counts
 
 

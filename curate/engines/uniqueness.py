@@ -17,7 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.engines.shuffle import EngineFitContext, ShuffleEngine
-from curate.io.readers import InputError, InputTask, ReadLimits, gives_uids, task_uids, uid_problem, where
+from curate.io.readers.contract import InputError, InputTask, ReadLimits
+from curate.io.readers.uids import gives_uids, task_uids, uid_problem, where
 from curate.io.writers import write_json_atomic, write_table_atomic
 from curate.schema import UID_DTYPE, uid_pairs
 from curate.stage import TASK_SHIFT, Dataset

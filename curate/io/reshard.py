@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from curate.io.paths import open_input
-from curate.io.readers import InputError, plan_inputs
+from curate.io.readers.contract import InputError
+from curate.io.readers.tasks import plan_inputs
 from curate.io.shards import SIZES_FILE
 from curate.io.writers import TarShard, file_key, temp_path, write_json_atomic
 from curate.schema import UID_DTYPE, uid_array_unsorted

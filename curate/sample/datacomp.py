@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from curate.io.readers import plan_inputs, read_task
+from curate.io.readers.tasks import plan_inputs, read_task
 from curate.io.writers import TarShard, atomic, write_json_atomic
 
 DIMS = {"b32": 512, "l14": 768}  # the random vectors' sizes: OpenAI's ViT-B/32 and ViT-L/14
@@ -42,10 +42,9 @@ BOXES = pa.list_(pa.list_(pa.float64()))
 def _pool_rows(paths: list[str]):
     """The pool's decodable samples (uid, url, text, image bytes, size), in input order."""
     for task in plan_inputs(paths):
-        for verdict in read_task(task, 256):
-            table = verdict.table
-            for row, reason in zip(table.select(["uid", "url", "text", "image"]).to_pylist(), verdict.reasons):
-                if reason is None and row["image"]:
+        for batch in read_task(task, 256):
+            for row in batch.kept().select(["uid", "url", "text", "image"]).to_pylist():
+                if row["image"]:
                     with Image.open(io.BytesIO(row["image"])) as image:
                         row["size"] = image.size
                     yield row

@@ -13,7 +13,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from curate.copyhash import as_codes, copy_hashes, hamming_index, phash
-from curate.io.readers import plan_inputs, read_task
+from curate.io.readers.tasks import plan_inputs, read_task
 from curate.neighbours import SearchConfig, build_index, search
 from curate.stage import MapStage, Verdict, map_rows
 from curate.stages.copy_method import CopyConfig, Descriptors
@@ -53,13 +53,13 @@ class Decontaminate(MapStage):
         self._descriptors = Descriptors(self.config) if self.config.chosen == "descriptor" else None
         uids, signatures = [], []
         for task in plan_inputs(self.config.eval_data):
-            for verdict in read_task(task, EVAL_BATCH):
-                images = verdict.table["image"].to_pylist()
-                for uid, data in zip(verdict.table["uid"].to_pylist(), images):
+            for batch in read_task(task, EVAL_BATCH):
+                images = batch.table["image"].to_pylist()
+                for uid, data in zip(batch.table["uid"].to_pylist(), images):
                     if data:  # an undecodable eval image (no signature) can still match exactly
                         self._exact.setdefault(hashlib.sha256(data).digest(), uid)
-                rows, found = self._signatures(verdict.table)
-                uids += [verdict.table["uid"][int(i)].as_py() for i in rows]
+                rows, found = self._signatures(batch.table)
+                uids += [batch.table["uid"][int(i)].as_py() for i in rows]
                 signatures.append(found)
         self._eval_uids = uids
         self._index = None

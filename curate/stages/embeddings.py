@@ -9,7 +9,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from curate.io.embedding_store import EmbeddingStore, sample_keys
-from curate.io.readers import plan_inputs, read_task
+from curate.io.readers.tasks import plan_inputs, read_task
 from curate.models.embedder import ClipEmbedder, Embedded
 from curate.stage import StageConfig
 
@@ -98,9 +98,9 @@ def embed_paths(paths: list[str], embeddings: Embeddings, batch_size: int = 256)
     target set); returns their uids and vectors (n x dim)."""
     uids, vectors = [], []
     for task in plan_inputs(paths):
-        for verdict in read_task(task, batch_size):
-            embedded = embeddings.for_table(verdict.table)
-            uids += [verdict.table["uid"][int(i)].as_py() for i in embedded.rows]
+        for batch in read_task(task, batch_size):
+            embedded = embeddings.for_table(batch.table)
+            uids += [batch.table["uid"][int(i)].as_py() for i in embedded.rows]
             vectors.append(embedded.image)
     vectors = [v for v in vectors if len(v)]
     return uids, (np.concatenate(vectors) if vectors else np.zeros((0, 0), np.float32))

@@ -13,7 +13,8 @@ import pytest
 
 from curate.engines import LocalEngine, RayEngine, SparkEngine
 from curate.engines.occurrences import count_repeats, task_repeats
-from curate.io.readers import ReadLimits, plan_inputs, read_task
+from curate.io.readers.contract import ReadLimits
+from curate.io.readers.tasks import plan_inputs, read_task
 from curate.pipeline import parse_pipeline
 from curate.runner import run_pipeline
 from curate.schema import make_uid, numbered_uid

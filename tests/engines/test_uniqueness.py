@@ -8,7 +8,8 @@ import pytest
 
 from curate.engines import LocalEngine, RayEngine, SparkEngine
 from curate.engines.uniqueness import check_input_uids
-from curate.io.readers import InputError, ReadLimits, plan_inputs
+from curate.io.readers.contract import InputError, ReadLimits
+from curate.io.readers.tasks import plan_inputs
 from curate.pipeline import parse_pipeline
 from curate.runner import run_pipeline
 

@@ -7,20 +7,15 @@ import io
 import json
 import tarfile
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from curate.engines.local import LocalEngine
-from curate.io.readers import InputError, ReadLimits, plan_inputs, read_task
+from curate.io.readers.contract import InputError
+from curate.io.readers.tasks import plan_inputs, read_task
 from curate.pipeline import parse_pipeline
 from curate.runner import run_pipeline
-
-
-def read_all(path, limits=ReadLimits()):
-    verdicts = [v for task in plan_inputs([str(path)]) for v in read_task(task, 8, limits)]
-    table = pa.concat_tables(v.table for v in verdicts)
-    return table, [r for v in verdicts for r in v.reasons], [x for v in verdicts for x in v.values]
+from tests.io.reading import read_all
 
 
 def run(tmp_path, inputs, **settings):

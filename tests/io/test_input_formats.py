@@ -18,15 +18,10 @@ import pytest
 
 from curate.config import ConfigError
 from curate.engines.local import LocalEngine
-from curate.io.readers import plan_inputs, read_task
+from curate.io.readers.tasks import plan_inputs
 from curate.pipeline import parse_pipeline
 from curate.runner import run_pipeline
-
-
-def read_all(path):
-    verdicts = [v for task in plan_inputs([str(path)]) for v in read_task(task, 8)]
-    table = pa.concat_tables((v.table for v in verdicts), promote_options="permissive")  # batches type their json
-    return table, [r for v in verdicts for r in v.reasons], [x for v in verdicts for x in v.values]
+from tests.io.reading import read_all
 
 
 def run(inputs, out, stages=({"stage": "decode"},)):

@@ -20,7 +20,7 @@ from curate.engines.layout import RunLayout, fingerprint
 from curate.engines.local import LocalEngine
 from curate.io.manifest import SUCCESS
 from curate.io.paths import read_bytes
-from curate.io.readers import plan_inputs
+from curate.io.readers.tasks import plan_inputs
 from curate.pipeline import load_pipeline
 from curate.runner import run_pipeline
 from tests.engines.helpers import read_output

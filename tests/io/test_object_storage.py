@@ -29,7 +29,8 @@ from curate.io.paths import (
     remove,
     write_bytes,
 )
-from curate.io.readers import InputError, plan_inputs, read_task
+from curate.io.readers.contract import InputError
+from curate.io.readers.tasks import plan_inputs, read_task
 from curate.pipeline import load_pipeline
 from curate.runner import run_pipeline
 from tests.engines.helpers import kill_after_first_task

@@ -12,8 +12,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.io.readers import ReadLimits, plan_inputs, read_task
+from curate.io.readers.contract import ReadLimits
 from curate.pipeline import load_pipeline
+from tests.io.reading import read_all
 
 SPARSE_SIZE = 1536 << 20  # 1.5 GiB, as the member's header says; the tar stores one 512-byte block of it
 # run a command, then print the largest resident set (KiB) of it and every process it waited for
@@ -58,12 +59,6 @@ def write_sparse_tar(path: Path, rows: list[dict], sparse_at: int) -> str:
                     add(tar, name, data)
     path.write_bytes(buffer.getvalue())
     return rows[sparse_at]["uid"]
-
-
-def read_all(path, limits=ReadLimits()):
-    verdicts = [v for task in plan_inputs([str(path)]) for v in read_task(task, 8, limits)]
-    table = pa.concat_tables(v.table for v in verdicts)
-    return table, [r for v in verdicts for r in v.reasons], [x for v in verdicts for x in v.values]
 
 
 def test_the_sparse_member_claims_its_full_size(tmp_path, pool_table):

@@ -8,12 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate.io.readers import InputError, plan_inputs, read_task
-
-
-def read_all(path):
-    verdicts = [v for task in plan_inputs([str(path)]) for v in read_task(task, batch_size=8)]
-    return pa.concat_tables(v.table for v in verdicts), [r for v in verdicts for r in v.reasons]
+from curate.io.readers.contract import InputError
+from curate.io.readers.tasks import plan_inputs
+from tests.io.reading import read_all
 
 
 def write_tar(path, samples, cut_at=None):
@@ -36,7 +33,7 @@ def samples(pool_table, n):
 
 def test_webdataset_tar_input(tmp_path, pool_table):
     write_tar(tmp_path / "00000.tar", samples(pool_table, 10))
-    table, reasons = read_all(tmp_path)
+    table, reasons, _ = read_all(tmp_path)
     assert table.column("uid").to_pylist() == pool_table.column("uid").to_pylist()[:10]
     assert table.column("image").to_pylist() == pool_table.column("image").to_pylist()[:10]
     assert reasons == [None] * 10
@@ -48,7 +45,7 @@ def test_cut_off_tar_loses_nothing(tmp_path, pool_table):
     cut = tmp_path / "cut"
     cut.mkdir()
     write_tar(cut / "00000.tar", samples(pool_table, 6), cut_at=int(full.stat().st_size * 0.6))
-    table, reasons = read_all(cut)
+    table, reasons, _ = read_all(cut)
     assert reasons[-1] == "truncated_shard" and reasons[:-1] == [None] * (len(reasons) - 1)
     uids = table.column("uid").to_pylist()
     assert uids[:-1] == pool_table.column("uid").to_pylist()[: len(reasons) - 1]
@@ -62,13 +59,13 @@ def test_img2dataset_files_and_parquet_layouts(tmp_path, pool_table):
         (files / f"{i:09d}.jpg").write_bytes(row["image"])
         (files / f"{i:09d}.txt").write_text(row["text"] or "")
         (files / f"{i:09d}.json").write_text(json.dumps({"url": row["url"], "caption": row["text"]}))
-    table, _ = read_all(tmp_path / "files")
+    table, _, _ = read_all(tmp_path / "files")
     assert table.column("text").to_pylist() == [t or "" for t in pool_table.column("text").to_pylist()[:4]]
     assert table.column("url").to_pylist() == pool_table.column("url").to_pylist()[:4]
     # img2dataset's parquet output format: the image in a `jpg` column, the text in `caption`
     pq.write_table(pa.table({"caption": ["a cat"], "jpg": pa.array([pool_table.column("image")[0].as_py()]),
                              "url": ["http://x.test/cat.jpg"]}), tmp_path / "i2d.parquet")
-    table, _ = read_all(tmp_path / "i2d.parquet")
+    table, _, _ = read_all(tmp_path / "i2d.parquet")
     assert table.column("text").to_pylist() == ["a cat"] and len(table.column("uid")[0].as_py()) == 32
 
 
@@ -96,5 +93,5 @@ def test_unreadable_tar_is_an_error_not_an_empty_task(tmp_path):
 def test_repeated_rows_without_uids_get_distinct_uids(tmp_path, real_jpeg):
     rows = {"url": ["http://a/x.jpg"] * 3, "text": ["cat"] * 3, "image": [real_jpeg] * 3}
     pq.write_table(pa.table(rows), tmp_path / "dups.parquet")
-    table, _ = read_all(tmp_path / "dups.parquet")
+    table, _, _ = read_all(tmp_path / "dups.parquet")
     assert len(set(table.column("uid").to_pylist())) == 3

@@ -152,7 +152,7 @@ def test_part_tar_reads_back_member_for_member(tmp_path, real_jpeg):
 
     import pyarrow as pa
 
-    from curate.io.readers import plan_inputs, read_task
+    from curate.io.readers.tasks import plan_inputs, read_task
 
     png = io.BytesIO()
     Image.open(io.BytesIO(real_jpeg)).save(png, format="PNG")

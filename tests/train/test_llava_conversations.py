@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate.io.readers import InputError
+from curate.io.readers.contract import InputError
 from train.llava.conversations import QUESTIONS, build_conversations, main
 
 

@@ -13,10 +13,10 @@ from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from curate.io.paths import exists, is_folder, is_url
-from curate.io.readers import InputError, holds_images, plan_inputs, read_task
+from curate.io.readers.contract import InputError
+from curate.io.readers.tasks import holds_images, plan_inputs, read_pairs
 
 READ_BATCH = 64  # samples of a tar turned into a table at a time (a Parquet row group is read whole)
 
@@ -66,13 +66,7 @@ class ShardSource:
             yield from self._tables(index)
 
     def _tables(self, index: int) -> Iterator[pa.Table]:
-        for verdict in read_task(self.tasks[index], READ_BATCH):
-            kept, _ = verdict.split("read")
-            has_image = pc.fill_null(pc.greater(pc.binary_length(kept["image"]), 0), False)
-            usable = pc.and_(pc.is_valid(kept["text"]), has_image)
-            kept = kept.filter(usable).select(list(Pair._fields))
-            if kept.num_rows:
-                yield kept
+        return read_pairs(self.tasks[index], READ_BATCH)
 
     def texts(self) -> Iterator[str]:
         """Every usable sample's caption, shard after shard."""

@@ -36,10 +36,12 @@ import pyarrow as pa
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from curate.io.readers import InputError, plan_inputs, read_task
+from curate.io.readers.contract import InputError
+from curate.io.readers.tasks import plan_inputs, read_task
 from curate.io.writers import atomic, file_key, image_extension, write_json_atomic, write_table_atomic
 from curate.models.llava.config import CAPTION_PROMPT
 from curate.schema import LEDGER_SCHEMA
+from curate.stage import Verdict
 
 STAGE = "conversations"
 FIELDS = ("text", "category", "title", "keywords", "description")
@@ -126,7 +128,8 @@ def build_conversations(pool_dir: str | Path, out_dir: str | Path, *, name: str 
     tasks = plan_inputs([str(pool_dir)])
     records, ledgers, turns_per_field, inputs = [], [], Counter(), 0
     for task in tqdm(tasks, desc="conversations", unit="task", disable=not progress):
-        for verdict in read_task(task, 1024):
+        for batch in read_task(task, 1024):
+            verdict = Verdict.rejecting(batch.table, batch.failures)
             missing = [f for f in fields if f not in verdict.table.column_names]
             if missing:
                 raise InputError(f"{task.describe()}: no column(s) {missing} to ask about (asked for fields "
