@@ -4,6 +4,8 @@
 - a stage (curate/stages/) never imports an engine (curate/engines/);
 - an engine never imports a concrete stage (curate/stages/, its registry included);
 - train/ never imports a stage or an engine;
+- IO (curate/io/) sits below the stage contract: it imports neither the stage base (curate.stage)
+  nor a stage (a reader gives a plain batch of a table and its failures, not a Verdict);
 - the tie layer (TIE: the CLI package and the experiment runners, which tie curation, training
   and evaluation together) is the only curation code that imports the trainers (train/); model
   inference both sides need lives in curate/models/, which train/ imports, not the other way;
@@ -91,6 +93,8 @@ def violation(source: str, target: str) -> str | None:
         return "a stage imports an engine"
     if _within(source, "curate.engines") and _within(target, "curate.stages"):
         return "an engine imports a concrete stage"
+    if _within(source, "curate.io") and (_within(target, "curate.stage") or _within(target, "curate.stages")):
+        return "IO imports the stage contract or a stage (it sits below them)"
     if _within(source, "train") and (_within(target, "curate.stages") or _within(target, "curate.engines")):
         return "train/ imports a stage or an engine (it reads shards through curate.io)"
     tie_source, tie_target = (any(_within(module, tie) for tie in TIE) for module in (source, target))
@@ -185,6 +189,8 @@ def _tree(root: Path, files: dict[str, str]) -> Path:
     ("curate/models/embedder.py", "class A:\n    def f(self):\n        from train.clip.model import load\n", 3,
      "curation imports the trainers"),
     ("curate/report.py", "import train.clip.model\n", 1, "curation imports the trainers"),
+    ("curate/io/readers.py", "from curate.stage import Verdict\n", 1, "IO imports the stage contract"),
+    ("curate/io/card.py", "def f():\n    from curate.stages.decode import Decode\n", 2, "IO imports the stage"),
     ("train/t.py", "from curate.experiments.ablate import training_runs\n", 1, "below the tie layer imports it"),
     ("curate/stages/s.py", "from curate.cli.errors import UserError\n", 1, "below the tie layer imports it"),
 ])
@@ -239,4 +245,6 @@ def test_an_arrow_through_other_modules_is_caught_with_its_path(tmp_path):
     assert violations(root) == []
     assert indirect_violations(root) == [
         "curate/engines/layout.py:1: curate.engines.layout -> curate.io.card -> curate.report -> curate.stages: "
-        "an engine imports a concrete stage"]
+        "an engine imports a concrete stage",
+        "curate/io/card.py:5: curate.io.card -> curate.report -> curate.stages: IO imports the stage contract or a "
+        "stage (it sits below them)"]
