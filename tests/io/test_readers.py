@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate.io.readers.contract import InputError
+from curate.io.readers.contract import InputError, ReadBatch
 from curate.io.readers.tasks import plan_inputs
 from tests.io.reading import read_all
 
@@ -95,3 +95,17 @@ def test_repeated_rows_without_uids_get_distinct_uids(tmp_path, real_jpeg):
     pq.write_table(pa.table(rows), tmp_path / "dups.parquet")
     table, _, _ = read_all(tmp_path / "dups.parquet")
     assert len(set(table.column("uid").to_pylist())) == 3
+
+
+def test_a_read_batch_slices_and_adds_failures_by_position():
+    """A reader's batch is a table and its failures by position: slices keep each failure with its
+    row, a later check adds only to rows read whole so far, and kept() drops the failed rows."""
+    batch = ReadBatch.of_rows(pa.table({"uid": list("abcde")}), [None, "x", None, "y", None],
+                              [None, "1", None, "2", None])
+    assert batch.kept()["uid"].to_pylist() == ["a", "c", "e"]
+    part = batch.slice(1, 3)  # b, c, d
+    x, y = {"position": 0, "reason": "x", "value": "1"}, {"position": 2, "reason": "y", "value": "2"}
+    assert part.table["uid"].to_pylist() == ["b", "c", "d"] and part.failures.to_pylist() == [x, y]
+    checked = part.failing(pa.chunked_array([[True, True, True]]), "z", pa.chunked_array([["p", "q", "r"]]))
+    assert checked.failures.to_pylist() == [x, {"position": 1, "reason": "z", "value": "q"}, y]
+    assert checked.kept().num_rows == 0 and batch.slice(4, 1).failures.num_rows == 0

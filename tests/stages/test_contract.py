@@ -85,6 +85,16 @@ def test_a_global_stage_apply_is_held_to_its_reasons(pool_table):
         run_pass_on_batch(stages, apply_pass, Verdict(table), {}, routed, read_step=False)
 
 
+def test_a_verdict_rejecting_named_rows_keeps_each_rows_first_reason():
+    """Verdict.rejecting (a reader's failures, a fit's decisions) rejects by position, first reason kept."""
+    rejected = pa.table({"position": pa.array([2, 0, 2], pa.int64()), "reason": ["x", "y", "z"],
+                         "value": [None, "v", "w"]})
+    kept, ledger = Verdict.rejecting(pa.table({"uid": list("abcd")}), rejected).split("s")
+    assert kept["uid"].to_pylist() == ["b", "d"]
+    assert ledger.select(["uid", "reason", "value"]).to_pylist() == [{"uid": "a", "reason": "y", "value": "v"},
+                                                                     {"uid": "c", "reason": "x", "value": None}]
+
+
 def test_every_registered_stage_declares_its_contract():
     assert REGISTRY and all(not contract_errors(cls) for cls in REGISTRY.values())
     assert list(REGISTRY) == sorted(REGISTRY)
