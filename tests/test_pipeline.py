@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from curate.engines.runnable import RunPipeline, RunSettings, StageEntry
 from curate.pipeline import ConfigError, load_pipeline
 from curate.stages import REGISTRY
 
@@ -33,6 +34,14 @@ def test_good_file_gives_typed_configs(tmp_path):
     assert [s.name for s in pipeline.stages] == ["decode", "language", "caption"]
     assert pipeline.stages[2].config.min_words == 3
     assert pipeline.stages[1].config.languages == ["en"]
+
+
+def test_a_pipeline_is_what_the_engines_run(tmp_path):
+    """The engines take a pipeline by the protocol of what they read (curate.engines.runnable)."""
+    pipeline = load_pipeline(write(tmp_path, GOOD))
+    assert isinstance(pipeline, RunPipeline) and isinstance(pipeline.settings, RunSettings)
+    assert all(isinstance(entry, StageEntry) for entry in pipeline.stages)
+    assert not isinstance(pipeline.settings, RunPipeline)  # the check has teeth: settings build no stages
 
 
 def test_wrong_type_names_file_and_key_path(tmp_path):

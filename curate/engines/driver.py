@@ -29,6 +29,7 @@ from tqdm import tqdm
 from curate.engines.layout import RunLayout
 from curate.engines.occurrences import count_repeats, task_repeats
 from curate.engines.plan import Pass, StageStats, merge_stats, plan_passes, replay_on_batch, run_pass_on_batch
+from curate.engines.runnable import RunPipeline
 from curate.engines.shuffle import EngineFitContext
 from curate.engines.uniqueness import check_input_uids
 from curate.io.assembly import write_sorted_uids
@@ -45,7 +46,7 @@ from curate.stage import REJECTED_SCHEMA, ROW_COLUMN, TASK_SHIFT, Dataset, Globa
 class TaskJob:
     """Everything a worker needs to run one task of one pass."""
 
-    pipeline: Any  # curate.pipeline.Pipeline (kept untyped: engines do not import the pipeline layer)
+    pipeline: RunPipeline
     pass_: Pass
     task: InputTask
     layout_root: str
@@ -58,7 +59,7 @@ _WORKER_STATE: dict[tuple, dict] = {}
 POSITION_MASK = (1 << TASK_SHIFT) - 1
 
 
-def stages_for(pipeline: Any) -> list[Stage]:
+def stages_for(pipeline: RunPipeline) -> list[Stage]:
     """The pipeline's stages, built and set up once per worker process (per stage configuration)."""
     key = repr(pipeline.stages)
     if key not in _WORKER_STAGES:
@@ -218,7 +219,7 @@ class TaskEngine(ABC):
     def map_tasks(self, jobs: list[TaskJob]) -> Iterable[dict]:
         """Run every job with `run_task`; yield each marker as its task finishes, in any order."""
 
-    def run(self, pipeline: Any, tasks: list[InputTask], layout: RunLayout) -> dict:
+    def run(self, pipeline: RunPipeline, tasks: list[InputTask], layout: RunLayout) -> dict:
         """Run `pipeline` over the input tasks into a prepared layout; returns the run's stats."""
         started = time.perf_counter()
         remove_temp_files(layout.root)
@@ -250,7 +251,7 @@ class TaskEngine(ABC):
             write_uids="uids" in pipeline.settings.outputs, check_uids=check_uids,
         )
 
-    def _run_pass(self, pipeline, pass_: Pass, tasks: list[InputTask], layout: RunLayout,
+    def _run_pass(self, pipeline: RunPipeline, pass_: Pass, tasks: list[InputTask], layout: RunLayout,
                   state_path: str | None, n_passes: int, check_uids: bool) -> dict[tuple[int, int], dict]:
         """Run the pass's unfinished tasks; progress is counted in input samples of finished tasks."""
         done: dict[tuple[int, int], dict] = {}

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.engines.driver import TaskEngine, TaskJob, run_task, stages_for
+from curate.engines.runnable import RunPipeline
 from curate.engines.shuffle import PARTITION_COLUMN, Reducer, call, reduce_group, with_partition
 from curate.stage import Dataset
 
@@ -43,7 +44,7 @@ def read_with_partition(keys: list[str], partitions: int, batch: pa.Table) -> pa
 class TaskRunner:
     """A Ray Data actor for pipelines with model stages: the stages load once, in the constructor."""
 
-    def __init__(self, pipeline) -> None:
+    def __init__(self, pipeline: RunPipeline) -> None:
         stages_for(pipeline)
 
     def __call__(self, batch: dict) -> dict:
