@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from functools import partial
+from functools import cached_property, partial
 from typing import ClassVar
 
 import numpy as np
@@ -128,14 +128,11 @@ class StoredEmbeddingsStage(GlobalStage):
     reads = ("uid", "image", "text")
     reasons: ClassVar[tuple[str, ...]] = ("unembeddable_image",)
     uses_model = True
-    _embeddings: Embeddings | None = None
 
-    @property
+    @cached_property
     def embeddings(self) -> Embeddings:
         """The stage's embedder and store, made on first use (in workers by `setup`)."""
-        if self._embeddings is None:
-            self._embeddings = Embeddings(self.config)
-        return self._embeddings
+        return Embeddings(self.config)
 
     def setup(self) -> None:
         self.embeddings  # noqa: B018 - opens the store and shares the worker's embedder

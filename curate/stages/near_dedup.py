@@ -32,7 +32,7 @@ one node) would merge two images: about n^2 / 2^65 expected pairs, 3e-6 at 10M i
 from __future__ import annotations
 
 import math
-from functools import partial
+from functools import cached_property, partial
 from typing import ClassVar
 
 import numpy as np
@@ -113,7 +113,6 @@ class NearDedup(GlobalStage):
     reads = ("uid", "image")
     writes = {"phash": pa.int64(), "copy_hashes": pa.list_(pa.int64()), DESCRIPTOR_COLUMN: pa.binary()}
     reasons = ("phash_failed", "hash_failed", "descriptor_failed", "near_duplicate")
-    _descriptors: Descriptors | None = None
 
     @property
     def uses_model(self) -> bool:
@@ -125,12 +124,10 @@ class NearDedup(GlobalStage):
         """Code words of the hash method (1: pHash, 3: the multi-hash)."""
         return HASH_WORDS if self.config.chosen == "hashes" else 1
 
-    @property
+    @cached_property
     def descriptors(self) -> Descriptors:
         """The descriptor model and store, made on first use (in workers by `setup`)."""
-        if self._descriptors is None:
-            self._descriptors = Descriptors(self.config)
-        return self._descriptors
+        return Descriptors(self.config)
 
     def setup(self) -> None:
         if self.config.chosen == "descriptor":
