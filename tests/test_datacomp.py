@@ -227,6 +227,46 @@ def test_recipes_on_the_pool_in_datacomp_format(pool_folder, tmp_path, model):
     assert 0 < len(fitted) <= reference.caption_filter(table, model).sum()
 
 
+def test_recipes_on_the_pool_with_the_projects_clip_vectors(pool_root, pool_table, embedding_checkpoint, tmp_path,
+                                                            model):
+    """`curate sample datacomp --checkpoint`: the .npz vectors are the project's CLIP's (one scorer
+    under both names), both score columns its image-text cosine, the targets its eval vectors; the
+    recipes that read vectors or scores equal DataComp's code on them."""
+    from curate.models.embedder import ClipEmbedder
+
+    out = tmp_path / "datacomp"
+    build_datacomp([str(pool_root / "pool")], out, checkpoint=str(embedding_checkpoint),
+                   eval_data=[str(pool_root / "eval")], rows_per_file=40, image_size=128)
+    metadata = out / "metadata"
+    table = reference.read_metadata(metadata)
+    images = dict(zip(pool_table.column("uid").to_pylist(), pool_table.column("image").to_pylist()))
+    embedder = ClipEmbedder(str(embedding_checkpoint))
+    for part in sorted(metadata.glob("*.parquet")):  # embedded a file at a time, as the builder does
+        rows = pq.read_table(part, columns=["uid", "text"]).to_pylist()
+        embedded = embedder.embed([images[r["uid"]] for r in rows], [r["text"] for r in rows])
+        arrays = np.load(part.with_suffix(".npz"))
+        assert np.array_equal(arrays["l14_img"], embedded.image.astype(np.float16))
+        assert np.array_equal(arrays["l14_txt"], embedded.text.astype(np.float16))
+        assert all(np.array_equal(arrays[f"b32_{kind}"], arrays[f"l14_{kind}"]) for kind in ("img", "txt"))
+    l14 = reference.read_npz(metadata, "l14_img")
+    cosines = np.einsum("ij,ij->i", l14.astype(np.float32), reference.read_npz(metadata, "l14_txt").astype(np.float32))
+    for column in ("clip_l14_similarity_score", "clip_b32_similarity_score"):
+        assert np.allclose(table.column(column).to_numpy(), cosines, atol=1e-6), column
+    for name, expected in (
+            ("clip_score_l14_30", reference.clip_score_fraction(table, "clip_l14_similarity_score", 0.3)),
+            ("clip_score_b32_threshold", reference.clip_score_threshold(table, "clip_b32_similarity_score", 0.25))):
+        assert np.array_equal(run_recipe(name, metadata, tmp_path / name), expected), name
+    import_embeddings(metadata, out / "store_l14")
+    centroids = reference.train_kmeans(l14[reference.caption_filter(table, model)].astype(np.float32), 8)
+    np.save(tmp_path / "centroids.npy", centroids)
+    targets = np.load(out / "targets" / "l14_img.npy")
+    assert targets.shape[1] == l14.shape[1]  # the eval split embedded by the same CLIP
+    got = run_recipe("image_based", metadata, tmp_path / "image_based",
+                     [f"stages[2].store={out / 'store_l14'}", f"stages[2].centroids={tmp_path / 'centroids.npy'}",
+                      f"stages[2].target_vectors=[{out / 'targets' / 'l14_img.npy'}]"])
+    assert 0 < len(got) and np.array_equal(got, reference.image_based(table, l14, centroids, targets, model))
+
+
 def test_image_runs_take_the_jsons_original_sizes(pool_folder, tmp_path):
     """Shards stored at 128 px as img2dataset does (the json keeps original_width/height): by the
     decoded size every image would be too small; the original sizes decide, as in the metadata run."""
