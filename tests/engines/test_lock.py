@@ -45,20 +45,17 @@ def recipe(tmp_path) -> Path:
     return path
 
 
-def pool_copies(folder: Path, pool_table, copies: int) -> Path:
-    """The real pool `copies` times in one Parquet (each copy with its own urls, so its own uids)."""
-    base = pool_table.select(["url", "text", "image"])
-    tables = [base.set_column(0, "url", pc.binary_join_element_wise(base.column("url"), f"?copy={k}", ""))
-              for k in range(copies)]
-    folder.mkdir()
-    pq.write_table(pa.concat_tables(tables), folder / "pool.parquet", row_group_size=160)
-    return folder
-
-
 @pytest.fixture()
 def long_input(tmp_path, pool_table) -> Path:
-    """The real pool 6 times (about 850 samples): a run of several seconds at 4 rows a batch."""
-    return pool_copies(tmp_path / "long", pool_table, 6)
+    """The real pool 6 times (about 850 samples; each copy with its own urls, so its own uids): a run
+    of several seconds at 4 rows a batch."""
+    base = pool_table.select(["url", "text", "image"])
+    copies = [base.set_column(0, "url", pc.binary_join_element_wise(base.column("url"), f"?copy={k}", ""))
+              for k in range(6)]
+    folder = tmp_path / "long"
+    folder.mkdir()
+    pq.write_table(pa.concat_tables(copies), folder / "pool.parquet", row_group_size=160)
+    return folder
 
 
 def input_rows(folder: Path) -> int:
@@ -188,12 +185,12 @@ def test_the_lock_holds_against_other_processes_and_is_released_on_an_error(tmp_
     assert not (tmp_path / "fresh").exists()  # a folder the lock made, left empty, goes again
 
 
-def test_the_lock_is_released_on_keyboard_interrupt_and_the_rerun_resumes(recipe, pool_table, tmp_path):
-    # 24 copies, 24 tasks: under CI's load a 6-task run once finished between its first marker and the signal
-    long_input = pool_copies(tmp_path / "longer", pool_table, 24)
+def test_the_lock_is_released_on_keyboard_interrupt_and_the_rerun_resumes(recipe, long_input, tmp_path):
     out = tmp_path / "out"
     command = curate_run(recipe, long_input, out)
-    run = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    # a shell runs a background job (`bash .ci/run &`) with SIGINT ignored, which the run would inherit
+    run = subprocess.Popen(command, stderr=subprocess.PIPE, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 120
         while not list((out / "_work" / "done").glob("pass0-*.json")) and time.time() < deadline:
