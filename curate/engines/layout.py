@@ -19,7 +19,7 @@ from curate.io.assembly import merge_uids, repeated_uids, uid_count
 from curate.io.card import CARD
 from curate.io.manifest import SUCCESS, content_samples, describe, verify, write_manifest
 from curate.io.paths import file_stamp, is_url
-from curate.io.readers.contract import READ_STAGE
+from curate.io.readers.contract import READ_STAGE, InputError
 from curate.io.shards import SIZES_FILE, place_task_tars, reshard
 from curate.io.state import save_state
 from curate.io.writers import remove_temp_files, sync_paths, write_json_atomic
@@ -242,8 +242,10 @@ class RunLayout:
         kept = sum(pq.ParquetFile(self.kept_parquet(t)).metadata.num_rows for t in tasks)
         repeats, examples = repeated_uids([self.uid_part("all", t) for t in tasks]) if check_uids else (0, [])
         if repeats:
-            raise ValueError(f"{repeats} uid(s) occur more than once in the input (e.g. {examples}, as 128-bit hex "
-                             "ids): uids must be unique; drop the uid column to have curate make them")
+            raise InputError(f"{repeats} uid(s) occur more than once among the samples (e.g. {examples[0]}, as its "
+                             "128-bit hex id): uids must be unique, and one the input gives may equal one curate "
+                             "made for another sample; give every sample its own uid, or none to have curate make "
+                             "them all")
         pool_parts = [self.uid_part("pool", t) for t in tasks]
         pool = merge_uids(pool_parts, self.uids) if write_uids else uid_count(pool_parts)
         if self.webdataset:

@@ -3,8 +3,8 @@ column is read alone (no other column), its 128-bit pairs are hashed to partitio
 engine's shuffle, and each partition finds its repeats. No process holds more than a partition
 of uids, however large the pool; the driver only sees the repeats' count and one example.
 
-Uids that curate makes (an input without a uid column, a tar's samples) are checked by the
-run's final accounting instead.
+Uids that curate makes (an input without a uid column, a tar's samples whose .json gives none)
+are checked by the run's final accounting instead.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from curate.engines.shuffle import EngineFitContext, ShuffleEngine
 from curate.io.readers.contract import InputError, InputTask, ReadLimits
-from curate.io.readers.uids import gives_uids, task_uids, uid_problem, where
+from curate.io.readers.uids import may_give_uids, task_uids, uid_problem, where
 from curate.io.writers import write_json_atomic, write_table_atomic
 from curate.schema import UID_DTYPE, uid_pairs
 from curate.stage import TASK_SHIFT, Dataset
@@ -32,7 +32,7 @@ def check_input_uids(engine: ShuffleEngine, tasks: list[InputTask], limits: Read
     """Raise InputError (one line naming the file, row group and row) when a uid the input gives is
     empty or null, or the same uid is given twice anywhere in the input; `marker` records a check
     that passed, so a resumed run does not repeat it. Runs in the engine's session."""
-    owned = [task for task in tasks if gives_uids(task)]
+    owned = [task for task in tasks if may_give_uids(task)]
     if marker.exists() or not owned:
         return
     targets = [str(work / "uids" / f"task-{task.index:05d}.parquet") for task in owned]
@@ -60,10 +60,11 @@ def write_task_uids(limits: ReadLimits, item: tuple[InputTask, str]) -> dict:
     else:
         problem = uid_problem(task, uids) if uids is not None else None
     if uids is not None and problem is None:
-        pairs = uid_pairs(uids)
+        given = np.flatnonzero(uids.is_valid().to_numpy(zero_copy_only=False))  # a tar's samples may give none
+        pairs = uid_pairs(uids.take(pa.array(given)))
     else:
-        pairs = np.zeros(0, UID_DTYPE)
-    places = (np.int64(task.index) << TASK_SHIFT) | np.arange(len(pairs), dtype=np.int64)
+        given, pairs = np.zeros(0, np.int64), np.zeros(0, UID_DTYPE)
+    places = (np.int64(task.index) << TASK_SHIFT) | given.astype(np.int64)
     write_table_atomic(pa.Table.from_arrays([pa.array(pairs["f0"].view(np.int64)), pa.array(pairs["f1"].view(np.int64)),
                                              pa.array(places)], schema=UID_SCHEMA), Path(target))
     return {"rows": len(pairs), "problem": problem}
@@ -90,5 +91,7 @@ def repeat_message(count: int, tasks: list[InputTask], limits: ReadLimits, first
     by_index = {task.index: task for task in tasks}
     (a, row_a), (b, row_b) = [(by_index[p >> TASK_SHIFT], p & ((1 << TASK_SHIFT) - 1)) for p in (first, place)]
     uid = task_uids(a, limits)[row_a].as_py()
+    samples = a.kind in ("tar", "files") or b.kind in ("tar", "files")
+    fix = "drop the uid column (the .json uid field of a tar's samples)" if samples else "drop the uid column"
     return (f"{count} row(s) give a uid that another row gives too, e.g. {uid!r} at {where(a, row_a)} and "
-            f"{where(b, row_b)}: uids must be unique; drop the uid column to have curate make them")
+            f"{where(b, row_b)}: uids must be unique; {fix} to have curate make them")

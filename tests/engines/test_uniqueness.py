@@ -2,6 +2,10 @@
 are one line naming both places, found over many partitions exactly as in one, on every engine
 (issue 17 item 12, issue 18 item 5)."""
 
+import io
+import json
+import tarfile
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -72,6 +76,36 @@ def test_empty_uids_are_found_before_any_stage(tmp_path, pool_table):
     (tmp_path / "urls.csv").write_text("uid,url,caption\nu1,http://x.test/1.jpg,a cat\n,http://x.test/2.jpg,a dog\n")
     with pytest.raises(InputError, match=r"urls\.csv row 1: empty uid"):  # a URL list's uids the same way
         check(LocalEngine(workers=1, progress=False), tmp_path / "urls.csv", tmp_path / "csv")
+
+
+def write_tar(path, pool_table, rows, uids):
+    """A WebDataset tar of pool `rows` (image, .txt, .json with the given uid, none where it is None)."""
+    with tarfile.open(path, "w") as tar:
+        for key, (row, uid) in enumerate(zip(rows, uids)):
+            meta = {"url": pool_table["url"][row].as_py(), **({"uid": uid} if uid is not None else {})}
+            members = {"jpg": pool_table["image"][row].as_py(), "txt": pool_table["text"][row].as_py().encode(),
+                       "json": json.dumps(meta).encode()}
+            for ext, data in members.items():
+                info = tarfile.TarInfo(f"{key:06d}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def test_a_uid_two_tars_give_is_found_before_any_stage(tmp_path, pool_table):
+    uids = pool_table.column("uid").to_pylist()
+    folder = tmp_path / "tars"
+    folder.mkdir()
+    write_tar(folder / "t1.tar", pool_table, range(0, 4), [uids[0], None, uids[2], uids[3]])
+    write_tar(folder / "t2.tar", pool_table, range(4, 8), [None, uids[5], uids[2], None])
+    with pytest.raises(InputError) as err:
+        run(tmp_path, folder)
+    assert str(err.value) == (f"1 row(s) give a uid that another row gives too, e.g. {uids[2]!r} at "
+                              f"{folder / 't1.tar'} sample 2 and {folder / 't2.tar'} sample 2: uids must be unique; "
+                              "drop the uid column (the .json uid field of a tar's samples) to have curate make them")
+    assert not (tmp_path / "out" / "parquet").exists()
+    write_tar(folder / "t2.tar", pool_table, range(4, 8), [None, uids[5], uids[6], None])  # samples without one
+    stats = run(tmp_path, folder)  # are given made uids; every uid is unique now
+    assert (stats["input"], stats["kept"]) == (8, 8)
 
 
 @pytest.mark.slow  # about 3 minutes of cluster start-up an engine; every parity run checks its input's uids too

@@ -1,11 +1,14 @@
 """The input's uids as a run checks and counts them before any stage, read apart from the samples.
 
-The uids an input gives (a Parquet's or URL list's uid column, read alone) are checked on the
-engine, none empty and none given twice (curate.engines.uniqueness); the uids curate makes are
+The uids an input gives (a Parquet's or URL list's uid column, read alone; the uid a tar's or
+folder's .json holds, read from the .json members alone) are checked on the engine, none empty
+and none given twice (curate.engines.uniqueness); the uids curate makes are
 counted over the whole input, from only what they are made of (curate.engines.occurrences).
 """
 
 from __future__ import annotations
+
+from itertools import islice
 
 import numpy as np
 import pyarrow as pa
@@ -27,11 +30,21 @@ def gives_uids(task: InputTask) -> bool:
     return task.kind == "url_list"
 
 
+def may_give_uids(task: InputTask) -> bool:
+    """Whether some of the task's samples may give their own uid: a uid column, or a tar's or
+    folder's .json members (a "uid" field in any of them)."""
+    return gives_uids(task) or task.kind in ("tar", "files")
+
+
 def task_uids(task: InputTask, limits: ReadLimits) -> pa.Array | None:
     """The task's own uids as strings (its first `limit` when it has a limit), or None where it gives
     none: no uid column, an all-null one (curate makes them), or a row group that cannot be read
-    while `on_unreadable: ledger` (its rows go to the ledger when the run reads it)."""
-    if task.kind == "parquet":
+    while `on_unreadable: ledger` (its rows go to the ledger when the run reads it). A tar's or
+    folder's are its samples' .json uids, null where a sample gives none (curate makes it)."""
+    if task.kind in ("tar", "files"):
+        samples = islice(task_samples(task, limits, ("json",)), task.limit)
+        column = pa.chunked_array([pa.array([sample["uid"] for sample in samples], pa.string())])
+    elif task.kind == "parquet":
         file = parquet_file(task.path)
         try:
             column = file.read_row_group(task.row_group, columns=["uid"]).column(0)
@@ -121,7 +134,10 @@ def _null_uids(file: pq.ParquetFile, row_group: int) -> bool:
 
 
 def uid_problem(task: InputTask, uids: pa.Array) -> str | None:
-    """The first null or empty uid of a column that gives some, as a one-line message; else None."""
+    """The first null or empty uid of a column that gives some, as a one-line message; else None. A
+    tar's or folder's samples may each give one or not (an empty .json uid is none: curate makes it)."""
+    if task.kind in ("tar", "files"):
+        return None
     missing = pc.fill_null(pc.equal(pc.utf8_length(uids), 0), True)
     if not pc.any(missing).as_py():
         return None
@@ -133,5 +149,6 @@ def uid_problem(task: InputTask, uids: pa.Array) -> str | None:
 
 
 def where(task: InputTask, row: int) -> str:
-    """A row's place as a user finds it: the file, its row group for a Parquet, the row within."""
-    return f"{task.describe()} row {row}"
+    """A row's place as a user finds it: the file, its row group for a Parquet, the row within (the
+    sample's position in a tar or folder)."""
+    return f"{task.describe()} {'sample' if task.kind in ('tar', 'files') else 'row'} {row}"
