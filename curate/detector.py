@@ -25,6 +25,7 @@ LABELS = (
 )  # the model's classes, in its output order (nudenet.nudenet.__labels)
 CANDIDATE_SCORE = 0.2  # NudeNet keeps an anchor whose best class scores at least this
 NMS_SCORE, NMS_IOU = 0.25, 0.45
+ANIMATED_SIGNATURES = (b"GIF8", b"RIFF", b"\x89PNG")  # the formats whose files may hold several frames
 
 
 def model_path() -> Path:
@@ -69,6 +70,24 @@ def decode_bgr(data: bytes | None) -> np.ndarray:
         raise ValueError(f"undecodable image ({len(data)} bytes): {type(exc).__name__}: {exc}"[:200]) from exc
 
 
+def decode_frames(data: bytes | None) -> list[np.ndarray]:
+    """Every frame of an encoded image as BGR arrays, so a detector checks them all: one for a still
+    image (decode_bgr), each frame of an animated GIF, WebP or PNG as Pillow composites it on the
+    canvas (what a viewer shows); raises ValueError naming what was wrong."""
+    if not data or not data.startswith(ANIMATED_SIGNATURES):
+        return [decode_bgr(data)]
+    from PIL import Image, ImageSequence
+
+    try:
+        with Image.open(io.BytesIO(data)) as opened:
+            if getattr(opened, "n_frames", 1) == 1:
+                return [decode_bgr(data)]
+            return [np.ascontiguousarray(np.asarray(frame.convert("RGB"))[:, :, ::-1])
+                    for frame in ImageSequence.Iterator(opened)]
+    except Exception as exc:  # any decoder failure is this image's rejection (re-raised as one error)
+        raise ValueError(f"undecodable image ({len(data)} bytes): {type(exc).__name__}: {exc}"[:200]) from exc
+
+
 @dataclass
 class Detections:
     """One image's boxes after NMS: pixel [x0, y0, x1, y1] (clipped to the image), class ids, scores."""
@@ -76,6 +95,11 @@ class Detections:
     boxes: np.ndarray  # float32 (n, 4)
     classes: np.ndarray  # int64 (n,)
     scores: np.ndarray  # float32 (n,)
+
+    @classmethod
+    def concat(cls, frames: list[Detections]) -> Detections:
+        """The detections of several frames of one image (an animation's) as one."""
+        return cls(*(np.concatenate([getattr(f, name) for f in frames]) for name in ("boxes", "classes", "scores")))
 
 
 class NudeNet:
@@ -102,6 +126,11 @@ class NudeNet:
             output = self.session.run(None, {self.input: blob})[0]  # (batch, 4 + classes, anchors)
             found += [_decode(output[k], scales[k], image.shape[:2]) for k, image in enumerate(chunk)]
         return found
+
+    def detect_frames(self, images: list[list[np.ndarray]]) -> list[list[Detections]]:
+        """Detections for each frame of each image (a still image has one frame), batched across images."""
+        found = iter(self.detect([frame for frames in images for frame in frames]))
+        return [[next(found) for _ in frames] for frames in images]
 
     def _blob(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[float]]:
         """The model's input for a chunk (NCHW float32 RGB in [0, 1]) and each image's scale back."""

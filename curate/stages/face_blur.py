@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from curate.detector import LABELS, NudeNet, decode_bgr
+from curate.detector import LABELS, Detections, NudeNet, decode_frames
 from curate.schema import set_column
 from curate.stage import MapStage, StageConfig, Verdict
 
@@ -60,15 +60,12 @@ class FaceBlur(MapStage):
                 else:
                     boxes[i] = [list(map(float, box)) for box in rows]
                 continue
-            try:  # only rows without given boxes are decoded for the detector
-                decoded[i] = decode_bgr(images[i])
+            try:  # only rows without given boxes are decoded for the detector, every frame of an animation
+                decoded[i] = decode_frames(images[i])
             except ValueError as exc:
                 problems[i] = ("undecodable_image", str(exc))
-        for i, found in zip(decoded, self._model.detect(list(decoded.values()))):
-            faces = np.isin(found.classes, FACES) & (found.scores >= self.config.min_confidence)
-            height, width = decoded[i].shape[:2]
-            normalized = found.boxes[faces].astype(np.float64) / np.array([width, height, width, height])
-            boxes[i] = np.clip(normalized, 0.0, 1.0).tolist()
+        for i, frames in zip(decoded, self._model.detect_frames(list(decoded.values()))):
+            boxes[i] = self._faces(frames, decoded[i][0].shape[:2])
         if self.config.blur:
             for i, rows in enumerate(boxes):
                 if rows:
@@ -82,6 +79,16 @@ class FaceBlur(MapStage):
         for i, (reason, value) in problems.items():
             verdict.reject(i, reason, value)
         return verdict
+
+    def _faces(self, frames: list[Detections], shape: tuple[int, int]) -> list[list[float]]:
+        """The normalized face boxes of an image's frames' detections: every face of any frame (an
+        animation's frames share its canvas, and each frame is blurred at all of them)."""
+        height, width = shape
+        found = Detections.concat(frames)
+        faces = found.boxes[np.isin(found.classes, FACES) & (found.scores >= self.config.min_confidence)]
+        normalized = faces.astype(np.float64) / np.array([width, height, width, height])
+        unique = dict.fromkeys(map(tuple, np.clip(normalized, 0.0, 1.0).tolist()))  # a face still across frames once
+        return [list(box) for box in unique]
 
 
 def _invalid(rows) -> str | None:
@@ -105,21 +112,27 @@ def pixel_box(box: list[float], width: int, height: int) -> tuple[int, int, int,
 def blur_faces(data: bytes, boxes: list[list[float]], sigma: float) -> bytes:
     """The image with a Gaussian blur inside each box (radius `sigma` x the box's longer side),
     pixels outside the boxes untouched, encoded once in its own format (a JPEG with its own
-    quantization tables and subsampling, its EXIF and ICC profile kept)."""
-    from PIL import Image, ImageFilter
+    quantization tables and subsampling, its EXIF and ICC profile kept). An animation keeps its
+    frames, each blurred at every box, with their durations and loop count."""
+    from PIL import Image, ImageSequence
 
     with Image.open(io.BytesIO(data)) as image:
         image.load()
         fmt = image.format
-        work = image if image.mode in ("RGB", "RGBA", "L", "LA") else image.convert(
-            "RGBA" if "transparency" in image.info or image.mode.endswith("A") else "RGB")
-        for box in boxes:
-            x0, y0, x1, y1 = pixel_box(box, *image.size)
-            if x1 > x0 and y1 > y0:
-                region = work.crop((x0, y0, x1, y1))
-                work.paste(region.filter(ImageFilter.GaussianBlur(sigma * max(x1 - x0, y1 - y0))), (x0, y0))
         keep = {key: image.info[key] for key in ("exif", "icc_profile") if image.info.get(key)}
         out = io.BytesIO()
+        if getattr(image, "n_frames", 1) > 1:
+            frames, durations = [], []
+            for frame in ImageSequence.Iterator(image):
+                frames.append(_blurred(frame.convert("RGBA"), boxes, sigma))
+                durations.append(frame.info.get("duration", 100))  # a WebP frame's is known once it is loaded
+            loop = {"loop": image.info["loop"]} if "loop" in image.info else {}  # absent: it plays once
+            frames[0].save(out, format=fmt, save_all=True, append_images=frames[1:], duration=durations, **loop, **keep,
+                           **({"quality": 95} if fmt == "WEBP" else {}))
+            return out.getvalue()
+        work = image if image.mode in ("RGB", "RGBA", "L", "LA") else image.convert(
+            "RGBA" if "transparency" in image.info or image.mode.endswith("A") else "RGB")
+        _blurred(work, boxes, sigma)
         if fmt == "JPEG" and work is image:
             work.save(out, format="JPEG", quality="keep", **keep)
         elif fmt == "JPEG":  # CMYK or another mode Pillow cannot blur: saved as RGB, without the old profile
@@ -127,3 +140,15 @@ def blur_faces(data: bytes, boxes: list[list[float]], sigma: float) -> bytes:
         else:
             work.save(out, format=fmt, **keep, **({"quality": 95} if fmt == "WEBP" else {}))
     return out.getvalue()
+
+
+def _blurred(image, boxes: list[list[float]], sigma: float):
+    """`image` (a Pillow image, changed in place and returned) blurred inside each normalized box."""
+    from PIL import ImageFilter
+
+    for box in boxes:
+        x0, y0, x1, y1 = pixel_box(box, *image.size)
+        if x1 > x0 and y1 > y0:
+            region = image.crop((x0, y0, x1, y1))
+            image.paste(region.filter(ImageFilter.GaussianBlur(sigma * max(x1 - x0, y1 - y0))), (x0, y0))
+    return image

@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator
 
-from curate.detector import LABELS, NudeNet, decode_bgr
+from curate.detector import LABELS, Detections, NudeNet, decode_frames
 from curate.schema import set_column
 from curate.stage import MapStage, StageConfig, Verdict, map_rows
 
@@ -49,12 +49,13 @@ class Nsfw(MapStage):
         self._unsafe = np.isin(np.arange(len(LABELS)), [LABELS.index(c) for c in self.config.classes])
 
     def process(self, table: pa.Table) -> Verdict:
-        images, failures = map_rows(table.column("image").to_pylist(), decode_bgr)
+        images, failures = map_rows(table.column("image").to_pylist(), decode_frames)  # an animation's every frame
         rows = [i for i, image in enumerate(images) if image is not None]
         scores = np.zeros(table.num_rows, np.float32)
         classes: list[list[str] | None] = [None] * table.num_rows
         tops = np.full(table.num_rows, None, dtype=object)
-        for i, found in zip(rows, self._model.detect([images[i] for i in rows])):
+        for i, frames in zip(rows, self._model.detect_frames([images[i] for i in rows])):
+            found = Detections.concat(frames)
             unsafe = self._unsafe[found.classes]
             listed = unsafe & (found.scores >= self.config.min_confidence)
             classes[i] = sorted(set(LABELS[c] for c in found.classes[listed]))

@@ -104,7 +104,7 @@ def test_a_uid_two_tars_give_is_found_before_any_stage(tmp_path, pool_table):
                               "drop the uid column (the .json uid field of a tar's samples) to have curate make them")
     assert not (tmp_path / "out" / "parquet").exists()
     write_tar(folder / "t2.tar", pool_table, range(4, 8), [None, uids[5], uids[6], None])  # samples without one
-    stats = run(tmp_path, folder)  # are given made uids; every uid is unique now
+    stats = run(tmp_path / "again", folder)  # are given made uids; every uid is unique now
     assert (stats["input"], stats["kept"]) == (8, 8)
 
 

@@ -133,3 +133,37 @@ def test_bad_rows_rejected_with_reasons(blurring, photos):
                                      [None, None, [[0.5, 0.5, 0.2, 0.9]]]))
     assert list(verdict.reasons) == ["undecodable_image", "undecodable_image", "invalid_face_bboxes"]
     assert "[0.5, 0.5, 0.2, 0.9]" in verdict.values[2]
+
+
+def animation(frames: list[np.ndarray], fmt: str) -> bytes:
+    """An animated GIF or WebP of `frames` (RGB arrays), 80 ms a frame, looping."""
+    out = io.BytesIO()
+    images = [Image.fromarray(frame) for frame in frames]
+    images[0].save(out, format=fmt, save_all=True, append_images=images[1:], duration=80, loop=0,
+                   **({"lossless": True} if fmt == "WEBP" else {}))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
+def test_every_frame_of_an_animation_is_searched_and_blurred(blurring, fmt):
+    """A face only in the second of three frames is found, and the output keeps all three frames,
+    each blurred there (one frame of output, or a face found only in the first, fails)."""
+    astronaut = skimage.data.astronaut()
+    blank = np.full_like(astronaut, 255)
+    data = animation([blank, astronaut, blank], fmt)
+    verdict = blurring.process(batch([data]))
+    assert list(verdict.reasons) == [None]
+    (boxes,) = verdict.table.column("face_bboxes").to_pylist()
+    assert len(boxes) == 1
+    out = Image.open(io.BytesIO(verdict.table.column("image")[0].as_py()))
+    assert out.format == fmt and out.n_frames == 3 and out.info.get("loop") == 0
+    before, after = Image.open(io.BytesIO(data)), out
+    mask = inside(boxes, astronaut.shape)
+    before.seek(1)
+    after.seek(1)
+    first, blurred = (np.asarray(im.convert("RGB")).astype(np.int16) for im in (before, after))
+    change = np.abs(blurred - first)
+    assert change[mask].mean() > 20  # the face is blurred in its frame
+    # the rest of it changes by the re-encoding alone (a GIF's new palette): far less than the blur
+    assert change[~mask].mean() < change[mask].mean() / 5
+    assert after.info.get("duration") == 80

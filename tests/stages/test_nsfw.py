@@ -3,6 +3,7 @@ import io
 import numpy as np
 import pyarrow as pa
 import pytest
+import skimage.data
 from PIL import Image
 
 from curate.detector import LABELS
@@ -76,3 +77,17 @@ def test_undecodable_images_rejected_with_null_score(pool_table):
 def test_unknown_class_is_a_config_error():
     with pytest.raises(ValueError, match="unknown NudeNet classes.*NOT_A_CLASS"):
         NsfwConfig(classes=["NOT_A_CLASS"])
+
+
+def test_every_frame_of_an_animation_is_scored():
+    """A class seen only in an animation's second frame decides (a score of the first frame alone
+    would keep it): here the face class, the astronaut's face in frame 2 of 3 of a GIF."""
+    astronaut = skimage.data.astronaut()
+    frames = [Image.fromarray(f) for f in (np.full_like(astronaut, 255), astronaut, np.full_like(astronaut, 255))]
+    out = io.BytesIO()
+    frames[0].save(out, format="GIF", save_all=True, append_images=frames[1:], duration=80)
+    still = io.BytesIO()
+    frames[0].save(still, format="GIF")
+    verdict = stage_for(classes=["FACE_FEMALE"], threshold=0.5).process(batch([out.getvalue(), still.getvalue()]))
+    assert list(verdict.reasons) == ["nsfw", None]
+    assert verdict.table.column("nsfw_classes").to_pylist() == [["FACE_FEMALE"], []]
