@@ -1,10 +1,11 @@
 """A finished run the report, sample and inspect tests share: the real test pool plus one row per
 image fault, an empty caption and an exact duplicate pair, through decode, caption, language,
-image_size, exact_dedup and near_dedup (so the ledger holds read, decode, filter and duplicate
-reasons), on the local engine, in several tasks."""
+image_size, exact_dedup, near_dedup and clip_score on a seeded score column (so the ledger holds
+read, decode, filter, duplicate and score reasons), on the local engine, in several tasks."""
 
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -24,6 +25,9 @@ stages:
     key: image
   - stage: near_dedup
     radius: 4
+  - stage: clip_score
+    score_column: clip_l14_similarity_score
+    threshold: 0.2
 """
 
 
@@ -39,8 +43,16 @@ def report_input(tmp_path_factory, pool_table, fault_images) -> Path:
     biggest = max(pool_table.column("image").to_pylist(), key=len)
     faults += [{"uid": f"{k:032x}", "url": f"http://example.test/copy{k}", "text": "a colourful drawing of a cat",
                 "image": biggest} for k in (100, 101)]
+    # a seeded tenth scores under clip_score's 0.2 (this seed spares the kept sides of the duplicate
+    # pairs, which test_inspection shows beside their rejected copies as kept)
+    rng = np.random.default_rng(0)
+    rows = pool_table.num_rows + len(faults)
+    scores = np.where(rng.random(rows) < 0.1, rng.uniform(0.1, 0.2, rows), rng.uniform(0.25, 0.4, rows)).astype(np.float32)
     base = pool_table.select(["uid", "url", "text", "image"])
+    base = base.append_column("clip_l14_similarity_score", pa.array(scores[:base.num_rows]))
     pq.write_table(base, folder / "a.parquet", row_group_size=40)
+    for fault, score in zip(faults, scores[base.num_rows:]):
+        fault["clip_l14_similarity_score"] = float(score)
     pq.write_table(pa.Table.from_pylist(faults, schema=base.schema), folder / "b.parquet")
     return folder
 

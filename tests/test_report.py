@@ -78,7 +78,7 @@ def test_a_gallery_per_rejection_reason_with_its_images(page_dom, report_run):
 
 def test_pool_and_kept_distributions_side_by_side(page_dom):
     _, dom = page_dom
-    assert dom["plots"] == [["caption", True], ["side", True], ["aspect", True], ["lang", True]]
+    assert dom["plots"] == [["caption", True], ["side", True], ["aspect", True], ["clip_score", True], ["lang", True]]
 
 
 def test_fit_rows_are_folded_and_the_funnel_has_percentages(page_dom, report_run):
