@@ -8,6 +8,7 @@ from pathlib import Path
 
 from curate import provenance
 from curate.config import ConfigError
+from curate.engines.finish import mark_complete
 from curate.engines.layout import RunLayout, fingerprint
 from curate.engines.lock import output_lock
 from curate.io import publish
@@ -67,7 +68,7 @@ def run_pipeline(pipeline: Pipeline, engine, input_paths: str | list[str] | None
             provenance.write(layout.root, record)
             write_report(layout, stats)
             write_card(layout, stats)  # README.md: load_dataset(OUTPUT) gives the kept samples
-            layout.mark_complete()
+            mark_complete(layout)
         if url:
             publish.publish(layout.root, url)
     return stats

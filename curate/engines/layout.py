@@ -1,5 +1,6 @@
 """The output layout of a run: where outputs, intermediates, fit data and resume markers live,
-the run's fingerprint, and the final assembly (ledger, uids.npy, stats, the accounting check)."""
+claiming the output folder for a run (the run's fingerprint), and committing a task's or a
+fit's files before its marker. The run's end is curate.engines.finish."""
 
 from __future__ import annotations
 
@@ -11,20 +12,14 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from curate.engines.lock import LOCK_FILE
-from curate.engines.plan import Pass, StageStats, merge_stats, stage_key
-from curate.io.assembly import merge_uids, repeated_uids, uid_count
 from curate.io.card import CARD
-from curate.io.manifest import SUCCESS, content_samples, describe, verify, write_manifest
+from curate.io.manifest import SUCCESS, content_samples, describe, verify
 from curate.io.paths import file_stamp, is_url
-from curate.io.readers.contract import READ_STAGE, InputError
-from curate.io.shards import SIZES_FILE, place_task_tars, reshard
+from curate.io.shards import SIZES_FILE
 from curate.io.state import save_state
 from curate.io.writers import remove_temp_files, sync_paths, write_json_atomic
 from curate.provenance import curate_version
-from curate.stage import Stage
 
 _PART_TAR = re.compile(rf"part-\d{{5,}}\.tar|{re.escape(SIZES_FILE)}")  # the shards and open_clip's size file
 _PART_PARQUET = re.compile(r"part-\d{5,}\.parquet")
@@ -57,7 +52,8 @@ class RunLayout:
         return self.parquet / f"{self.part_name(task)}.parquet"
 
     def kept_tar(self, task: int) -> Path:
-        """A task's kept samples as a WebDataset tar; `finish` makes shards/ of these."""
+        """A task's kept samples as a WebDataset tar; the run's end makes shards/ of these
+        (curate.engines.finish)."""
         return self.work / "tars" / f"{self.part_name(task)}.tar"
 
     def intermediate(self, pass_index: int, task: int) -> Path:
@@ -169,7 +165,7 @@ class RunLayout:
         """Remove the files a curate run writes (`is_run`: the folder holds one's run.json); without
         a run there, refuse when any of those names is taken (they are the user's, not curate's)."""
         folders = (self.shards, self.parquet)  # they may hold the user's files too: only curate's parts go
-        found = [p for p in self.outputs() if p not in folders and p.exists()] + self._part_files()
+        found = [p for p in self.outputs() if p not in folders and p.exists()] + self.part_files()
         if not is_run and found:
             raise FileExistsError(f"{self.root} is not a curate run (no {self.run_file.relative_to(self.root)}) "
                                   f"but holds {found[0].relative_to(self.root)}: curate removes only what it "
@@ -184,16 +180,16 @@ class RunLayout:
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
 
-    def _part_files(self) -> list[Path]:
+    def part_files(self) -> list[Path]:
         """The part files (and shards/'s size file) in shards/ and parquet/, by curate's names."""
         parts = [(self.shards, _PART_TAR), (self.parquet, _PART_PARQUET)]
         return [f for folder, name in parts if folder.is_dir()
                 for f in sorted(folder.iterdir()) if name.fullmatch(f.name)]
 
-    def _output_files(self) -> list[Path]:
+    def output_files(self) -> list[Path]:
         """Every file a finished run leaves outside _work/ but its manifest: its top-level files,
         curate's part files, and what its other output folders hold (the ledger's parts)."""
-        files = self._part_files()
+        files = self.part_files()
         for path in self.outputs():
             if path in (self.success, self.work, self.shards, self.parquet):
                 continue
@@ -230,87 +226,6 @@ class RunLayout:
         write_json_atomic(fit_stats, self.fit_stats(pass_index))
         sync_paths([self.fit_stats(pass_index), *self.decisions(pass_index).glob("*.parquet")])
         save_state(state, self.state(pass_index))
-
-    def finish(self, stages: list[Stage], task_stats: list[dict[str, StageStats]], input_rows: int,
-               tasks: list[int], passes: list[Pass], extra: dict, write_uids: bool = True,
-               check_uids: bool = True) -> dict:
-        """Assemble uids.npy (unless not `write_uids`) and stats.json, check kept + rejected ==
-        input and (with `check_uids`: the tasks wrote their `all` uid parts) that no uid occurs
-        twice, all streaming: uids are merged from sorted parts."""
-        ledger_parts = [p for k in range(len(passes)) for t in tasks if (p := self.ledger_part(k, t)).exists()]
-        rejected = sum(pq.ParquetFile(p).metadata.num_rows for p in ledger_parts)
-        kept = sum(pq.ParquetFile(self.kept_parquet(t)).metadata.num_rows for t in tasks)
-        repeats, examples = repeated_uids([self.uid_part("all", t) for t in tasks]) if check_uids else (0, [])
-        if repeats:
-            raise InputError(f"{repeats} uid(s) occur more than once among the samples (e.g. {examples[0]}, as its "
-                             "128-bit hex id): uids must be unique, and one the input gives may equal one curate "
-                             "made for another sample; give every sample its own uid, or none to have curate make "
-                             "them all")
-        pool_parts = [self.uid_part("pool", t) for t in tasks]
-        pool = merge_uids(pool_parts, self.uids) if write_uids else uid_count(pool_parts)
-        if self.webdataset:
-            self._assemble_shards(tasks)
-        totals = merge_stats(task_stats)
-        derived = sum(s.derived for s in totals.values())  # samples stages made from input samples
-        if kept + rejected != input_rows + derived:
-            raise RuntimeError(f"accounting error: {kept} kept + {rejected} rejected != "
-                               f"{input_rows} input rows + {derived} derived samples")
-        order = [READ_STAGE] + [k for i, s in enumerate(stages) for k in (stage_key(i, s) + ":fit", stage_key(i, s))]
-        stage_rows = []
-        for key in order:
-            if key not in totals:
-                continue
-            entry = totals[key].to_dict()
-            entry["key"] = key
-            stage_rows.append(entry)
-        fit_files = {stage_key(p.fit, stages[p.fit]): self.fit_stats(p.index) for p in passes if p.fit is not None}
-        fits = {key: fit for key, path in fit_files.items() if path.exists() and (fit := json.loads(path.read_text()))}
-        stats = {"input": input_rows, "kept": kept, "rejected": rejected, "derived": derived,
-                 "kept_fraction": round(pool / input_rows, 6) if input_rows else 0.0,
-                 "stages": stage_rows, **({"fits": fits} if fits else {}), **extra}
-        write_json_atomic(stats, self.stats)
-        return stats
-
-    def _assemble_shards(self, tasks: list[int]) -> None:
-        """shards/ and its sizes.json from the tasks' tars: moved as they are, or resharded into
-        `samples_per_shard` samples each (resuming a resharding cut short)."""
-        tars = [self.kept_tar(t) for t in tasks]
-        if self.samples_per_shard is None:
-            place_task_tars(tars, self.shards, [pq.ParquetFile(self.kept_parquet(t)).metadata.num_rows for t in tasks])
-        else:
-            for _ in reshard(tars, self.shards, self.samples_per_shard, self.work / "tars" / "reshard.json"):
-                pass  # it commits a shard at a time
-
-    def mark_complete(self) -> None:
-        """Record the run as finished: drop intermediates (markers and fit states stay, for reruns),
-        fsync every output file and folder, mark run.json complete, then write the manifest
-        (_SUCCESS: every output file with its size and checksum), last."""
-        for sub in self.work.iterdir():
-            if sub.is_dir() and sub.name != "done":
-                shutil.rmtree(sub, ignore_errors=True)
-        files = self._output_files()
-        sync_paths(files)
-        run = json.loads(self.run_file.read_text())
-        write_json_atomic({**run, "complete": True}, self.run_file, durable=True)
-        write_manifest(self.root, run, self._manifest_entries(files))
-
-    def _manifest_entries(self, files: list[Path]) -> dict[str, dict]:
-        """Every output file's entry: the one its task hashed (when the file is still the bytes the
-        task wrote: same name and size, and no resharding renamed shards), else hashed here (the
-        small files of the run's end, and resharded shards)."""
-        hashed: dict[str, dict] = {}
-        for marker in sorted((self.work / "done").glob("pass*.json")):
-            hashed |= json.loads(marker.read_text()).get("files", {})
-        entries, left = {}, []
-        for path in files:
-            name = path.relative_to(self.root).as_posix()
-            entry = hashed.get(name)
-            resharded = self.samples_per_shard is not None and name.startswith(f"{self.shards.name}/")
-            if entry is not None and not resharded and entry["size"] == path.stat().st_size:
-                entries[name] = entry
-            else:
-                left.append(path)
-        return entries | describe(self.root, left)
 
 
 def _named_paths(value) -> list[Path]:

@@ -27,8 +27,9 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.engines.driver import TaskEngine, TaskJob, run_task
+from curate.engines.driver import TaskEngine
 from curate.engines.shuffle import Reducer, batches, partition_of
+from curate.engines.task import TaskJob, run_task
 from curate.io.writers import atomic
 from curate.stage import Dataset
 

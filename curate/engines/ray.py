@@ -22,9 +22,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.engines.driver import TaskEngine, TaskJob, run_task, stages_for
+from curate.engines.driver import TaskEngine
 from curate.engines.runnable import RunPipeline
 from curate.engines.shuffle import PARTITION_COLUMN, Reducer, call, reduce_group, with_partition
+from curate.engines.task import TaskJob, run_task, stages_for
 from curate.stage import Dataset
 
 BLOCKS_PER_WORKER = 3

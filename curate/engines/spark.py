@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from curate.engines.driver import TaskEngine, TaskJob, run_task
+from curate.engines.driver import TaskEngine
 from curate.engines.shuffle import PARTITION_COLUMN, Reducer, reduce_group
+from curate.engines.task import TaskJob, run_task
 from curate.stage import Dataset
 
 PARTITIONS_PER_CORE = 3
