@@ -21,6 +21,7 @@ from pydantic import Field, model_validator
 from curate.schema import set_column
 from curate.stage import Dataset, FitContext, Fitted, GlobalStage, Verdict, fixed_decimals
 from curate.stages.embeddings import EmbeddingConfig, Embeddings
+from curate.stages.input_columns import given_column, with_given_column
 
 BINS = 1 << 16
 
@@ -109,8 +110,12 @@ class ClipScore(GlobalStage):
     reads = ("uid", "image", "text")
     writes = {"clip_score": pa.float32()}
     reasons = ("unscorable_image", "low_clip_score")
-    uses_model = True
     fit_columns = ("clip_score",)
+
+    @property
+    def uses_model(self) -> bool:
+        """A CLIP is a model; reading a score column loads none."""
+        return self.config.score_column is None
 
     def setup(self) -> None:
         self._embeddings = Embeddings(self.config) if self.config.checkpoint else None
@@ -135,14 +140,9 @@ class ClipScore(GlobalStage):
     def _read_scores(self, table: pa.Table) -> Verdict:
         """Scores from the input's column; a row without one (null or NaN) is unscorable."""
         column = self.config.score_column
-        if column not in table.column_names:
-            raise ValueError(f"clip_score: score_column {column!r} is not a column of the input "
-                             f"(columns: {table.column_names})")
-        scores = pc.cast(table.column(column), pa.float32())
-        verdict = Verdict(set_column(table, "clip_score", scores))
-        verdict.reject_where(pc.or_kleene(pc.is_null(scores), pc.is_nan(scores)).fill_null(True), "unscorable_image",
-                             [f"no {column}"] * table.num_rows)
-        return verdict
+        scores = pc.cast(given_column(table, self.name, "score_column", column), pa.float32())
+        missing = pc.or_kleene(pc.is_null(scores), pc.is_nan(scores)).fill_null(True)
+        return with_given_column(table, "clip_score", scores, missing, "unscorable_image", column)
 
     def fit(self, data: Dataset, context: FitContext) -> Fitted:
         """The threshold(s) to apply: given, or the exact score of the k-th best sample (`kth`:

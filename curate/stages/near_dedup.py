@@ -63,6 +63,7 @@ from curate.stages.clustered import (
     with_clusters,
 )
 from curate.stages.copy_method import CopyConfig, Descriptors, descriptor_duplicates
+from curate.stages.input_columns import given_column, with_given_column
 
 DESCRIPTOR_COLUMN = "copy_descriptor"
 
@@ -164,17 +165,12 @@ class NearDedup(GlobalStage):
     def _read_hashes(self, table: pa.Table) -> Verdict:
         """pHashes from the input's column (as int64: the 64 bits as they are)."""
         column = self.config.hash_column
-        if column not in table.column_names:
-            raise ValueError(f"near_dedup: hash_column {column!r} is not a column of the input "
-                             f"(columns: {table.column_names})")
-        hashes = table.column(column)
+        hashes = given_column(table, self.name, "hash_column", column)
         if not pa.types.is_integer(hashes.type):
             raise ValueError(f"near_dedup: hash_column {column!r} holds {hashes.type}, expected 64-bit integers")
         hashes = pc.cast(hashes, pa.uint64()).cast(pa.int64(), safe=False) if pa.types.is_unsigned_integer(
             hashes.type) else pc.cast(hashes, pa.int64())
-        verdict = Verdict(set_column(table, "phash", hashes))
-        verdict.reject_where(pc.is_null(hashes), "phash_failed", [f"no {column}"] * table.num_rows)
-        return verdict
+        return with_given_column(table, "phash", hashes, pc.is_null(hashes), "phash_failed", column)
 
     def fit_rows(self, table: pa.Table) -> pa.Table:
         """uid, node, code words and _row of each hashed row; uid, descriptor and _row for the descriptor."""
