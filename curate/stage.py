@@ -201,6 +201,7 @@ class MapStage(Stage):
 
 ROW_COLUMN = "_row"  # a fit row's id: task index << 32 | position of the row in the task's pass output
 TASK_SHIFT = 32
+POSITION_MASK = (1 << TASK_SHIFT) - 1  # a row id's position part
 
 
 @dataclass(frozen=True)

@@ -47,7 +47,8 @@ def report_input(tmp_path_factory, pool_table, fault_images) -> Path:
     # pairs, which test_inspection shows beside their rejected copies as kept)
     rng = np.random.default_rng(0)
     rows = pool_table.num_rows + len(faults)
-    scores = np.where(rng.random(rows) < 0.1, rng.uniform(0.1, 0.2, rows), rng.uniform(0.25, 0.4, rows)).astype(np.float32)
+    low = rng.random(rows) < 0.1
+    scores = np.where(low, rng.uniform(0.1, 0.2, rows), rng.uniform(0.25, 0.4, rows)).astype(np.float32)
     base = pool_table.select(["uid", "url", "text", "image"])
     base = base.append_column("clip_l14_similarity_score", pa.array(scores[:base.num_rows]))
     pq.write_table(base, folder / "a.parquet", row_group_size=40)

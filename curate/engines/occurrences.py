@@ -24,11 +24,10 @@ from curate.io.readers.contract import InputError, InputTask, ReadLimits
 from curate.io.readers.uids import task_made_uids
 from curate.io.writers import write_json_atomic, write_table_atomic
 from curate.schema import uid_pairs
-from curate.stage import ROW_COLUMN, TASK_SHIFT, Dataset
+from curate.stage import POSITION_MASK, ROW_COLUMN, TASK_SHIFT, Dataset
 
 MADE_SCHEMA = pa.schema([("uid_hi", pa.int64()), ("uid_lo", pa.int64()), (ROW_COLUMN, pa.int64())])
 REPEAT_SCHEMA = pa.schema([(ROW_COLUMN, pa.int64()), ("occurrence", pa.int64())])
-POSITION_MASK = (1 << TASK_SHIFT) - 1
 
 
 def count_repeats(engine: ShuffleEngine, tasks: list[InputTask], limits: ReadLimits, work: Path,

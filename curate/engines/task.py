@@ -28,7 +28,7 @@ from curate.io.readers.tasks import read_task
 from curate.io.state import load_state
 from curate.io.writers import PartWriter, write_table_atomic
 from curate.schema import INPUT_SCHEMA, LEDGER_SCHEMA, uid_pairs
-from curate.stage import REJECTED_SCHEMA, ROW_COLUMN, TASK_SHIFT, Stage, Verdict
+from curate.stage import POSITION_MASK, REJECTED_SCHEMA, ROW_COLUMN, TASK_SHIFT, Stage, Verdict
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,6 @@ class TaskJob:
 
 _WORKER_STAGES: dict[str, list[Stage]] = {}
 _WORKER_STATE: dict[tuple, dict] = {}
-POSITION_MASK = (1 << TASK_SHIFT) - 1
 
 
 def stages_for(pipeline: RunPipeline) -> list[Stage]:

@@ -21,7 +21,7 @@ from curate.io.readers.contract import InputError, InputTask, ReadLimits
 from curate.io.readers.uids import may_give_uids, task_uids, uid_problem, where
 from curate.io.writers import write_json_atomic, write_table_atomic
 from curate.schema import UID_DTYPE, uid_pairs
-from curate.stage import TASK_SHIFT, Dataset
+from curate.stage import POSITION_MASK, TASK_SHIFT, Dataset
 
 UID_SCHEMA = pa.schema([("uid_hi", pa.int64()), ("uid_lo", pa.int64()), ("place", pa.int64())])
 REPEAT_SCHEMA = pa.schema([("place", pa.int64()), ("first", pa.int64())])
@@ -89,7 +89,7 @@ def repeated_uids(table: pa.Table) -> pa.Table:
 def repeat_message(count: int, tasks: list[InputTask], limits: ReadLimits, first: int, place: int) -> str:
     """One line: how many rows repeat a uid, and the two places of one such uid."""
     by_index = {task.index: task for task in tasks}
-    (a, row_a), (b, row_b) = [(by_index[p >> TASK_SHIFT], p & ((1 << TASK_SHIFT) - 1)) for p in (first, place)]
+    (a, row_a), (b, row_b) = [(by_index[p >> TASK_SHIFT], p & POSITION_MASK) for p in (first, place)]
     uid = task_uids(a, limits)[row_a].as_py()
     samples = a.kind in ("tar", "files") or b.kind in ("tar", "files")
     fix = "drop the uid column (the .json uid field of a tar's samples)" if samples else "drop the uid column"
