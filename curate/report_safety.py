@@ -13,6 +13,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from curate.report_plots import figure, png
+
 BINS = np.linspace(0.0, 1.0, 41)
 GALLERY = 8
 
@@ -71,9 +73,7 @@ def _rejected(ledger) -> dict:
 
 
 def _nsfw_plot(kept: np.ndarray, rejected: np.ndarray, n_rejected: int) -> str:
-    from curate.report import _figure, _png
-
-    fig, ax = _figure()
+    fig, ax = figure()
     centres, width = (BINS[:-1] + BINS[1:]) / 2, BINS[1] - BINS[0]
     ax.bar(centres, kept, width=width, color="#55a868", label="kept")
     ax.bar(centres, rejected, width=width, bottom=kept, color="#c44e52", label=f"rejected ({n_rejected:,})")
@@ -81,7 +81,7 @@ def _nsfw_plot(kept: np.ndarray, rejected: np.ndarray, n_rejected: int) -> str:
     ax.set_xlabel("nsfw_score (NudeNet: most confident unsafe class)")
     ax.set_ylabel("samples")
     ax.legend()
-    return f"<h3>NSFW scores</h3><img src='data:image/png;base64,{_png(fig)}'/>"
+    return f"<h3>NSFW scores</h3><img src='data:image/png;base64,{png(fig)}'/>"
 
 
 def _gallery(parts: list, uids: list[str]) -> str:
