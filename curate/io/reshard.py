@@ -35,7 +35,8 @@ from curate.io.paths import open_input
 from curate.io.readers.contract import InputError
 from curate.io.readers.tasks import plan_inputs
 from curate.io.shards import SIZES_FILE
-from curate.io.writers import TarShard, file_key, temp_path, write_json_atomic
+from curate.io.tar_shard import TarShard
+from curate.io.writers import file_key, temp_path, write_json_atomic
 from curate.schema import UID_DTYPE, uid_array_unsorted
 
 SORT_CHECK_ROWS = 1 << 20  # uids checked for order at once

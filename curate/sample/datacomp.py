@@ -32,7 +32,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from curate.io.readers.tasks import plan_inputs, read_task
-from curate.io.writers import TarShard, atomic, write_json_atomic
+from curate.io.tar_shard import TarShard
+from curate.io.writers import atomic, write_json_atomic
 
 DIMS = {"b32": 512, "l14": 768}  # the random vectors' sizes: OpenAI's ViT-B/32 and ViT-L/14
 COSINES = (-0.1, 0.5)  # random text vectors lie at a cosine drawn from this range to their image's

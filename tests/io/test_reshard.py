@@ -15,7 +15,7 @@ from PIL import Image
 
 from curate.cli import main
 from curate.io.reshard import load_uids, reshard
-from curate.io.writers import TarShard
+from curate.io.tar_shard import TarShard
 from curate.sample.datacomp import build_datacomp
 from curate.schema import uid_array
 from tests.io.open_clip_runner import train_open_clip

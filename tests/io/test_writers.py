@@ -11,7 +11,8 @@ import webdataset as wds
 from PIL import Image
 
 from curate.engines.local import LocalEngine
-from curate.io.writers import PartWriter, TarShard, atomic, file_key, image_extension, ustar_headers
+from curate.io.tar_shard import TarShard, ustar_headers
+from curate.io.writers import PartWriter, atomic, file_key, image_extension
 from curate.pipeline import load_pipeline
 from curate.runner import run_pipeline
 from curate.schema import UID_DTYPE
