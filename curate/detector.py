@@ -67,7 +67,7 @@ def decode_bgr(data: bytes | None) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as opened:
             return np.ascontiguousarray(np.asarray(opened.convert("RGB"))[:, :, ::-1])
     except Exception as exc:  # any decoder failure is this image's rejection (re-raised as one error)
-        raise ValueError(f"undecodable image ({len(data)} bytes): {type(exc).__name__}: {exc}"[:200]) from exc
+        raise _undecodable(data, exc) from exc
 
 
 def decode_frames(data: bytes | None) -> list[np.ndarray]:
@@ -85,7 +85,12 @@ def decode_frames(data: bytes | None) -> list[np.ndarray]:
             return [np.ascontiguousarray(np.asarray(frame.convert("RGB"))[:, :, ::-1])
                     for frame in ImageSequence.Iterator(opened)]
     except Exception as exc:  # any decoder failure is this image's rejection (re-raised as one error)
-        raise ValueError(f"undecodable image ({len(data)} bytes): {type(exc).__name__}: {exc}"[:200]) from exc
+        raise _undecodable(data, exc) from exc
+
+
+def _undecodable(data: bytes, exc: Exception) -> ValueError:
+    """The one error an image a decoder fails on is rejected with."""
+    return ValueError(f"undecodable image ({len(data)} bytes): {type(exc).__name__}: {exc}"[:200])
 
 
 @dataclass
@@ -127,10 +132,11 @@ class NudeNet:
             found += [_decode(output[k], scales[k], image.shape[:2]) for k, image in enumerate(chunk)]
         return found
 
-    def detect_frames(self, images: list[list[np.ndarray]]) -> list[list[Detections]]:
-        """Detections for each frame of each image (a still image has one frame), batched across images."""
+    def detect_frames(self, images: list[list[np.ndarray]]) -> list[Detections]:
+        """Detections for each image of its every frame together (a still image has one frame), the
+        frames batched across images."""
         found = iter(self.detect([frame for frames in images for frame in frames]))
-        return [[next(found) for _ in frames] for frames in images]
+        return [Detections.concat([next(found) for _ in frames]) for frames in images]
 
     def _blob(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[float]]:
         """The model's input for a chunk (NCHW float32 RGB in [0, 1]) and each image's scale back."""

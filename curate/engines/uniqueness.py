@@ -91,7 +91,7 @@ def repeat_message(count: int, tasks: list[InputTask], limits: ReadLimits, first
     by_index = {task.index: task for task in tasks}
     (a, row_a), (b, row_b) = [(by_index[p >> TASK_SHIFT], p & POSITION_MASK) for p in (first, place)]
     uid = task_uids(a, limits)[row_a].as_py()
-    samples = a.kind in ("tar", "files") or b.kind in ("tar", "files")
-    fix = "drop the uid column (the .json uid field of a tar's samples)" if samples else "drop the uid column"
+    keyed = a.keyed_samples or b.keyed_samples
+    fix = "drop the uid column (the .json uid field of a tar's samples)" if keyed else "drop the uid column"
     return (f"{count} row(s) give a uid that another row gives too, e.g. {uid!r} at {where(a, row_a)} and "
             f"{where(b, row_b)}: uids must be unique; {fix} to have curate make them")

@@ -64,8 +64,8 @@ class FaceBlur(MapStage):
                 decoded[i] = decode_frames(images[i])
             except ValueError as exc:
                 problems[i] = ("undecodable_image", str(exc))
-        for i, frames in zip(decoded, self._model.detect_frames(list(decoded.values()))):
-            boxes[i] = self._faces(frames, decoded[i][0].shape[:2])
+        for i, found in zip(decoded, self._model.detect_frames(list(decoded.values()))):
+            boxes[i] = self._faces(found, decoded[i][0].shape[:2])
         if self.config.blur:
             for i, rows in enumerate(boxes):
                 if rows:
@@ -80,11 +80,10 @@ class FaceBlur(MapStage):
             verdict.reject(i, reason, value)
         return verdict
 
-    def _faces(self, frames: list[Detections], shape: tuple[int, int]) -> list[list[float]]:
-        """The normalized face boxes of an image's frames' detections: every face of any frame (an
-        animation's frames share its canvas, and each frame is blurred at all of them)."""
+    def _faces(self, found: Detections, shape: tuple[int, int]) -> list[list[float]]:
+        """The normalized face boxes of an image's detections over its frames: every face of any frame
+        (an animation's frames share its canvas, and each frame is blurred at all of them)."""
         height, width = shape
-        found = Detections.concat(frames)
         faces = found.boxes[np.isin(found.classes, FACES) & (found.scores >= self.config.min_confidence)]
         normalized = faces.astype(np.float64) / np.array([width, height, width, height])
         unique = dict.fromkeys(map(tuple, np.clip(normalized, 0.0, 1.0).tolist()))  # a face still across frames once

@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator
 
-from curate.detector import LABELS, Detections, NudeNet, decode_frames
+from curate.detector import LABELS, NudeNet, decode_frames
 from curate.schema import set_column
 from curate.stage import MapStage, StageConfig, Verdict, map_rows
 
@@ -54,8 +54,7 @@ class Nsfw(MapStage):
         scores = np.zeros(table.num_rows, np.float32)
         classes: list[list[str] | None] = [None] * table.num_rows
         tops = np.full(table.num_rows, None, dtype=object)
-        for i, frames in zip(rows, self._model.detect_frames([images[i] for i in rows])):
-            found = Detections.concat(frames)
+        for i, found in zip(rows, self._model.detect_frames([images[i] for i in rows])):
             unsafe = self._unsafe[found.classes]
             listed = unsafe & (found.scores >= self.config.min_confidence)
             classes[i] = sorted(set(LABELS[c] for c in found.classes[listed]))

@@ -35,6 +35,11 @@ class InputTask:
     def describe(self) -> str:
         return f"{self.path} (row group {self.row_group})" if self.kind == "parquet" else self.path
 
+    @property
+    def keyed_samples(self) -> bool:
+        """Whether its samples are files grouped by key (a tar or a folder), each with its own .json."""
+        return self.kind in ("tar", "files")
+
 
 @dataclass(frozen=True)
 class ReadBatch:

@@ -33,7 +33,7 @@ def gives_uids(task: InputTask) -> bool:
 def may_give_uids(task: InputTask) -> bool:
     """Whether some of the task's samples may give their own uid: a uid column, or a tar's or
     folder's .json members (a "uid" field in any of them)."""
-    return gives_uids(task) or task.kind in ("tar", "files")
+    return gives_uids(task) or task.keyed_samples
 
 
 def task_uids(task: InputTask, limits: ReadLimits) -> pa.Array | None:
@@ -41,7 +41,7 @@ def task_uids(task: InputTask, limits: ReadLimits) -> pa.Array | None:
     none: no uid column, an all-null one (curate makes them), or a row group that cannot be read
     while `on_unreadable: ledger` (its rows go to the ledger when the run reads it). A tar's or
     folder's are its samples' .json uids, null where a sample gives none (curate makes it)."""
-    if task.kind in ("tar", "files"):
+    if task.keyed_samples:
         samples = islice(task_samples(task, limits, ("json",)), task.limit)
         column = pa.chunked_array([pa.array([sample["uid"] for sample in samples], pa.string())])
     elif task.kind == "parquet":
@@ -136,7 +136,7 @@ def _null_uids(file: pq.ParquetFile, row_group: int) -> bool:
 def uid_problem(task: InputTask, uids: pa.Array) -> str | None:
     """The first null or empty uid of a column that gives some, as a one-line message; else None. A
     tar's or folder's samples may each give one or not (an empty .json uid is none: curate makes it)."""
-    if task.kind in ("tar", "files"):
+    if task.keyed_samples:
         return None
     missing = pc.fill_null(pc.equal(pc.utf8_length(uids), 0), True)
     if not pc.any(missing).as_py():
@@ -151,4 +151,4 @@ def uid_problem(task: InputTask, uids: pa.Array) -> str | None:
 def where(task: InputTask, row: int) -> str:
     """A row's place as a user finds it: the file, its row group for a Parquet, the row within (the
     sample's position in a tar or folder)."""
-    return f"{task.describe()} {'sample' if task.kind in ('tar', 'files') else 'row'} {row}"
+    return f"{task.describe()} {'sample' if task.keyed_samples else 'row'} {row}"
