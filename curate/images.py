@@ -27,10 +27,11 @@ def orientation(im: Image.Image) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def upright_size(im: Image.Image) -> tuple[int, int]:
-    """(width, height) as the image is shown: swapped for the orientations that turn it a quarter."""
-    width, height = im.size
-    return (height, width) if orientation(im) in (5, 6, 7, 8) else (width, height)
+def upright_size(size: tuple[int, int], turn: int) -> tuple[int, int]:
+    """(width, height) of an image of `size` stored with EXIF orientation `turn`, as it is shown:
+    swapped for the orientations that turn it a quarter."""
+    width, height = size
+    return (height, width) if turn in (5, 6, 7, 8) else (width, height)
 
 
 def upright(im: Image.Image) -> Image.Image:

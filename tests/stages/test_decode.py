@@ -1,5 +1,6 @@
 import io
 
+import numpy as np
 import pyarrow as pa
 from PIL import Image
 
@@ -48,3 +49,49 @@ def test_headers_cut_short_are_truncated_not_a_crash(real_jpeg):
     Image.open(io.BytesIO(real_jpeg)).save(png, format="PNG")
     verdict = Decode(DecodeConfig()).process(_table([png.getvalue()[:20], real_jpeg[:300]]))
     assert verdict.reasons[0] in ("truncated_image", "corrupt_image") and verdict.reasons[1] is not None
+
+
+def _jpeg_variants(real_jpeg: bytes) -> list[bytes]:
+    """The JPEG as baseline, progressive, grey, CMYK and 4:4:4, each whole, cut short at several
+    points, with bytes overwritten and with a span zeroed (seeded)."""
+    rng = np.random.default_rng(0)
+    im = Image.open(io.BytesIO(real_jpeg)).convert("RGB")
+    encodings = []
+    for mode, options in (("RGB", {}), ("RGB", {"progressive": True}), ("L", {"optimize": True}), ("CMYK", {}),
+                          ("RGB", {"subsampling": 0, "quality": 95})):
+        out = io.BytesIO()
+        im.convert(mode).save(out, "JPEG", **options)
+        encodings.append(out.getvalue())
+    variants = []
+    for data in encodings:
+        n = len(data)
+        variants += [data, *(data[:cut] for cut in (*rng.integers(200, n, 6).tolist(), n - 1, n - 2, n - 5))]
+        for flips in (1, 4, 16, 16):
+            broken = np.frombuffer(data, np.uint8).copy()
+            broken[rng.integers(0, n, flips)] = rng.integers(0, 256, flips)
+            variants.append(broken.tobytes())
+        start = int(rng.integers(n // 4, n // 2))
+        variants.append(data[:start] + bytes(1000) + data[start + 1000:])
+    return variants
+
+
+def test_jpegs_decoded_at_reduced_scale_fail_as_a_full_decode_does(real_jpeg):
+    """decode reads a JPEG at 1/8 scale (its pixels are not kept): every file a full-size load fails
+    is rejected with that load's error, and every file it reads is kept at its full size."""
+    variants = _jpeg_variants(real_jpeg)
+    verdict = Decode(DecodeConfig()).process(_table(variants))
+    full = []  # (error or None, size) of a full-size load
+    for data in variants:
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+                full.append((None, im.size))
+        except OSError as exc:
+            full.append((str(exc)[:200], None))
+    assert [reason is None for reason in verdict.reasons] == [error is None for error, _ in full]
+    rejected = [i for i, (error, _) in enumerate(full) if error and not error.startswith("cannot identify")]
+    assert [verdict.values[i] for i in rejected] == [full[i][0] for i in rejected]
+    sizes = list(zip(verdict.table.column("width").to_pylist(), verdict.table.column("height").to_pylist()))
+    kept = [i for i, (error, _) in enumerate(full) if error is None]
+    assert [sizes[i] for i in kept] == [full[i][1] for i in kept]
+    assert len(rejected) > 10 and len(kept) > 10  # both kinds are tested
