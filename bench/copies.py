@@ -20,10 +20,12 @@ Two views per method:
   when any evaluation drawing is within it.
 
 Methods: phash (near_dedup's and decontaminate's method until issue 21: one 64-bit pHash),
-hashes (the normalised multi-hash code), descriptor (a `curate train copydetect` checkpoint).
+hashes (the normalised multi-hash code), descriptor (a `curate train copydetect` checkpoint),
+verified (each image's nearest candidates by the descriptor, or by hashes without a checkpoint,
+accepted on the RANSAC inliers of their SIFT keypoints: curate.copyverify).
 
 Usage: .venv/bin/python bench/copies.py [--checkpoint runs/copydetect/copydetect.pt] [--originals 300]
-       [--eval-originals 200] [--target 0.005] [--methods phash,hashes,descriptor] [--json out.json]
+       [--eval-originals 200] [--target 0.005] [--methods phash,hashes,descriptor,verified] [--json out.json]
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import ROOT
 from curate import calibrate, copies
 from curate.sample.openclipart import DEFAULT_SOURCE
-from curate.stages.copy_method import RADIUS
+from curate.stages.copy_method import INLIERS, RADIUS
 
 OLD_RADIUS = 4  # pHash's radius in near_dedup and decontaminate before issue 21: the baseline
 
@@ -80,7 +82,7 @@ def print_method(method: str, view: str, result: copies.Sweep, target: float) ->
     """A method's sweep as a Markdown table, the chosen threshold marked."""
     chosen = copies.at_false_merge(result, target)
     kinds = list(result.recall_by_kind)
-    unit = "cosine >=" if method == "descriptor" else "radius"
+    unit = {"descriptor": "cosine >=", "verified": "inliers >="}.get(method, "radius")
     print(f"\n{view} / {method}\n\n| {unit} | recall | false merges | " + " | ".join(kinds) + " |")
     print("|---" * (3 + len(kinds)) + "|")
     for i in rows_to_show(result, chosen):
@@ -98,8 +100,10 @@ def row(label: str, method: str, result: copies.Sweep, index: int) -> dict:
 
 
 def default_index(method: str, stage: str, result: copies.Sweep, checkpoint: str) -> int:
-    """The sweep's index of the stage's default threshold for the method: the calibrated radius
-    (curate.stages.copy_method.RADIUS) or the checkpoint's calibrated cosine."""
+    """The sweep's index of the stage's default threshold for the method: the calibrated radius or
+    inlier count (curate.stages.copy_method.RADIUS, INLIERS) or the checkpoint's calibrated cosine."""
+    if method == "verified":
+        return int(np.flatnonzero(result.thresholds == -INLIERS[stage])[0])
     if method == "descriptor":
         from curate.models.copydetect import read_config
 
@@ -163,7 +167,9 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"\ndescriptor: skipped, no checkpoint at {args.checkpoint} (`curate train copydetect` makes one)")
             continue
         started = time.time()
-        results = calibrate.sweep(method, planted, args.checkpoint if method == "descriptor" else None)
+        checkpoint = args.checkpoint if method == "descriptor" or (method == "verified" and Path(
+            args.checkpoint).exists()) else None
+        results = calibrate.sweep(method, planted, checkpoint)
         seconds = time.time() - started
         figures["methods"][method] = {view: calibrate.summary(method, r, args.target) for view, r in results.items()}
         figures["methods"][method]["seconds"] = round(seconds, 1)

@@ -3,8 +3,10 @@ that holds a target false-merge rate on planted copies (`curate calibrate near_d
 
 Methods (near_dedup's and decontaminate's `method`): `phash` (one 64-bit pHash, Hamming bits),
 `hashes` (the normalised multi-hash code of `curate.copyhash.copy_hashes`, the sum of
-its Hamming distances) and `descriptor` (a `curate train copydetect` checkpoint; distance
-1 - cosine, thresholds reported as cosines).
+its Hamming distances), `descriptor` (a `curate train copydetect` checkpoint; distance
+1 - cosine, thresholds reported as cosines) and `verified` (each image's VERIFY_CANDIDATES nearest
+by the descriptor, or by `hashes` without a checkpoint, verified by curate.copyverify.inliers;
+distance minus the inliers, thresholds reported as inlier counts).
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from PIL import Image
 
 from curate import copies, copyhash
 
-METHODS = ("phash", "hashes", "descriptor")
+METHODS = ("phash", "hashes", "descriptor", "verified")
+VERIFY_CANDIDATES = 8  # verified: each image's nearest this many candidates are verified
+MAX_INLIERS = 64  # verified: the inlier counts swept run from 3 up to this
 MIN_SIDE = 64  # originals copied are at least this big on their shorter side (a 50% resize leaves 32 px)
 PAIR_CHUNK = 512  # rows of a distance matrix computed at once
 
@@ -71,8 +75,10 @@ def nearest(method: str, queries: np.ndarray, refs: np.ndarray) -> tuple[np.ndar
 
 
 def thresholds(method: str, sig: np.ndarray) -> np.ndarray:
-    """The thresholds (distances) swept: every radius up to a quarter of the code's bits, or
-    cosines 0.50-0.99 by 0.005 and 0.99-0.9995 by 0.0005."""
+    """The thresholds (distances) swept: every radius up to a quarter of the code's bits, cosines
+    0.50-0.99 by 0.005 and 0.99-0.9995 by 0.0005, or minus every inlier count from MAX_INLIERS to 3."""
+    if method == "verified":
+        return -np.arange(MAX_INLIERS, 2, -1)
     if method == "descriptor":
         cosines = np.r_[np.arange(0.9995, 0.99, -0.0005), np.arange(0.99, 0.4999, -0.005)]
         return np.round(1 - cosines, 6)
@@ -80,7 +86,9 @@ def thresholds(method: str, sig: np.ndarray) -> np.ndarray:
 
 
 def as_threshold(method: str, distance: float) -> float:
-    """A swept distance as the stage's threshold: a radius in bits, or a cosine."""
+    """A swept distance as the stage's threshold: a radius in bits, a cosine, or an inlier count."""
+    if method == "verified":
+        return -int(distance)
     return round(1 - float(distance), 6) if method == "descriptor" else int(distance)
 
 
@@ -117,9 +125,46 @@ def copy_set(images: list[bytes], originals: int, seed: int, eval_images: list[b
                         pick(evals, eval_images, eval_originals), seed)
 
 
+def nearest_k(method: str, queries: np.ndarray, refs: np.ndarray, k: int, same: bool) -> np.ndarray:
+    """Each query's `k` nearest reference signatures (indices, n x k, nearest first); `same` when
+    the queries are the references, each then leaving itself out."""
+    out = []
+    for start in range(0, len(queries), PAIR_CHUNK):
+        d = distances(method, queries[start : start + PAIR_CHUNK], refs).astype(np.float64)
+        if same:
+            d[np.arange(len(d)), start + np.arange(len(d))] = np.inf
+        out.append(np.argsort(d, axis=1, kind="stable")[:, :k])
+    return np.concatenate(out) if out else np.zeros((0, k), np.int64)
+
+
+def verified_sweep(planted: copies.CopySet, checkpoint: str | None = None) -> dict[str, copies.Sweep]:
+    """`sweep` of the verified method: candidates are each image's VERIFY_CANDIDATES nearest by the
+    descriptor (by `hashes` without a checkpoint), each candidate pair scored by its inliers."""
+    from curate.copyverify import inliers, keypoints
+
+    base = "descriptor" if checkpoint else "hashes"
+    sig, packed = signatures(base, planted.images, checkpoint), [keypoints(d) for d in planted.images]
+    grid = thresholds("verified", sig)
+    near = nearest_k(base, sig, sig, min(VERIFY_CANDIDATES, len(sig) - 1), same=True)
+    pairs = np.unique(np.sort(np.stack([np.repeat(np.arange(len(sig)), near.shape[1]), near.ravel()], 1), 1), axis=0)
+    scores = np.array([-inliers(packed[i], packed[j]) for i, j in pairs], np.float64)
+    out = {"dedup": copies.dedup_sweep(planted, (pairs[:, 0], pairs[:, 1], scores), grid)}
+    if planted.eval_images:
+        eval_packed = [keypoints(d) for d in planted.eval_images]
+        eval_sig = signatures(base, planted.eval_images, checkpoint)
+        near = nearest_k(base, sig, eval_sig, min(VERIFY_CANDIDATES, len(eval_sig)), same=False)
+        scores = np.array([[-inliers(packed[i], eval_packed[j]) for j in row] for i, row in enumerate(near)])
+        best = np.argmin(scores, axis=1)
+        out["decontaminate"] = copies.decontaminate_sweep(
+            planted, (near[np.arange(len(near)), best], scores[np.arange(len(near)), best]), grid)
+    return out
+
+
 def sweep(method: str, planted: copies.CopySet, checkpoint: str | None = None) -> dict[str, copies.Sweep]:
     """Both views of one method on a CopySet: near_dedup's ("dedup") and, with an eval set,
     decontaminate's ("decontaminate")."""
+    if method == "verified":
+        return verified_sweep(planted, checkpoint)
     sig = signatures(method, planted.images, checkpoint)
     grid = thresholds(method, sig)
     out = {"dedup": copies.dedup_sweep(planted, close_pairs(method, sig, grid.max()), grid)}

@@ -50,4 +50,4 @@ def test_calibrate_refuses_a_checkpoint_with_a_hash_method(pool_root, copydetect
     result = CliRunner().invoke(main, ["calibrate", "near_dedup", "--data", str(pool_root / "pool"),
                                        "--method", "phash",
                                        "--checkpoint", str(copydetect_checkpoint)])
-    assert result.exit_code == 2 and "--checkpoint goes with method descriptor" in result.output
+    assert result.exit_code == 2 and "--checkpoint goes with methods descriptor and verified" in result.output

@@ -18,9 +18,10 @@ def calibrate():
 @click.option("--data", "data", multiple=True, required=True,
               help="Input(s) whose images are copied (any `curate run` input; the held-out part of a descriptor's "
                    "own pool).")
-@click.option("--method", type=click.Choice(["phash", "hashes", "descriptor"]),
+@click.option("--method", type=click.Choice(["phash", "hashes", "descriptor", "verified"]),
               help="near_dedup's method [default: descriptor with --checkpoint, else phash].")
-@click.option("--checkpoint", type=click.Path(dir_okay=False, exists=True), help="A copydetect.pt (method descriptor).")
+@click.option("--checkpoint", type=click.Path(dir_okay=False, exists=True),
+              help="A copydetect.pt (methods descriptor and verified).")
 @click.option("--target", type=click.FloatRange(0, 1, min_open=True), default=0.005, show_default=True,
               help="False-merge rate to hold: the share of distinct images merged with another.")
 @click.option("--originals", type=click.IntRange(min=1), default=200, show_default=True,
@@ -39,8 +40,8 @@ def calibrate_near_dedup(data, method, checkpoint, target, originals, seed, held
     from curate.copies import heldout as held_out
 
     method = method or ("descriptor" if checkpoint else "phash")
-    if (method == "descriptor") != bool(checkpoint) or (write and method != "descriptor"):
-        raise UserError("--checkpoint goes with method descriptor (and --write with a checkpoint)")
+    if (method in ("descriptor", "verified")) != bool(checkpoint) or (write and method != "descriptor"):
+        raise UserError("--checkpoint goes with methods descriptor and verified (and --write with descriptor)")
     found = read_images(list(data))
     images = found["image"]
     if heldout:
@@ -51,7 +52,7 @@ def calibrate_near_dedup(data, method, checkpoint, target, originals, seed, held
     if result["threshold"] is None:
         raise UserError(f"{method}: no threshold holds false merges <= {target:.2%} on {planted} (lowest "
                         f"{result['lowest_false_merge']:.2%}, recall {result['recall_there']:.3f} there)")
-    name = "threshold (cosine)" if method == "descriptor" else "radius"
+    name = {"descriptor": "threshold (cosine)", "verified": "inliers"}.get(method, "radius")
     click.echo(f"{method}: {name} {result['threshold']} holds false merges at {result['false_merge']:.2%} "
                f"(target {target:.2%}) on {planted}: recall {result['recall']:.3f}")
     click.echo("recall by kind: " + ", ".join(f"{k} {v:.3f}" for k, v in result["recall_by_kind"].items()))

@@ -11,6 +11,10 @@ methods (`method`, curate/stages/copy_method.py):
 - `descriptor`: a learned copy descriptor (`curate train copydetect`, curate/models/copydetect.py),
   image cosine >= `threshold` (default: the one calibrated when the checkpoint was trained). The
   default when a `checkpoint` is given.
+- `verified`: that descriptor's `candidates` nearest of each image (in its cluster, as below),
+  each candidate pair a copy when at least `inliers` of its SIFT keypoints (curate.copyverify,
+  packed per image in `process`, carried in the fit rows) agree on one similarity transform,
+  of the image as it is or mirrored: crops, rotations, borders and overlaid text keep them.
 
 The hash methods search exactly within the radius (curate/pigeonhole.py: identical codes meet,
 then pigeonhole buckets of code chunks, then min-label propagation), over narrow fit rows (uid,
@@ -41,6 +45,7 @@ import pyarrow.compute as pc
 from pydantic import Field, model_validator
 
 from curate.copyhash import HASH_WORDS, copy_hashes, phash
+from curate.copyverify import keypoints
 from curate.neighbours import FLAT_MAX_ROWS, KMeansConfig, SearchConfig, kmeans
 from curate.pigeonhole import (
     bucket_edges,
@@ -62,7 +67,7 @@ from curate.stages.clustered import (
     vector_column,
     with_clusters,
 )
-from curate.stages.copy_method import CopyConfig, Descriptors, descriptor_duplicates
+from curate.stages.copy_method import KEYPOINTS_COLUMN, CopyConfig, Descriptors, descriptor_duplicates
 from curate.stages.input_columns import given_column, with_given_column
 
 DESCRIPTOR_COLUMN = "copy_descriptor"
@@ -102,7 +107,7 @@ class NearDedupConfig(CopyConfig, SearchConfig, KMeansConfig):
         """A hash column needs no image: the stage runs on metadata."""
         if self.hash_column:
             return [("uid", self.hash_column)]
-        return [self.descriptor_reads()] if self.chosen == "descriptor" else [("uid", "image")]
+        return [self.descriptor_reads()] if self.uses_descriptor else [("uid", "image")]
 
 
 class NearDedup(GlobalStage):
@@ -112,13 +117,14 @@ class NearDedup(GlobalStage):
     name = "near_dedup"
     Config = NearDedupConfig
     reads = ("uid", "image")
-    writes = {"phash": pa.int64(), "copy_hashes": pa.list_(pa.int64()), DESCRIPTOR_COLUMN: pa.binary()}
+    writes = {"phash": pa.int64(), "copy_hashes": pa.list_(pa.int64()), DESCRIPTOR_COLUMN: pa.binary(),
+              KEYPOINTS_COLUMN: pa.binary()}
     reasons = ("phash_failed", "hash_failed", "descriptor_failed", "near_duplicate")
 
     @property
     def uses_model(self) -> bool:
         """A descriptor is a model: engines run the stage in long-lived workers."""
-        return self.config.chosen == "descriptor"
+        return self.config.uses_descriptor
 
     @property
     def words(self) -> int:
@@ -131,14 +137,14 @@ class NearDedup(GlobalStage):
         return Descriptors(self.config)
 
     def setup(self) -> None:
-        if self.config.chosen == "descriptor":
+        if self.config.uses_descriptor:
             self.descriptors  # noqa: B018 - loads the checkpoint's config and opens the store
 
     def process(self, table: pa.Table) -> Verdict:
         chosen = self.config.chosen
         if self.config.hash_column:
             return self._read_hashes(table)
-        if chosen == "descriptor":
+        if self.config.uses_descriptor:
             return self._describe(table)
         fn, column, reason = (phash, "phash", "phash_failed") if chosen == "phash" else (copy_hashes, "copy_hashes",
                                                                                         "hash_failed")
@@ -150,14 +156,22 @@ class NearDedup(GlobalStage):
         return verdict
 
     def _describe(self, table: pa.Table) -> Verdict:
-        """Each image's descriptor (float16 bytes; null where it failed)."""
+        """Each image's descriptor (float16 bytes; null where it failed) and, for verified, its packed
+        keypoints (null where the descriptor failed)."""
         rows, vectors, failures = self.descriptors.for_table(table)
         values = pa.nulls(table.num_rows, pa.binary())
         if len(rows):
             mask = np.zeros(table.num_rows, bool)
             mask[rows] = True
             values = pc.replace_with_mask(values, pa.array(mask), vector_column(vectors))
-        verdict = Verdict(set_column(table, DESCRIPTOR_COLUMN, values))
+        table = set_column(table, DESCRIPTOR_COLUMN, values)
+        if self.config.chosen == "verified":
+            images = table.column("image").to_pylist()
+            packed, failed = map_rows(images, keypoints)
+            failures = {**failed, **failures}
+            table = set_column(table, KEYPOINTS_COLUMN, [None if i in failures else p for i, p in enumerate(packed)],
+                               pa.binary())
+        verdict = Verdict(table)
         for i, message in failures.items():
             verdict.reject(i, "descriptor_failed", message)
         return verdict
@@ -173,10 +187,13 @@ class NearDedup(GlobalStage):
         return with_given_column(table, "phash", hashes, pc.is_null(hashes), "phash_failed", column)
 
     def fit_rows(self, table: pa.Table) -> pa.Table:
-        """uid, node, code words and _row of each hashed row; uid, descriptor and _row for the descriptor."""
-        if self.config.chosen == "descriptor":
-            return pa.table({"uid": table.column("uid"), VECTOR_COLUMN: table.column(DESCRIPTOR_COLUMN).cast(
-                pa.binary()), ROW_COLUMN: table.column(ROW_COLUMN)})
+        """uid, node, code words and _row of each hashed row; uid, descriptor and _row for the descriptor
+        (and the packed keypoints for verified)."""
+        if self.config.uses_descriptor:
+            columns = {"uid": table.column("uid"), VECTOR_COLUMN: table.column(DESCRIPTOR_COLUMN).cast(pa.binary())}
+            if self.config.chosen == "verified":
+                columns[KEYPOINTS_COLUMN] = table.column(KEYPOINTS_COLUMN).cast(pa.binary())
+            return pa.table({**columns, ROW_COLUMN: table.column(ROW_COLUMN)})
         if self.words == 1:
             codes = table.column("phash").to_numpy().reshape(-1, 1)
         else:
@@ -186,7 +203,7 @@ class NearDedup(GlobalStage):
         return pa.Table.from_arrays(columns + [table.column(ROW_COLUMN)], schema=fit_schema(self.words))
 
     def fit(self, data: Dataset, context: FitContext) -> Fitted:
-        if self.config.chosen == "descriptor":
+        if self.config.uses_descriptor:
             return self._fit_descriptors(data, context)
         named, radius, words = Dataset((), 0), self.config.hash_radius, self.words
         if radius:
@@ -209,14 +226,16 @@ class NearDedup(GlobalStage):
             centroids, _ = kmeans(column_vectors(sample.column(VECTOR_COLUMN)), clusters, self.config.seed,
                                   self.config.niter, spherical=True)
         assigned = context.map(data, partial(with_clusters, centroids), "clusters")
-        threshold = self.descriptors.threshold
-        search = SearchConfig(index="flat", neighbours=self.config.neighbours)
-        rejected = context.group(assigned, [CLUSTER_COLUMN], partial(descriptor_duplicates, threshold, search),
+        threshold, inliers = self.descriptors.threshold, self.config.verify_inliers
+        neighbours = self.config.neighbours if inliers is None else self.config.candidates
+        search = SearchConfig(index="flat", neighbours=neighbours)
+        rejected = context.group(assigned, [CLUSTER_COLUMN], partial(descriptor_duplicates, threshold, search, inliers),
                                  "near_duplicates")
-        return Fitted({"clusters": 1 if centroids is None else len(centroids), "threshold": threshold}, rejected)
+        state = {"clusters": 1 if centroids is None else len(centroids), "threshold": threshold}
+        return Fitted(state if inliers is None else {**state, "inliers": inliers}, rejected)
 
     def fit_stats(self, state: dict) -> dict:
-        """The descriptor fit's clusters and threshold."""
+        """The descriptor fit's clusters and threshold (and inliers, verified)."""
         if "clusters" not in state:
             return {}
-        return {"kind": "copy_descriptor", "clusters": state["clusters"], "threshold": state["threshold"]}
+        return {"kind": "copy_descriptor", **state}

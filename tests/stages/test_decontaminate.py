@@ -141,3 +141,28 @@ def test_descriptor_rejects_exactly_the_images_near_an_eval_image(pool_root, poo
         expected = _descriptor_matches(table, eval_table, model, threshold)
         assert _near(got) == expected
         assert any(uid in expected for uid, _, _ in planted)
+
+
+def test_verified_rejects_the_candidates_whose_keypoints_verify(pool_root, pool_table, copydetect_checkpoint):
+    from curate.copyverify import inliers, keypoints
+    from curate.models.copydetect import CopyDescriptor
+
+    planted = _eval_copies(pool_root, ["crop", "rotate", "mixed"])
+    config = DecontaminateConfig(eval_data=[str(pool_root / "eval")], method="verified",
+                                 checkpoint=str(copydetect_checkpoint), candidates=4, inliers=12)
+    table, got = _decontaminated(config, pool_table, planted)
+    eval_table = pq.read_table(pool_root / "eval")
+    model = CopyDescriptor.shared(str(copydetect_checkpoint))
+    eval_vectors = model.embed(eval_table["image"].to_pylist())[1].astype(np.float16).astype(np.float32)
+    vectors = model.embed(table["image"].to_pylist())[1].astype(np.float16).astype(np.float32)
+    near = np.argsort(-(vectors @ eval_vectors.T), axis=1, kind="stable")[:, :4]
+    eval_packed = [keypoints(d) for d in eval_table["image"].to_pylist()]
+    eval_uids, eval_images = eval_table["uid"].to_pylist(), set(eval_table["image"].to_pylist())
+    expected = {}
+    for uid, data, row in zip(table["uid"].to_pylist(), table["image"].to_pylist(), near):
+        scores = [inliers(keypoints(data), eval_packed[j]) for j in row]
+        if max(scores) >= 12 and data not in eval_images:
+            expected[uid] = eval_uids[row[int(np.argmax(scores))]]
+    assert {u: v for u, (r, v) in got.items() if r == "eval_near"} == expected
+    found = sum(got.get(uid) == ("eval_near", eval_uid) for uid, _, eval_uid in planted)
+    assert found >= 0.8 * len(planted), (found, len(planted))

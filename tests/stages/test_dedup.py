@@ -15,7 +15,7 @@ from curate.copyhash import copy_hashes, hamming
 from curate.engines.driver import run_global_stage
 from curate.engines.local import LocalEngine
 from curate.stage import Verdict
-from curate.stages.copy_method import RADIUS
+from curate.stages.copy_method import INLIERS, RADIUS
 from curate.stages.exact_dedup import ExactDedup, ExactDedupConfig
 from curate.stages.near_dedup import NearDedup, NearDedupConfig
 
@@ -383,3 +383,53 @@ def test_descriptor_is_the_same_for_an_image_and_its_mirror(copydetect_checkpoin
     batch = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(describe(net, batch), describe(net, torch.flip(batch, dims=[3])), atol=1e-6)
+
+
+def _verified_components(table: pa.Table, checkpoint, candidates: int, inliers: int) -> dict[str, str]:
+    """The reference for verified: each image's `candidates` nearest by the descriptor (float16, as
+    the stage keeps them; ties by row), the pairs whose keypoints have at least `inliers` inliers,
+    connected components, each keeps its smallest uid."""
+    from curate.copyverify import inliers as pair_inliers
+    from curate.copyverify import keypoints
+    from curate.models.copydetect import CopyDescriptor
+
+    images = table.column("image").to_pylist()
+    _, vectors, _ = CopyDescriptor.shared(str(checkpoint)).embed(images)
+    vectors = vectors.astype(np.float16).astype(np.float32)
+    cosines = vectors @ vectors.T
+    np.fill_diagonal(cosines, -np.inf)
+    near = np.argsort(-cosines, axis=1, kind="stable")[:, :candidates]
+    packed = [keypoints(d) for d in images]
+    pairs = {(min(i, int(j)), max(i, int(j))) for i, row in enumerate(near) for j in row}
+    a, b = np.array([p for p in pairs if pair_inliers(packed[p[0]], packed[p[1]]) >= inliers]).reshape(-1, 2).T
+    _, component = connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(len(images),) * 2),
+                                        directed=False)
+    uids = np.array(table.column("uid").to_pylist(), dtype=object)
+    kept = {label: min(uids[component == label]) for label in np.unique(component)}
+    return {u: kept[component[i]] for i, u in enumerate(uids) if u != kept[component[i]]}
+
+
+def test_verified_dedup_is_the_components_of_the_verified_candidates(pool_table, copydetect_checkpoint):
+    table, planted = _planted_copies(pool_table, ["crop", "rotate", "border", "mixed"], count=20)
+    config = NearDedupConfig(method="verified", checkpoint=str(copydetect_checkpoint), candidates=6, inliers=12)
+    assert config.verify_inliers == 12 and NearDedupConfig(method="verified", checkpoint="x.pt").verify_inliers == \
+        INLIERS["near_dedup"]
+    expected = _verified_components(table, copydetect_checkpoint, 6, 12)
+    recall, _, dropped = _dedup_outcome(NearDedup(config), table, planted)
+    assert dropped == expected
+    _, verdict = run_global_stage(NearDedup(config), table, LocalEngine(2, progress=False), task_rows=16,
+                                  partition_rows=20)
+    assert _dropped(verdict) == expected
+    phash_recall, _, _ = _dedup_outcome(NearDedup(NearDedupConfig()), table, planted)
+    assert recall >= 0.8 and recall >= phash_recall + 0.5, (recall, phash_recall)
+
+
+def test_verified_settings_are_checked():
+    with pytest.raises(ValueError, match="method verified needs checkpoint"):
+        NearDedupConfig(method="verified")
+    with pytest.raises(ValueError, match="inliers are for method verified, not descriptor"):
+        NearDedupConfig(checkpoint="x.pt", inliers=10)
+    with pytest.raises(ValueError, match="method verified takes inliers, not threshold"):
+        NearDedupConfig(method="verified", checkpoint="x.pt", threshold=0.9)
+    with pytest.raises(ValueError, match="radius is for the hash methods; method verified takes inliers"):
+        NearDedupConfig(method="verified", checkpoint="x.pt", radius=3)
