@@ -51,3 +51,14 @@ def test_calibrate_refuses_a_checkpoint_with_a_hash_method(pool_root, copydetect
                                        "--method", "phash",
                                        "--checkpoint", str(copydetect_checkpoint)])
     assert result.exit_code == 2 and "--checkpoint goes with methods descriptor and verified" in result.output
+
+
+def test_calibrate_command_sweeps_the_verified_inlier_count(pool_root, copydetect_checkpoint):
+    result = CliRunner().invoke(main, ["calibrate", "near_dedup", "--data", str(pool_root / "pool"),
+                                       "--method", "verified", "--checkpoint", str(copydetect_checkpoint),
+                                       "--originals", "10", "--target", "0.2"])
+    assert result.exit_code == 0, result.output
+    found = re.search(r"verified: inliers (\d+) holds false merges at ([\d.]+)% \(target 20.00%\) on 90 planted "
+                      r"copies among [\d,]+ distinct images: recall ([\d.]+)", result.output)
+    assert found and 3 <= int(found.group(1)) <= calibrate.MAX_INLIERS and float(found.group(2)) <= 20, result.output
+    assert float(found.group(3)) >= 0.5, result.output  # crops, rotations and borders verify
