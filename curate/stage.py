@@ -185,6 +185,12 @@ class Stage(ABC):
     def setup(self) -> None:  # noqa: B027 - an optional hook: most stages load nothing
         """Load models or other per-worker resources; called once before the first batch."""
 
+    def cheap_process(self) -> bool:
+        """Whether `process` costs about as little as reading its rows back (columnar rules over
+        columns the rows have: no model, no decoding, no download). A pass made only of such steps
+        stores no output: the pass after it recomputes them on what it reads (default: no)."""
+        return False
+
     @classmethod
     def summary(cls) -> str:
         """The first paragraph of the stage's docstring, on one line."""
@@ -278,9 +284,7 @@ class GlobalStage(Stage):
         return Verdict(table)
 
     def cheap_process(self) -> bool:
-        """Whether `process` costs about as little as reading its rows back (no model, no decoding):
-        then a pass that only applies the previous decision and runs this process stores no output,
-        and the next pass recomputes it (default: when `process` keeps the batch as it is)."""
+        """See Stage.cheap_process (default: when `process` keeps the batch as it is)."""
         return type(self).process is GlobalStage.process
 
     def fit_rows(self, table: pa.Table) -> pa.Table:

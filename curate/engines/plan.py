@@ -3,10 +3,12 @@
 A pipeline is cut at its global stages. Pass k applies the decision of the global stage that
 ended pass k-1 (if any), runs the map stages that follow, and ends with the `process` of the
 next global stage (if any), whose narrow fit rows are written beside the pass's output.
-A pass with no map stages whose global stage's `process` is cheap (`GlobalStage.cheap_process`)
-stores no output: the next pass reads what it read and replays its apply and process (a
-DataComp recipe's dedup then top fraction rewrites the pool once less). Engines decide where
-batches run; this module decides what happens to a batch, so all engines give the same answer.
+A pass whose map stages and global stage's `process` are all cheap (`Stage.cheap_process`:
+columnar rules, no model or decoding) stores no output: the next pass reads what it read (the
+input, for the first pass) and replays it. A DataComp metadata recipe (caption and size rules,
+dedup, top fraction) then writes the pool once, at the end, instead of after every pass.
+Engines decide where batches run; this module decides what happens to a batch, so all engines
+give the same answer.
 """
 
 from __future__ import annotations
@@ -43,8 +45,8 @@ class Pass:
 
 
 def plan_passes(stages: list[Stage]) -> list[Pass]:
-    """Cut the stage list at global stages; a middle pass without map stages whose global stage's
-    process is cheap is not stored (the passes after it replay it)."""
+    """Cut the stage list at global stages; a pass other than the last whose map stages and
+    global stage's process are all cheap is not stored (the passes after it replay it)."""
     cuts: list[Pass] = []
     apply, maps = None, []
     for i, stage in enumerate(stages):
@@ -57,7 +59,7 @@ def plan_passes(stages: list[Stage]) -> list[Pass]:
     passes: list[Pass] = []
     for cut in cuts:
         replays = tuple(passes[len(passes) - _unstored_run(passes):])
-        stored = cut.index == 0 or cut.is_last or cut.maps or not stages[cut.fit].cheap_process()
+        stored = cut.is_last or not all(stages[i].cheap_process() for i in (*cut.maps, cut.fit))
         passes.append(Pass(cut.index, cut.apply, cut.maps, cut.fit, bool(stored), replays))
     return passes
 
@@ -127,13 +129,12 @@ def check_declared(key: str, stage: Stage, reasons: Counter, new_columns: set[st
                            f"{cls}.writes {sorted(stage.writes)}: declare every column the stage writes")
 
 
-def replay_on_batch(stages: list[Stage], pass_: Pass, table: pa.Table, state: dict[str, Any],
-                    rejected: pa.Table | None) -> pa.Table:
-    """The rows an unstored pass kept of a batch (its apply, then its global stage's process),
-    recomputed by a later pass; the pass itself recorded their ledger and stats."""
-    applied = stages[pass_.apply].apply(table, state, rejected)
-    processed = stages[pass_.fit].process(applied.table.filter(pa.array(applied.kept_mask())))
-    return processed.table.filter(pa.array(processed.kept_mask()))
+def replay_on_batch(stages: list[Stage], pass_: Pass, verdict: Verdict, state: dict[str, Any],
+                    rejected: pa.Table | None) -> Verdict:
+    """The rows an unstored pass kept of a batch, recomputed by a later pass (the first pass's
+    from the reader's verdict); the pass itself recorded their ledger and stats."""
+    result = run_pass_on_batch(stages, pass_, verdict, state, rejected, read_step=pass_.index == 0)
+    return Verdict(result.kept)
 
 
 def run_pass_on_batch(stages: list[Stage], pass_: Pass, verdict: Verdict, state: dict[str, Any],

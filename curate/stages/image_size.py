@@ -42,6 +42,10 @@ class ImageSize(MapStage):
     reads = SIZE_COLUMNS[0]
     reasons = ("missing_size", "image_too_small", "image_too_large", "aspect_ratio")
 
+    def cheap_process(self) -> bool:
+        """Columnar rules over columns the rows have."""
+        return True
+
     def process(self, table: pa.Table) -> Verdict:
         cfg = self.config
         pairs = [pair for pair in ORIGINAL_FIRST if set(pair) <= set(table.column_names)]

@@ -171,8 +171,11 @@ def parquet_file(path: str) -> pq.ParquetFile:
 @lru_cache(maxsize=8)
 def _open_parquet(path: str, pid: int) -> pq.ParquetFile:
     """Keyed by process too: a URL's open file does not survive a fork into a worker. Page checksums,
-    where the writer stored them, are verified: a corrupt page is an error, not wrong values."""
-    return pq.ParquetFile(path if not is_url(path) else open_input(path), page_checksum_verification=True)
+    where the writer stored them, are verified: a corrupt page is an error, not wrong values. Only a
+    URL's reads are pre-buffered (coalesced into few requests): a pre-buffering reader keeps the last
+    row group it read, compressed, for as long as the file stays open here."""
+    remote = is_url(path)
+    return pq.ParquetFile(open_input(path) if remote else path, page_checksum_verification=True, pre_buffer=remote)
 
 
 def alias(column: str, columns: list[str]) -> str:
