@@ -65,9 +65,9 @@ class SparkEngine(TaskEngine):
         try:
             yield
         finally:
-            if started:
+            if started:  # a session held around several runs (a notebook's, a benchmark's) stays up
                 self._spark.stop()
-            self._spark = None
+                self._spark = None
 
     def map_tasks(self, jobs: list[TaskJob]) -> Iterable[dict]:
         # a few partitions per core, each running several tasks: a Spark task costs ~0.1 s of its own

@@ -107,3 +107,31 @@ def test_spark_standalone_cluster_by_master_url(faulty_input, tmp_path, referenc
         assert read_output(tmp_path / "spark") == reference
     finally:
         stop(processes)
+
+
+HELD_SESSION = """
+import json, sys
+import pyarrow as pa, pyarrow.parquet as pq
+from curate.engines import make_engine
+from curate.pipeline import parse_pipeline
+from curate.runner import run_pipeline
+
+name, folder = sys.argv[1], sys.argv[2]
+pq.write_table(pa.table({"uid": [f"{i:032x}" for i in range(60)], "url": [f"http://x/{i % 40}" for i in range(60)],
+                         "text": [f"caption {i % 40}" for i in range(60)]}), f"{folder}/in.parquet", row_group_size=20)
+pipeline = parse_pipeline({"name": "held", "stages": [{"stage": "exact_dedup", "key": "url_text"}]}, "<held>")
+engine = make_engine(name, 2, progress=False)
+with engine.session():
+    kept = [run_pipeline(pipeline, engine, f"{folder}/in.parquet", f"{folder}/out-{run}")["kept"] for run in (1, 2)]
+print(json.dumps(kept))
+"""
+
+
+@pytest.mark.parametrize("engine", ["ray", "spark"])
+def test_a_session_held_around_two_runs_serves_both_and_ends(engine, tmp_path):
+    """As a notebook or bench/scale.py holds one: each run joins the engine's session, which ends with
+    the block (a run used to drop Spark's session object, so the block's end failed)."""
+    result = subprocess.run([sys.executable, "-c", HELD_SESSION, engine, str(tmp_path)], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "[40, 40]"
