@@ -10,8 +10,9 @@ run timed from the process's start, as `curate run` is, the second warm; a polle
 and CPU time of every process of the first run every 0.2 s (CPU seconds say more than wall
 time on a machine shared with other jobs). DuckDB (its own venv, `make bench-duckdb`)
 runs the same steps in SQL on the same files. `--images` adds an image-bearing variant
-(200k rows, the pool's JPEGs cycled, decoded by the pipeline) against a decode-only loop on
-the same images (bench/heuristics.py's limit).
+(200k rows, the pool's JPEGs cycled, decoded by the pipeline) against decode-only loops on
+the same images (bench/heuristics.py's limit: JPEGs at 1/8 scale, as curate's decode does where
+no stage keeps the pixels, and full decodes).
 
 Prints a table per size and the issue-14 targets, PASS/FAIL:
   local >= 0.5x DuckDB's rows/s at 10M; every process's peak RSS at 10M <= 1.15x its 1M figure
@@ -86,6 +87,7 @@ PIPELINE = {
 }
 OPTIONAL = {"outputs": "setting outputs", "image_size": "stage image_size", "clip_score": "stage clip_score"}
 IMAGE_BATCH = 512  # the image variant decodes: smaller batches
+LIMITS = {"draft": True, "full": False}  # the image variant's decode-only loops: JPEGs at 1/8 scale, and full
 
 
 # ---------------------------------------------------------------- data
@@ -599,13 +601,15 @@ def targets(all_results: dict, images: dict | None) -> list[dict]:
                 out.append({"target": f"{engine} {name} {what} {big:,} / {small:,} rows <= 1.15 and <= 2 GiB"
                                       + ("" if done else " (the big run did not finish)"),
                             "value": grew, "rss_big": b[kind], "pass": ok if done else (False if not ok else None)})
-    if images:
-        value = images["curate_rows_s"] / images["decode_rows_s"] if images.get("curate_rows_s") else None
-        out.append({"target": f"{images['rows']:,} image rows: curate / decode-only >= 0.9", "value": value,
-                    "pass": None if value is None else value >= 0.9})
-        cpu = images.get("cpu_ratio")
-        out.append({"target": f"{images['rows']:,} image rows: decode-only / curate CPU seconds >= 0.9", "value": cpu,
-                    "pass": None if cpu is None else cpu >= 0.9})
+    for kind in LIMITS if images else ():
+        limit = images[kind]
+        value = images["curate_rows_s"] / limit["decode_rows_s"] if images.get("curate_rows_s") else None
+        judged = "" if kind == "draft" else " (not the target's: a full decode is more than curate does)"
+        out.append({"target": f"{images['rows']:,} image rows: curate / decode-only ({kind}) >= 0.9{judged}",
+                    "value": value, "pass": None if value is None else value >= 0.9})
+        cpu = limit["cpu_ratio"]
+        out.append({"target": f"{images['rows']:,} image rows: decode-only ({kind}) / curate CPU seconds >= 0.9"
+                              f"{judged}", "value": cpu, "pass": None if cpu is None else cpu >= 0.9})
     return out
 
 
@@ -674,21 +678,27 @@ def main() -> None:
                 image_raw = pipeline_dict("images", features)
                 print(f"{args.images:,} image rows, local: {' -> '.join(s['stage'] for s in image_raw['stages'])}, "
                       "default outputs ...", flush=True)
-                # the loop runs before and after curate, and the faster counts: a shared machine's load
-                # moves within minutes; CPU seconds (curate's whole process tree) move less
-                before = bench_decode_limit(source, WORKERS)
+                # the loops run before and after curate, and the faster counts: a shared machine's load
+                # moves within minutes; CPU seconds (curate's whole process tree) move less. Two loops:
+                # full decodes, and JPEGs at 1/8 scale (as curate's decode does where no stage keeps
+                # the pixels: the least work that checks every byte), which the target is judged by
+                before = {kind: bench_decode_limit(source, WORKERS, draft) for kind, draft in LIMITS.items()}
                 r = run_curate(image_raw, source, "local", scratch, args.timeout)
-                decode_s, decoded, decode_cpu = min(before, bench_decode_limit(source, WORKERS))
                 images = {"rows": args.images, "tasks": tasks_of(source), "pipeline": image_raw, "curate": r,
-                          "curate_rows_s": args.images / r["seconds"] if r["returncode"] == 0 else None,
-                          "decode_s": decode_s, "decode_rows_s": decoded / decode_s, "decode_cpu_s": decode_cpu,
-                          "cpu_ratio": decode_cpu / r["cpu_s"] if r["returncode"] == 0 and r["cpu_s"] else None}
+                          "curate_rows_s": args.images / r["seconds"] if r["returncode"] == 0 else None}
+                for kind, draft in LIMITS.items():
+                    decode_s, decoded, decode_cpu = min(before[kind], bench_decode_limit(source, WORKERS, draft))
+                    cpu_ratio = decode_cpu / r["cpu_s"] if r["returncode"] == 0 and r["cpu_s"] else None
+                    images[kind] = {"decode_s": decode_s, "decode_rows_s": decoded / decode_s,
+                                    "decode_cpu_s": decode_cpu, "cpu_ratio": cpu_ratio}
                 report["images"] = images
                 print(f"\n{args.images:,} image rows ({images['tasks']} tasks), {WORKERS} cores: curate "
                       f"{r['seconds']:.1f} s, {r['cpu_s']:.1f} CPU s ({images['curate_rows_s'] or 0:,.0f} rows/s, "
                       f"kept {r['counts'] and r['counts']['kept']}, driver {mib(r['driver_rss'])} MiB, worker "
-                      f"{mib(r['worker_rss'])} MiB); decode-only {decode_s:.1f} s, {decode_cpu:.1f} CPU s "
-                      f"({images['decode_rows_s']:,.0f} rows/s)")
+                      f"{mib(r['worker_rss'])} MiB)")
+                for kind, limit in ((k, images[k]) for k in LIMITS):
+                    print(f"  decode-only ({kind}) {limit['decode_s']:.1f} s, {limit['decode_cpu_s']:.1f} CPU s "
+                          f"({limit['decode_rows_s']:,.0f} rows/s)")
     finally:
         if not args.keep_data:
             shutil.rmtree(DATA, ignore_errors=True)

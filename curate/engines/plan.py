@@ -3,12 +3,13 @@
 A pipeline is cut at its global stages. Pass k applies the decision of the global stage that
 ended pass k-1 (if any), runs the map stages that follow, and ends with the `process` of the
 next global stage (if any), whose narrow fit rows are written beside the pass's output.
-A pass whose map stages and global stage's `process` are all cheap (`Stage.cheap_process`:
-columnar rules, no model or decoding) stores no output: the next pass reads what it read (the
-input, for the first pass) and replays it. A DataComp metadata recipe (caption and size rules,
-dedup, top fraction) then writes the pool once, at the end, instead of after every pass.
-Engines decide where batches run; this module decides what happens to a batch, so all engines
-give the same answer.
+A middle pass whose map stages and global stage's `process` are all cheap (`Stage.cheap_process`:
+about as cheap as reading rows back) stores no output: the next pass reads what it read and
+replays it (a DataComp recipe's dedup then top fraction rewrites the pool once less). The first
+pass is always stored: the input is read once (rereading it, a caption rule's work included,
+cost more than writing and reading back its output, measured with bench/scale.py). Engines
+decide where batches run; this module decides what happens to a batch, so all engines give the
+same answer.
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ class Pass:
 
 
 def plan_passes(stages: list[Stage]) -> list[Pass]:
-    """Cut the stage list at global stages; a pass other than the last whose map stages and
-    global stage's process are all cheap is not stored (the passes after it replay it)."""
+    """Cut the stage list at global stages; a middle pass whose map stages and global stage's
+    process are all cheap is not stored (the passes after it replay it)."""
     cuts: list[Pass] = []
     apply, maps = None, []
     for i, stage in enumerate(stages):
@@ -59,7 +60,7 @@ def plan_passes(stages: list[Stage]) -> list[Pass]:
     passes: list[Pass] = []
     for cut in cuts:
         replays = tuple(passes[len(passes) - _unstored_run(passes):])
-        stored = cut.is_last or not all(stages[i].cheap_process() for i in (*cut.maps, cut.fit))
+        stored = cut.index == 0 or cut.is_last or not all(stages[i].cheap_process() for i in (*cut.maps, cut.fit))
         passes.append(Pass(cut.index, cut.apply, cut.maps, cut.fit, bool(stored), replays))
     return passes
 
@@ -129,12 +130,11 @@ def check_declared(key: str, stage: Stage, reasons: Counter, new_columns: set[st
                            f"{cls}.writes {sorted(stage.writes)}: declare every column the stage writes")
 
 
-def replay_on_batch(stages: list[Stage], pass_: Pass, verdict: Verdict, state: dict[str, Any],
-                    rejected: pa.Table | None) -> Verdict:
-    """The rows an unstored pass kept of a batch, recomputed by a later pass (the first pass's
-    from the reader's verdict); the pass itself recorded their ledger and stats."""
-    result = run_pass_on_batch(stages, pass_, verdict, state, rejected, read_step=pass_.index == 0)
-    return Verdict(result.kept)
+def replay_on_batch(stages: list[Stage], pass_: Pass, table: pa.Table, state: dict[str, Any],
+                    rejected: pa.Table | None) -> pa.Table:
+    """The rows an unstored pass kept of a batch (its apply, map stages and global stage's
+    process), recomputed by a later pass; the pass itself recorded their ledger and stats."""
+    return run_pass_on_batch(stages, pass_, Verdict(table), state, rejected, read_step=False).kept
 
 
 def run_pass_on_batch(stages: list[Stage], pass_: Pass, verdict: Verdict, state: dict[str, Any],

@@ -130,15 +130,17 @@ def _run_task(job: TaskJob) -> dict:
     rejections = TaskRejections(layout.task_decisions(pass_.index - 1, task.index)) if pass_.apply is not None else None
     out_parquet = layout.kept_parquet(task.index) if pass_.is_last else layout.intermediate(pass_.index, task.index)
     out_tar = layout.kept_tar(task.index) if pass_.is_last and "webdataset" in job.pipeline.settings.outputs else None
-    replays = [_replayed(layout, p, task.index) for p in pass_.replays]
+    replays = [(p, _state_for(str(layout.state(p.index - 1))),
+                TaskRejections(layout.task_decisions(p.index - 1, task.index))) for p in pass_.replays]
     stats: list[dict[str, StageStats]] = []
     ledgers, fit_parts, rows_in, rows_out, kept_uids = [], [], 0, 0, []
     writer = PartWriter(out_parquet, out_tar) if pass_.stored else None
     with writer or nullcontext():
         for verdict in _batches(job, layout):
             for replayed, replayed_state, replayed_rejections in replays:
-                rows = replayed_rejections and replayed_rejections.next(verdict.table.num_rows)
-                verdict = replay_on_batch(stages, replayed, verdict, replayed_state, rows)
+                table = verdict.table
+                verdict = Verdict(replay_on_batch(stages, replayed, table, replayed_state,
+                                                  replayed_rejections.next(table.num_rows)))
             rows_in += verdict.table.num_rows
             rejected = rejections.next(verdict.table.num_rows) if rejections is not None else None
             result = run_pass_on_batch(stages, pass_, verdict, state, rejected, read_step=pass_.index == 0)
@@ -162,14 +164,6 @@ def _run_task(job: TaskJob) -> dict:
               "fit_rows": sum(t.num_rows for t in fit_parts),
               "stats": {k: s.to_dict() for k, s in merge_stats(stats).items()}}
     return layout.commit_task(pass_.index, task.index, marker, pass_.is_last)
-
-
-def _replayed(layout: RunLayout, pass_: Pass, task: int) -> tuple[Pass, dict[str, Any], TaskRejections | None]:
-    """An unstored pass to replay, with the state and the task's rejections of the decision it applies."""
-    if pass_.apply is None:
-        return pass_, {}, None
-    decided = pass_.index - 1
-    return pass_, _state_for(str(layout.state(decided))), TaskRejections(layout.task_decisions(decided, task))
 
 
 def with_row_ids(rows: pa.Table, task: int, start: int) -> pa.Table:

@@ -53,10 +53,6 @@ class Caption(MapStage):
     reads = ("text",)
     reasons = ("empty_caption", "too_few_words", "too_few_chars", "caption_too_long")
 
-    def cheap_process(self) -> bool:
-        """Columnar rules over columns the rows have."""
-        return True
-
     def process(self, table: pa.Table) -> Verdict:
         cfg = self.config
         verdict = Verdict(table)
