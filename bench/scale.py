@@ -696,7 +696,8 @@ def main() -> None:
                       f"{r['seconds']:.1f} s, {r['cpu_s']:.1f} CPU s ({images['curate_rows_s'] or 0:,.0f} rows/s, "
                       f"kept {r['counts'] and r['counts']['kept']}, driver {mib(r['driver_rss'])} MiB, worker "
                       f"{mib(r['worker_rss'])} MiB)")
-                for kind, limit in ((k, images[k]) for k in LIMITS):
+                for kind in LIMITS:
+                    limit = images[kind]
                     print(f"  decode-only ({kind}) {limit['decode_s']:.1f} s, {limit['decode_cpu_s']:.1f} CPU s "
                           f"({limit['decode_rows_s']:,.0f} rows/s)")
     finally:

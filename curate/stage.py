@@ -187,8 +187,8 @@ class Stage(ABC):
 
     def cheap_process(self) -> bool:
         """Whether `process` costs about as little as reading its rows back (columnar rules over
-        columns the rows have: no model, no decoding, no download). A pass made only of such steps
-        stores no output: the pass after it recomputes them on what it reads (default: no)."""
+        columns the rows have: no model, no decoding, no download). A middle pass made only of such
+        steps stores no output: the pass after it recomputes them on what it reads (default: no)."""
         return False
 
     @classmethod
