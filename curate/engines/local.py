@@ -22,13 +22,12 @@ from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate.engines.driver import TaskEngine
-from curate.engines.shuffle import Reducer, batches, partition_of
+from curate.engines.shuffle import Reducer, batches, partition_slices
 from curate.engines.task import TaskJob, run_task
 from curate.io.writers import atomic
 from curate.stage import Dataset
@@ -101,15 +100,9 @@ def spill(keys: list[str], partitions: int, paths: tuple[str, str]) -> list[int]
         for table in batches(source):
             if writer is None:
                 writer = pq.ParquetWriter(tmp, table.schema, compression="none", use_dictionary=False)
-            parts = partition_of(table.column(keys[0]), partitions)
-            order = np.argsort(parts, kind="stable")
-            table, parts = table.take(pa.array(order)), parts[order]
-            counts = np.bincount(parts, minlength=partitions)
-            start = 0
-            for p in np.flatnonzero(counts):
-                writer.write_table(table.slice(start, counts[p]), row_group_size=int(counts[p]))
-                owners.append(int(p))
-                start += counts[p]
+            for p, rows in partition_slices(table, keys, partitions):
+                writer.write_table(rows, row_group_size=rows.num_rows)
+                owners.append(p)
         if writer is None:
             pq.write_table(pq.read_schema(source).empty_table(), tmp)
         else:

@@ -55,6 +55,16 @@ def with_partition(keys: list[str], partitions: int, table: pa.Table) -> pa.Tabl
     return table.append_column(PARTITION_COLUMN, pa.array(partition_of(table.column(keys[0]), partitions)))
 
 
+def partition_slices(table: pa.Table, keys: list[str], partitions: int):
+    """(partition, its rows) for each partition that has rows of `table`, hashed by `keys[0]`."""
+    parts = partition_of(table.column(keys[0]), partitions)
+    order = np.argsort(parts, kind="stable")
+    table, counts = table.take(pa.array(order)), np.bincount(parts, minlength=partitions)
+    starts = np.cumsum(counts) - counts
+    for p in np.flatnonzero(counts):
+        yield int(p), table.slice(starts[p], counts[p])
+
+
 def run_partition(decide: Callable[[pa.Table], pa.Table], out: str, partition: int, table: pa.Table) -> dict:
     """`decide` on one partition's rows, written to `out/part-NNNNN.parquet`."""
     if PARTITION_COLUMN in table.column_names:
@@ -159,9 +169,13 @@ class EngineFitContext(FitContext):
 
 
 def reduce_group(reduce: Reducer, table: pa.Table) -> pa.Table:
-    """A grouped-map function for engines that group by the partition column (Ray Data, Spark):
+    """A grouped-map function for engines that group rows by the partition column (Ray Data):
     one call per partition, its result as a one-row table."""
-    result = reduce(table.column(PARTITION_COLUMN)[0].as_py(), table)
+    return reduced(reduce(table.column(PARTITION_COLUMN)[0].as_py(), table))
+
+
+def reduced(result: dict) -> pa.Table:
+    """A reducer's result as the one-row table a grouped-map function returns."""
     return pa.table({"path": pa.array([result["path"]], pa.string()), "rows": pa.array([result["rows"]], pa.int64())})
 
 
