@@ -75,28 +75,25 @@ class SparkEngine(TaskEngine):
                 self._spark = None
 
     def map_tasks(self, jobs: list[TaskJob]) -> Iterable[dict]:
-        # a few partitions per core, each running several tasks: a Spark task costs ~0.1 s of its own
-        context = self._spark.sparkContext
-        partitions = min(len(jobs), PARTITIONS_PER_CORE * context.defaultParallelism)
-        rows = context.parallelize([(pickle.dumps(job),) for job in jobs], partitions)
+        rows = self._parallelize([(pickle.dumps(job),) for job in jobs])
         frame = self._spark.createDataFrame(rows, "job binary")
         # collect, not toLocalIterator: the latter runs one partition (task) at a time
         for row in frame.mapInArrow(run_jobs, "marker string").collect():
             yield json.loads(row["marker"])
 
+    def _parallelize(self, items: list):
+        """`items` as an RDD of a few partitions per core, each running several items: a Spark task
+        costs ~50 ms of its own (a task per file made two 80-file histograms take 8 s, not 0.3 s)."""
+        context = self._spark.sparkContext
+        return context.parallelize(items, min(len(items), PARTITIONS_PER_CORE * context.defaultParallelism))
+
     def map_calls(self, fn: Callable, items: list) -> list:
         if not items:
             return []
-        # a few partitions per core, as map_tasks: a Spark task per item cost ~50 ms each (80 files'
-        # histograms took 4 s where the local engine takes 0.3 s)
-        context = self._spark.sparkContext
-        partitions = min(len(items), PARTITIONS_PER_CORE * context.defaultParallelism)
-        return context.parallelize(items, partitions).map(fn).collect()
+        return self._parallelize(items).map(fn).collect()
 
     def shuffle(self, data: Dataset, keys: list[str], partitions: int, reduce: Reducer, work: Path) -> list[dict]:
-        context = self._spark.sparkContext
-        files = context.parallelize([(path,) for path in data.files],
-                                    min(len(data.files), PARTITIONS_PER_CORE * context.defaultParallelism))
+        files = self._parallelize([(path,) for path in data.files])
         blocks = self._spark.createDataFrame(files, "path string").mapInArrow(
             partial(file_blocks, keys, partitions), f"{PARTITION_COLUMN} int, block binary")
         grouped = blocks.groupBy(PARTITION_COLUMN).applyInArrow(_grouped(reduce), "path string, rows long")
@@ -104,18 +101,17 @@ class SparkEngine(TaskEngine):
 
 
 def file_blocks(keys: list[str], partitions: int, batches_: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """Map side of the shuffle: each file's rows hashed to partitions, as Arrow IPC blocks."""
-    for batch in batches_:
-        for path in batch.column("path").to_pylist():
-            owners, blocks = [], []
+    """Map side of the shuffle: each file's rows, a batch at a time (memory: one batch), hashed to
+    partitions, as Arrow IPC blocks."""
+    for paths in batches_:
+        for path in paths.column("path").to_pylist():
             for table in batches(path):
+                owners, blocks = [], []
                 for partition, rows in partition_slices(table, keys, partitions):
-                    pieces = max(1, -(-rows.nbytes // BLOCK_BYTES))
-                    step = -(-rows.num_rows // pieces)
+                    step = -(-rows.num_rows // max(1, -(-rows.nbytes // BLOCK_BYTES)))
                     for start in range(0, rows.num_rows, step):
                         owners.append(partition)
                         blocks.append(_ipc(rows.slice(start, step)))
-            if blocks:
                 yield pa.RecordBatch.from_arrays([pa.array(owners, pa.int32()), pa.array(blocks, pa.binary())],
                                                  [PARTITION_COLUMN, "block"])
 
