@@ -30,10 +30,10 @@ from curate.stages.clustered import VECTOR_COLUMN, cluster_runs, column_vectors
 # eval image matches, so its radius is smaller). No pHash radius holds 0.5% there (radius 0
 # merges 1.35% of distinct drawings): pHash keeps radius 4, its default before the calibration.
 RADIUS = {"near_dedup": {"phash": 4, "hashes": 1}, "decontaminate": {"phash": 4, "hashes": 7}}
-# Each stage's default inlier count of the verified method, from bench/copies.py: no count holds 0.5%
-# false merges there (64 inliers still merges 6.0% in near_dedup's view, 3.3% in decontaminate's),
-# so each is the count with the best recall at <= 10% false merges
-INLIERS = {"near_dedup": 41, "decontaminate": 25}
+# Each stage's default inlier count of the verified method, calibrated by bench/copies.py as the
+# radii are: the count with the best recall at <= 0.5% false merges (near_dedup 41: 0.41%,
+# decontaminate 18: 0.47%)
+INLIERS = {"near_dedup": 41, "decontaminate": 18}
 KEYPOINTS_COLUMN = "copy_keypoints"  # verified: each image's packed SIFT keypoints (curate.copyverify.keypoints)
 _DEFAULT_RADII = "; ".join(f"{stage}: " + ", ".join(f"{m} {r}" for m, r in radii.items())
                            for stage, radii in RADIUS.items())
