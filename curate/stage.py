@@ -309,6 +309,15 @@ class GlobalStage(Stage):
 def rejections(rows: pa.Array | np.ndarray, reason: str | pa.Array, values: pa.Array | list | None = None) -> pa.Table:
     """A table of rejected fit rows (REJECTED_SCHEMA) for a stage's `fit` to return."""
     rows = pa.array(rows, pa.int64())
-    reasons = pa.array([reason] * len(rows), pa.string()) if isinstance(reason, str) else reason
+    reasons = pa.repeat(pa.scalar(reason, pa.string()), len(rows)) if isinstance(reason, str) else reason
     values = pa.nulls(len(rows), pa.string()) if values is None else pa.array(values, pa.string())
     return pa.Table.from_arrays([rows, reasons, values], schema=REJECTED_SCHEMA)
+
+
+def shared_rows(values: np.ndarray) -> np.ndarray:
+    """Positions of the rows whose value another row has too, grouped by value. Keyed fits sort
+    only these exactly (by every key column, a uid): the rows of a random 64-bit key half are
+    almost all unique, and one unstable integer sort costs a fifth of a stable one."""
+    order = np.argsort(values)
+    ties = values[order][1:] == values[order][:-1]
+    return order[np.r_[ties, False] | np.r_[False, ties]] if len(values) else order

@@ -166,7 +166,7 @@ def run_global_stage(stage: GlobalStage, table: pa.Table, engine: TaskEngine, ta
         files = []
         for task, part in enumerate(parts):
             files.append(str(root / f"fit-{task:05d}.parquet"))
-            write_table_atomic(stage.fit_rows(with_row_ids(part, task, 0)), Path(files[-1]))
+            write_table_atomic(stage.fit_rows(with_row_ids(part, task, 0)), Path(files[-1]), work=True)
         data = Dataset(tuple(files), sum(pq.ParquetFile(f).metadata.num_rows for f in files))
         fitted = EngineFitContext(engine, root / "work", partition_rows).fit(stage, data, root / "decisions")
         save_state(fitted.state, root / "state.json")

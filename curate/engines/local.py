@@ -1,9 +1,12 @@
 """The local engine: a pool of worker processes on this machine (in-process for one worker).
 
 Its shuffle is an out-of-core hash partitioning: each worker spills its files' rows to one
-Parquet file per input, a row group per (batch, partition), and each partition is then read
-back from every spill file's row groups and reduced, one partition per worker at a time. Memory
-is a batch on the map side and a partition on the reduce side, whatever the data's size.
+Arrow IPC file per input, a record batch per (batch, partition), and each partition is then read
+back from every spill file's record batches and reduced, one partition per worker at a time.
+Memory is a batch on the map side and a partition on the reduce side, whatever the data's size.
+IPC, not Parquet: a spill is written once and read once, and a 65k-row batch cut into 40
+partitions takes 0.3 ms to write as IPC, 3.4 ms as uncompressed Parquet (row group statistics
+and page encoding).
 """
 
 from __future__ import annotations
@@ -75,7 +78,7 @@ class LocalEngine(TaskEngine):
         return list(self._executor.map(fn, items) if self._executor else map(fn, items))
 
     def shuffle(self, data: Dataset, keys: list[str], partitions: int, reduce: Reducer, work: Path) -> list[dict]:
-        spills = [(path, str(work / f"spill-{i:05d}.parquet")) for i, path in enumerate(data.files)]
+        spills = [(path, str(work / f"spill-{i:05d}.arrow")) for i, path in enumerate(data.files)]
         layouts = self.map_calls(partial(spill, keys, partitions), spills)
         sources: list[list[tuple[str, list[int]]]] = [[] for _ in range(partitions)]
         for (_, target), groups in zip(spills, layouts):
@@ -91,30 +94,34 @@ class LocalEngine(TaskEngine):
 
 
 def spill(keys: list[str], partitions: int, paths: tuple[str, str]) -> list[int]:
-    """Map side: the rows of one file, hashed to partitions, written as one row group per
-    (batch, partition) to a spill file; returns the partition of each row group, in order."""
+    """Map side: the rows of one file, hashed to partitions, written as record batches (one per
+    batch and partition) to an Arrow IPC spill file; returns the partition of each, in order."""
     source, target = paths
     owners: list[int] = []
-    with atomic(Path(target)) as tmp:
+    with atomic(Path(target)) as tmp, pa.OSFile(str(tmp), "wb") as sink:
         writer = None
         for table in batches(source):
             if writer is None:
-                writer = pq.ParquetWriter(tmp, table.schema, compression="none", use_dictionary=False)
+                writer = pa.ipc.new_file(sink, table.schema)
             for p, rows in partition_slices(table, keys, partitions):
-                writer.write_table(rows, row_group_size=rows.num_rows)
-                owners.append(p)
+                for batch in rows.to_batches():
+                    writer.write_batch(batch)
+                    owners.append(p)
         if writer is None:
-            pq.write_table(pq.read_schema(source).empty_table(), tmp)
-        else:
-            writer.close()
+            writer = pa.ipc.new_file(sink, pq.read_schema(source))
+        writer.close()
     return owners
 
 
 def reduce_spilled(reduce: Reducer, job: tuple[int, list[tuple[str, list[int]]]]) -> dict:
-    """Reduce side: one partition's row groups from every spill file, reduced together."""
+    """Reduce side: one partition's record batches from every spill file, reduced together."""
     partition, sources = job
-    table = pa.concat_tables(pq.ParquetFile(path).read_row_groups(groups) for path, groups in sources)
-    return reduce(partition, table)
+    parts = []
+    for path, indices in sources:
+        with pa.OSFile(path) as file:
+            reader = pa.ipc.open_file(file)
+            parts += [reader.get_batch(i) for i in indices]
+    return reduce(partition, pa.Table.from_batches(parts))
 
 
 def start_worker(threads: int, parent: int) -> None:

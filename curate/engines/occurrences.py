@@ -65,7 +65,7 @@ def write_made_uids(limits: ReadLimits, item: tuple[InputTask, str]) -> dict:
     places = (np.int64(task.index) << TASK_SHIFT) | positions
     table = pa.Table.from_arrays([pa.array(pairs["f0"].view(np.int64)), pa.array(pairs["f1"].view(np.int64)),
                                   pa.array(places, pa.int64())], schema=MADE_SCHEMA)
-    write_table_atomic(table, Path(target))
+    write_table_atomic(table, Path(target), work=True)
     return {"rows": len(pairs), "problem": problem}
 
 

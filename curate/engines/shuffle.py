@@ -58,7 +58,8 @@ def with_partition(keys: list[str], partitions: int, table: pa.Table) -> pa.Tabl
 def partition_slices(table: pa.Table, keys: list[str], partitions: int):
     """(partition, its rows) for each partition that has rows of `table`, hashed by `keys[0]`."""
     parts = partition_of(table.column(keys[0]), partitions)
-    order = np.argsort(parts, kind="stable")
+    # a stable sort of 16-bit integers is a radix sort: 0.35 ms for a 65k-row batch, int32's 2.2 ms
+    order = np.argsort(parts.astype(np.uint16) if partitions <= 1 << 16 else parts, kind="stable")
     table, counts = table.take(pa.array(order)), np.bincount(parts, minlength=partitions)
     starts = np.cumsum(counts) - counts
     for p in np.flatnonzero(counts):
@@ -71,7 +72,7 @@ def run_partition(decide: Callable[[pa.Table], pa.Table], out: str, partition: i
         table = table.drop_columns([PARTITION_COLUMN])
     result = decide(table)
     path = Path(out) / f"part-{partition:05d}.parquet"
-    write_table_atomic(result, path)
+    write_table_atomic(result, path, work=True)
     return {"path": str(path), "rows": result.num_rows}
 
 
@@ -91,7 +92,7 @@ def _map_file(fn: Callable[[pa.Table], pa.Table], paths: tuple[str, str]) -> int
     if not tables:  # a file with no rows still gives its schema
         tables = [fn(pq.read_schema(source).empty_table())]
     result = pa.concat_tables(tables)
-    write_table_atomic(result, Path(target))
+    write_table_atomic(result, Path(target), work=True)
     return result.num_rows
 
 
@@ -112,7 +113,7 @@ def write_task_decisions(folder: str, table: pa.Table) -> pa.Table:
     ends = np.r_[starts[1:], len(tasks)]
     for start, end in zip(starts, ends):
         part = table.slice(start, end - start).drop_columns([TASK_COLUMN])
-        write_table_atomic(part, Path(folder) / f"task-{int(tasks[start]):05d}.parquet")
+        write_table_atomic(part, Path(folder) / f"task-{int(tasks[start]):05d}.parquet", work=True)
     return pa.table({"task": pa.array(tasks[starts], pa.int64()), "rows": pa.array(ends - starts, pa.int64())})
 
 

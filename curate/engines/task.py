@@ -134,7 +134,7 @@ def _run_task(job: TaskJob) -> dict:
                 TaskRejections(layout.task_decisions(p.index - 1, task.index))) for p in pass_.replays]
     stats: list[dict[str, StageStats]] = []
     ledgers, fit_parts, rows_in, rows_out, kept_uids = [], [], 0, 0, []
-    writer = PartWriter(out_parquet, out_tar) if pass_.stored else None
+    writer = PartWriter(out_parquet, out_tar, work=not pass_.is_last) if pass_.stored else None
     with writer or nullcontext():
         for verdict in _batches(job, layout):
             for replayed, replayed_state, replayed_rejections in replays:
@@ -157,7 +157,7 @@ def _run_task(job: TaskJob) -> dict:
     ledger = pa.concat_tables(ledgers) if ledgers else LEDGER_SCHEMA.empty_table()
     write_table_atomic(ledger, layout.ledger_part(pass_.index, task.index))
     if fit_parts:
-        write_table_atomic(pa.concat_tables(fit_parts), layout.fit_rows(pass_.index, task.index))
+        write_table_atomic(pa.concat_tables(fit_parts), layout.fit_rows(pass_.index, task.index), work=True)
     if pass_.is_last:
         _write_uid_parts(layout, task.index, pass_.index, kept_uids, job.check_uids)
     marker = {"task": task.index, "rows_in": rows_in, "rows_out": rows_out,

@@ -21,7 +21,7 @@ from curate.io.readers.contract import InputError, InputTask, ReadLimits
 from curate.io.readers.uids import may_give_uids, task_uids, uid_problem, where
 from curate.io.writers import write_json_atomic, write_table_atomic
 from curate.schema import UID_DTYPE, uid_pairs
-from curate.stage import POSITION_MASK, TASK_SHIFT, Dataset
+from curate.stage import POSITION_MASK, TASK_SHIFT, Dataset, shared_rows
 
 UID_SCHEMA = pa.schema([("uid_hi", pa.int64()), ("uid_lo", pa.int64()), ("place", pa.int64())])
 REPEAT_SCHEMA = pa.schema([("place", pa.int64()), ("first", pa.int64())])
@@ -66,19 +66,16 @@ def write_task_uids(limits: ReadLimits, item: tuple[InputTask, str]) -> dict:
         given, pairs = np.zeros(0, np.int64), np.zeros(0, UID_DTYPE)
     places = (np.int64(task.index) << TASK_SHIFT) | given.astype(np.int64)
     write_table_atomic(pa.Table.from_arrays([pa.array(pairs["f0"].view(np.int64)), pa.array(pairs["f1"].view(np.int64)),
-                                             pa.array(places)], schema=UID_SCHEMA), Path(target))
+                                             pa.array(places)], schema=UID_SCHEMA), Path(target), work=True)
     return {"rows": len(pairs), "problem": problem}
 
 
 def repeated_uids(table: pa.Table) -> pa.Table:
     """A partition's rows that repeat an earlier row's uid (whole groups of equal high halves are
     in it): each with the place of the first row giving that uid. Only rows whose high half is
-    shared are sorted on all three columns (random uids almost never share one)."""
-    hi = table.column("uid_hi").to_numpy()
-    by_hi = np.argsort(hi, kind="stable")
-    ties = hi[by_hi][1:] == hi[by_hi][:-1]
-    shared = by_hi[np.r_[ties, False] | np.r_[False, ties]] if len(hi) else by_hi
-    hi, lo, places = hi[shared], table.column("uid_lo").to_numpy()[shared], table.column("place").to_numpy()[shared]
+    shared are sorted on all three columns (shared_rows)."""
+    shared = shared_rows(table.column("uid_hi").to_numpy())
+    hi, lo, places = (table.column(c).to_numpy()[shared] for c in ("uid_hi", "uid_lo", "place"))
     order = np.lexsort((places, lo, hi))
     hi, lo, places = hi[order], lo[order], places[order]
     starts = np.r_[True, (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])] if len(hi) else np.zeros(0, bool)

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from curate.stage import ROW_COLUMN, Dataset, FitContext, Fitted, GlobalStage, StageConfig, rejections
+from curate.stage import ROW_COLUMN, Dataset, FitContext, Fitted, GlobalStage, StageConfig, rejections, shared_rows
 
 KEY_COLUMNS = ("key_high", "key_low")
 
@@ -73,7 +73,9 @@ def image_keys(images: pa.ChunkedArray, texts: pa.ChunkedArray | None) -> pa.Tab
 
 
 def keep_smallest_uid(table: pa.Table) -> pa.Table:
-    """Per key, the smallest uid is kept; every other row is a duplicate, with the winner as value."""
+    """Per key, the smallest uid is kept; every other row is a duplicate, with the winner as value.
+    Only rows whose key's high half another row shares are sorted by key and uid (shared_rows)."""
+    table = table.take(pa.array(shared_rows(table.column(KEY_COLUMNS[0]).to_numpy())))
     table = table.sort_by([(KEY_COLUMNS[0], "ascending"), (KEY_COLUMNS[1], "ascending"), ("uid", "ascending")])
     high, low = (table.column(c).to_numpy() for c in KEY_COLUMNS)
     starts = np.r_[True, (high[1:] != high[:-1]) | (low[1:] != low[:-1])] if len(high) else np.zeros(0, bool)
