@@ -212,7 +212,8 @@ POSITION_MASK = (1 << TASK_SHIFT) - 1  # a row id's position part
 
 @dataclass(frozen=True)
 class Dataset:
-    """A distributed table: Parquet files (with their row counts), read and written by workers."""
+    """A distributed table: work files (Arrow IPC, curate.io.work) with their row counts, read and
+    written by workers."""
 
     files: tuple[str, ...]
     rows: int

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from curate.engines.finish import finish_run
@@ -34,7 +33,8 @@ from curate.engines.uniqueness import check_input_uids
 from curate.io.readers.contract import InputTask
 from curate.io.readers.uids import gives_uids
 from curate.io.state import load_state, save_state
-from curate.io.writers import remove_temp_files, write_table_atomic
+from curate.io.work import WORK_SUFFIX, write_work
+from curate.io.writers import remove_temp_files
 from curate.stage import Dataset, GlobalStage, Verdict
 
 
@@ -163,15 +163,17 @@ def run_global_stage(stage: GlobalStage, table: pa.Table, engine: TaskEngine, ta
     parts = [kept.slice(start, task_rows) for start in range(0, kept.num_rows, task_rows)] or [kept]
     with tempfile.TemporaryDirectory() as tmp, engine.session():
         root = Path(tmp)
-        files = []
+        files, rows = [], 0
         for task, part in enumerate(parts):
-            files.append(str(root / f"fit-{task:05d}.parquet"))
-            write_table_atomic(stage.fit_rows(with_row_ids(part, task, 0)), Path(files[-1]), work=True)
-        data = Dataset(tuple(files), sum(pq.ParquetFile(f).metadata.num_rows for f in files))
+            files.append(str(root / f"fit-{task:05d}{WORK_SUFFIX}"))
+            fit_rows = stage.fit_rows(with_row_ids(part, task, 0))
+            write_work(fit_rows, Path(files[-1]))
+            rows += fit_rows.num_rows
+        data = Dataset(tuple(files), rows)
         fitted = EngineFitContext(engine, root / "work", partition_rows).fit(stage, data, root / "decisions")
         save_state(fitted.state, root / "state.json")
         state = load_state(root / "state.json")
-        verdicts = [stage.apply(part, state, TaskRejections(root / "decisions" / f"task-{task:05d}.parquet")
+        verdicts = [stage.apply(part, state, TaskRejections(root / "decisions" / f"task-{task:05d}{WORK_SUFFIX}")
                                 .next(part.num_rows)) for task, part in enumerate(parts)]
     reasons, values = np.concatenate([v.reasons for v in verdicts]), np.concatenate([v.values for v in verdicts])
     return processed, Verdict(pa.concat_tables([v.table for v in verdicts]), reasons, values)

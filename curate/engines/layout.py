@@ -18,6 +18,7 @@ from curate.io.manifest import SUCCESS, content_samples, describe, verify
 from curate.io.paths import file_stamp, is_url
 from curate.io.shards import SIZES_FILE
 from curate.io.state import save_state
+from curate.io.work import WORK_SUFFIX
 from curate.io.writers import remove_temp_files, sync_paths, write_json_atomic
 from curate.provenance import curate_version
 
@@ -57,7 +58,8 @@ class RunLayout:
         return self.work / "tars" / f"{self.part_name(task)}.tar"
 
     def intermediate(self, pass_index: int, task: int) -> Path:
-        return self.work / f"pass{pass_index}" / f"{self.part_name(task)}.parquet"
+        """A task's rows after a stored pass that is not the last, for the next pass (Arrow IPC)."""
+        return self.work / f"pass{pass_index}" / f"{self.part_name(task)}{WORK_SUFFIX}"
 
     def ledger_part(self, pass_index: int, task: int) -> Path:
         """A task's rejections in one pass: the ledger rejected.parquet is the folder of these parts
@@ -66,18 +68,18 @@ class RunLayout:
 
     def fit_rows(self, pass_index: int, task: int) -> Path:
         """The narrow rows (uid, the decision's columns, _row) a task gives the fit of its pass's global stage."""
-        return self.work / f"fit{pass_index}" / f"{self.part_name(task)}.parquet"
+        return self.work / f"fit{pass_index}" / f"{self.part_name(task)}{WORK_SUFFIX}"
 
     def fit_work(self, pass_index: int) -> Path:
         """Where a fit's distributed operations write their Datasets (shuffle outputs)."""
         return self.work / f"fitwork{pass_index}"
 
     def decisions(self, pass_index: int) -> Path:
-        """The fit's rejected rows, one file per task that has any (`task-NNNNN.parquet`)."""
+        """The fit's rejected rows, one file per task that has any (`task-NNNNN.arrow`)."""
         return self.work / f"decisions{pass_index}"
 
     def task_decisions(self, pass_index: int, task: int) -> Path:
-        return self.decisions(pass_index) / f"task-{task:05d}.parquet"
+        return self.decisions(pass_index) / f"task-{task:05d}{WORK_SUFFIX}"
 
     def state(self, pass_index: int) -> Path:
         """A fit's state: JSON, with its arrays in a .npz beside it; written last, it marks the fit done."""
@@ -97,7 +99,7 @@ class RunLayout:
 
     def repeats(self) -> Path:
         """The occurrence numbers of input samples whose made uid repeats an earlier sample's, a
-        file per task with any (`task-NNNNN.parquet`); kept with the markers, since the uids in
+        file per task with any (`task-NNNNN.arrow`); kept with the markers, since the uids in
         the outputs depend on them (curate.engines.occurrences)."""
         return self.work / "done" / "repeats"
 
@@ -224,7 +226,7 @@ class RunLayout:
         """Record a fit: its summary, and its rejections routed to their tasks made durable, then its
         state, which marks the fit done (fsynced)."""
         write_json_atomic(fit_stats, self.fit_stats(pass_index))
-        sync_paths([self.fit_stats(pass_index), *self.decisions(pass_index).glob("*.parquet")])
+        sync_paths([self.fit_stats(pass_index), *self.decisions(pass_index).glob(f"*{WORK_SUFFIX}")])
         save_state(state, self.state(pass_index))
 
 

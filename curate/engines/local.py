@@ -27,11 +27,11 @@ from pathlib import Path
 
 import psutil
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from curate.engines.driver import TaskEngine
 from curate.engines.shuffle import Reducer, batches, partition_slices
 from curate.engines.task import TaskJob, run_task
+from curate.io.work import work_schema
 from curate.io.writers import atomic
 from curate.stage import Dataset
 
@@ -108,7 +108,7 @@ def spill(keys: list[str], partitions: int, paths: tuple[str, str]) -> list[int]
                     writer.write_batch(batch)
                     owners.append(p)
         if writer is None:
-            writer = pa.ipc.new_file(sink, pq.read_schema(source))
+            writer = pa.ipc.new_file(sink, work_schema(source))
         writer.close()
     return owners
 

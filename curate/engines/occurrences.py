@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from curate.engines.shuffle import EngineFitContext, ShuffleEngine
 from curate.io.readers.contract import InputError, InputTask, ReadLimits
 from curate.io.readers.uids import task_made_uids
-from curate.io.writers import write_json_atomic, write_table_atomic
+from curate.io.work import WORK_SUFFIX, read_work, write_work
+from curate.io.writers import write_json_atomic
 from curate.schema import uid_pairs
 from curate.stage import POSITION_MASK, ROW_COLUMN, TASK_SHIFT, Dataset
 
@@ -32,13 +32,13 @@ REPEAT_SCHEMA = pa.schema([(ROW_COLUMN, pa.int64()), ("occurrence", pa.int64())]
 
 def count_repeats(engine: ShuffleEngine, tasks: list[InputTask], limits: ReadLimits, work: Path,
                   partition_rows: int, folder: Path, marker: Path) -> None:
-    """Write `folder/task-NNNNN.parquet` (`_row`, occurrence) for every task holding samples whose
+    """Write `folder/task-NNNNN.arrow` (`_row`, occurrence) for every task holding samples whose
     made uid repeats an earlier sample's (occurrence >= 2); `marker` records a count that finished,
     so a resumed run reuses it (one cut short is redone whole). Runs in the engine's session."""
     if marker.exists():
         return
     shutil.rmtree(folder, ignore_errors=True)
-    targets = [str(work / "made" / f"task-{task.index:05d}.parquet") for task in tasks]
+    targets = [str(work / "made" / f"task-{task.index:05d}{WORK_SUFFIX}") for task in tasks]
     results = engine.map_calls(partial(write_made_uids, limits), list(zip(tasks, targets)))
     if problems := [r["problem"] for r in results if r["problem"]]:
         raise InputError(problems[0])
@@ -65,7 +65,7 @@ def write_made_uids(limits: ReadLimits, item: tuple[InputTask, str]) -> dict:
     places = (np.int64(task.index) << TASK_SHIFT) | positions
     table = pa.Table.from_arrays([pa.array(pairs["f0"].view(np.int64)), pa.array(pairs["f1"].view(np.int64)),
                                   pa.array(places, pa.int64())], schema=MADE_SCHEMA)
-    write_table_atomic(table, Path(target), work=True)
+    write_work(table, Path(target))
     return {"rows": len(pairs), "problem": problem}
 
 
@@ -90,7 +90,7 @@ def number_repeats(table: pa.Table) -> pa.Table:
 def task_repeats(folder: Path, task: int) -> pa.Table:
     """The occurrence numbers `count_repeats` gave a task's repeated samples: (position,
     occurrence) sorted by position, for `read_task`; empty where the task repeats none."""
-    path = folder / f"task-{task:05d}.parquet"
-    table = pq.read_table(path) if path.exists() else REPEAT_SCHEMA.empty_table()
+    path = folder / f"task-{task:05d}{WORK_SUFFIX}"
+    table = read_work(path) if path.exists() else REPEAT_SCHEMA.empty_table()
     positions = table.column(ROW_COLUMN).to_numpy() & POSITION_MASK
     return pa.table({"position": pa.array(positions, pa.int64()), "occurrence": table.column("occurrence")})

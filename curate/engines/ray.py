@@ -20,12 +20,12 @@ from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from curate.engines.driver import TaskEngine
 from curate.engines.runnable import RunPipeline
 from curate.engines.shuffle import PARTITION_COLUMN, Reducer, call, reduce_group, with_partition
 from curate.engines.task import TaskJob, run_task, stages_for
+from curate.io.work import read_work
 from curate.stage import Dataset
 
 BLOCKS_PER_WORKER = 3
@@ -37,8 +37,8 @@ def run_jobs(batch: dict) -> dict:
 
 
 def read_with_partition(keys: list[str], partitions: int, batch: pa.Table) -> pa.Table:
-    """The rows of a block's Parquet files (a column `path`), with their partition column."""
-    tables = [pq.read_table(path) for path in batch.column("path").to_pylist()]
+    """The rows of a block's work files (a column `path`), with their partition column."""
+    tables = [read_work(path) for path in batch.column("path").to_pylist()]
     return with_partition(keys, partitions, pa.concat_tables(tables))
 
 

@@ -3,8 +3,9 @@ engine primitives: `map_calls` (a function over items, in the engine's workers) 
 (rows hashed by key to partitions, a function over each whole partition: an out-of-core
 partitioned spill on the local engine, Ray Data's sort-based groupby, Spark's groupBy).
 
-Datasets are Parquet files of narrow rows under the fit's work folder; every function here that
-runs in a worker is a module-level function or a `functools.partial` of one, so it pickles.
+Datasets are work files (Arrow IPC, curate.io.work) of narrow rows under the fit's work folder;
+every function here that runs in a worker is a module-level function or a `functools.partial` of
+one, so it pickles.
 """
 
 from __future__ import annotations
@@ -17,9 +18,8 @@ from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from curate.io.writers import write_table_atomic
+from curate.io.work import WORK_SUFFIX, read_work, work_batches, work_schema, write_work
 from curate.stage import ROW_COLUMN, TASK_SHIFT, Dataset, FitContext
 
 BATCH_ROWS = 65_536  # rows per batch read by fit operations
@@ -67,19 +67,18 @@ def partition_slices(table: pa.Table, keys: list[str], partitions: int):
 
 
 def run_partition(decide: Callable[[pa.Table], pa.Table], out: str, partition: int, table: pa.Table) -> dict:
-    """`decide` on one partition's rows, written to `out/part-NNNNN.parquet`."""
+    """`decide` on one partition's rows, written to `out/part-NNNNN.arrow`."""
     if PARTITION_COLUMN in table.column_names:
         table = table.drop_columns([PARTITION_COLUMN])
     result = decide(table)
-    path = Path(out) / f"part-{partition:05d}.parquet"
-    write_table_atomic(result, path, work=True)
+    path = Path(out) / f"part-{partition:05d}{WORK_SUFFIX}"
+    write_work(result, path)
     return {"path": str(path), "rows": result.num_rows}
 
 
 def batches(path: str, columns: list[str] | None = None):
-    """The rows of one Parquet file, BATCH_ROWS at a time."""
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=columns):
-        yield pa.Table.from_batches([batch])
+    """The rows of one work file, a batch (at most BATCH_ROWS for Parquet) at a time."""
+    yield from work_batches(path, BATCH_ROWS, columns)
 
 
 def _aggregate_file(partial_fn: Callable, merge: Callable, path: str) -> Any:
@@ -90,9 +89,9 @@ def _map_file(fn: Callable[[pa.Table], pa.Table], paths: tuple[str, str]) -> int
     source, target = paths
     tables = [fn(table) for table in batches(source)]
     if not tables:  # a file with no rows still gives its schema
-        tables = [fn(pq.read_schema(source).empty_table())]
+        tables = [fn(work_schema(source).empty_table())]
     result = pa.concat_tables(tables)
-    write_table_atomic(result, Path(target), work=True)
+    write_work(result, Path(target))
     return result.num_rows
 
 
@@ -103,7 +102,7 @@ def add_task_column(table: pa.Table) -> pa.Table:
 
 
 def write_task_decisions(folder: str, table: pa.Table) -> pa.Table:
-    """Write a partition's rejected rows as one file per task (`task-NNNNN.parquet`, sorted by
+    """Write a partition's rejected rows as one file per task (`task-NNNNN.arrow`, sorted by
     row); returns the (task, rows) written."""
     table = table.sort_by([(ROW_COLUMN, "ascending")])
     tasks = table.column(TASK_COLUMN).to_numpy()
@@ -113,7 +112,7 @@ def write_task_decisions(folder: str, table: pa.Table) -> pa.Table:
     ends = np.r_[starts[1:], len(tasks)]
     for start, end in zip(starts, ends):
         part = table.slice(start, end - start).drop_columns([TASK_COLUMN])
-        write_table_atomic(part, Path(folder) / f"task-{int(tasks[start]):05d}.parquet", work=True)
+        write_work(part, Path(folder) / f"task-{int(tasks[start]):05d}{WORK_SUFFIX}")
     return pa.table({"task": pa.array(tasks[starts], pa.int64()), "rows": pa.array(ends - starts, pa.int64())})
 
 
@@ -133,7 +132,7 @@ class EngineFitContext(FitContext):
 
     def map(self, data: Dataset, fn: Callable[[pa.Table], pa.Table], name: str) -> Dataset:
         folder = self._folder(name)
-        targets = [str(folder / f"part-{i:05d}.parquet") for i in range(len(data.files))]
+        targets = [str(folder / f"part-{i:05d}{WORK_SUFFIX}") for i in range(len(data.files))]
         rows = self.engine.map_calls(partial(_map_file, fn), list(zip(data.files, targets)))
         return Dataset(tuple(targets), int(sum(rows)))
 
@@ -152,11 +151,11 @@ class EngineFitContext(FitContext):
         return Dataset(tuple(r["path"] for r in results), int(sum(r["rows"] for r in results)))
 
     def collect(self, data: Dataset) -> pa.Table:
-        tables = [pq.read_table(path) for path in data.files]
+        tables = [read_work(path) for path in data.files]
         return pa.concat_tables(tables) if tables else pa.table({})
 
     def fit(self, stage, data: Dataset, decisions: Path):
-        """`stage.fit` over `data`, its rejected rows routed to `decisions/task-NNNNN.parquet`;
+        """`stage.fit` over `data`, its rejected rows routed to `decisions/task-NNNNN.arrow`;
         returns the Fitted."""
         fitted = stage.fit(data, self)
         if fitted.rejected is not None and fitted.rejected.rows:
@@ -164,7 +163,7 @@ class EngineFitContext(FitContext):
         return fitted
 
     def route(self, rejected: Dataset, folder: Path) -> None:
-        """Send rejected rows to their tasks: `folder/task-NNNNN.parquet` per task with any."""
+        """Send rejected rows to their tasks: `folder/task-NNNNN.arrow` per task with any."""
         with_tasks = self.map(rejected, add_task_column, "tasks")
         self.group(with_tasks, [TASK_COLUMN], partial(write_task_decisions, str(folder)), "route")
 

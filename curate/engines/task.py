@@ -26,6 +26,7 @@ from curate.io.assembly import write_sorted_uids
 from curate.io.readers.contract import InputError, InputTask
 from curate.io.readers.tasks import read_task
 from curate.io.state import load_state
+from curate.io.work import read_work, work_batches, work_schema, write_work
 from curate.io.writers import PartWriter, write_table_atomic
 from curate.schema import INPUT_SCHEMA, LEDGER_SCHEMA, uid_pairs
 from curate.stage import POSITION_MASK, REJECTED_SCHEMA, ROW_COLUMN, TASK_SHIFT, Stage, Verdict
@@ -76,7 +77,7 @@ class TaskRejections:
     """The rows of one task that a fit rejected, handed out batch by batch (by position)."""
 
     def __init__(self, path: Path | None):
-        table = pq.read_table(path) if path is not None and path.exists() else REJECTED_SCHEMA.empty_table()
+        table = read_work(path) if path is not None and path.exists() else REJECTED_SCHEMA.empty_table()
         self.positions = table.column(ROW_COLUMN).to_numpy() & POSITION_MASK
         self.table = table
         self.offset = 0
@@ -100,9 +101,9 @@ def _batches(job: TaskJob, layout: RunLayout):
         batches = (Verdict.rejecting(batch.table, batch.failures) for batch in read)
         empty = INPUT_SCHEMA.empty_table()
     else:
-        source = pq.ParquetFile(layout.intermediate(job.pass_.source, job.task.index))
-        batches = (Verdict(pa.Table.from_batches([b])) for b in source.iter_batches(batch_size=batch_size))
-        empty = source.schema_arrow.empty_table()
+        source = layout.intermediate(job.pass_.source, job.task.index)
+        batches = (Verdict(table) for table in work_batches(source, batch_size))
+        empty = work_schema(source).empty_table()
     yielded = False
     for verdict in batches:
         yielded = True
@@ -134,7 +135,7 @@ def _run_task(job: TaskJob) -> dict:
                 TaskRejections(layout.task_decisions(p.index - 1, task.index))) for p in pass_.replays]
     stats: list[dict[str, StageStats]] = []
     ledgers, fit_parts, rows_in, rows_out, kept_uids = [], [], 0, 0, []
-    writer = PartWriter(out_parquet, out_tar, work=not pass_.is_last) if pass_.stored else None
+    writer = PartWriter(out_parquet, out_tar) if pass_.stored else None
     with writer or nullcontext():
         for verdict in _batches(job, layout):
             for replayed, replayed_state, replayed_rejections in replays:
@@ -157,7 +158,7 @@ def _run_task(job: TaskJob) -> dict:
     ledger = pa.concat_tables(ledgers) if ledgers else LEDGER_SCHEMA.empty_table()
     write_table_atomic(ledger, layout.ledger_part(pass_.index, task.index))
     if fit_parts:
-        write_table_atomic(pa.concat_tables(fit_parts), layout.fit_rows(pass_.index, task.index), work=True)
+        write_work(pa.concat_tables(fit_parts), layout.fit_rows(pass_.index, task.index))
     if pass_.is_last:
         _write_uid_parts(layout, task.index, pass_.index, kept_uids, job.check_uids)
     marker = {"task": task.index, "rows_in": rows_in, "rows_out": rows_out,

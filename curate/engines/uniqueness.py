@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from curate.engines.shuffle import EngineFitContext, ShuffleEngine
 from curate.io.readers.contract import InputError, InputTask, ReadLimits
 from curate.io.readers.uids import may_give_uids, task_uids, uid_problem, where
-from curate.io.writers import write_json_atomic, write_table_atomic
+from curate.io.work import WORK_SUFFIX, read_work, write_work
+from curate.io.writers import write_json_atomic
 from curate.schema import UID_DTYPE, uid_pairs
 from curate.stage import POSITION_MASK, TASK_SHIFT, Dataset, shared_rows
 
@@ -35,14 +35,14 @@ def check_input_uids(engine: ShuffleEngine, tasks: list[InputTask], limits: Read
     owned = [task for task in tasks if may_give_uids(task)]
     if marker.exists() or not owned:
         return
-    targets = [str(work / "uids" / f"task-{task.index:05d}.parquet") for task in owned]
+    targets = [str(work / "uids" / f"task-{task.index:05d}{WORK_SUFFIX}") for task in owned]
     results = engine.map_calls(partial(write_task_uids, limits), list(zip(owned, targets)))
     if problems := [r["problem"] for r in results if r["problem"]]:
         raise InputError(problems[0])
     data = Dataset(tuple(targets), sum(r["rows"] for r in results))
     repeats = EngineFitContext(engine, work, partition_rows).group(data, ["uid_hi"], repeated_uids, "repeats")
     if repeats.rows:
-        example = next(t for path in repeats.files if (t := pq.read_table(path)).num_rows)
+        example = next(t for path in repeats.files if (t := read_work(path)).num_rows)
         first, place = sorted((example["first"][0].as_py(), example["place"][0].as_py()))
         raise InputError(repeat_message(repeats.rows, owned, limits, first, place))
     write_json_atomic({"tasks": len(owned), "uids": data.rows}, marker)
@@ -65,8 +65,8 @@ def write_task_uids(limits: ReadLimits, item: tuple[InputTask, str]) -> dict:
     else:
         given, pairs = np.zeros(0, np.int64), np.zeros(0, UID_DTYPE)
     places = (np.int64(task.index) << TASK_SHIFT) | given.astype(np.int64)
-    write_table_atomic(pa.Table.from_arrays([pa.array(pairs["f0"].view(np.int64)), pa.array(pairs["f1"].view(np.int64)),
-                                             pa.array(places)], schema=UID_SCHEMA), Path(target), work=True)
+    write_work(pa.Table.from_arrays([pa.array(pairs["f0"].view(np.int64)), pa.array(pairs["f1"].view(np.int64)),
+                                             pa.array(places)], schema=UID_SCHEMA), Path(target))
     return {"rows": len(pairs), "problem": problem}
 
 

@@ -1,9 +1,12 @@
 """A run's final assembly in bounded memory: sorted 128-bit uid parts merged k ways (an external
-merge sort: uids.npy of a billion samples never sits in one process's memory)."""
+merge sort: uids.npy of a billion samples never sits in one process's memory), at most
+MERGE_FAN_IN parts at a time: a pool of 100k tasks is merged in sorted runs of 64 parts, then
+runs of those, so open files and buffers stay bounded however many tasks the run had."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,7 @@ from curate.io.writers import atomic
 from curate.schema import UID_DTYPE
 
 MERGE_BUFFER = 1 << 20  # uid pairs held at once by a merge, over all parts (16 MiB)
+MERGE_FAN_IN = 64  # parts one merge reads at once (each gets MERGE_BUFFER / 64 pairs, 256 KiB)
 
 
 def sort_uids(pairs: np.ndarray) -> np.ndarray:
@@ -61,6 +65,21 @@ class _SortedPart:
 
 
 def _merged(parts: list[Path]) -> Iterator[np.ndarray]:
+    """Sorted chunks of the union of sorted parts; more than MERGE_FAN_IN parts are first merged,
+    MERGE_FAN_IN at a time, into sorted runs in a temporary folder beside them."""
+    if len(parts) <= MERGE_FAN_IN:
+        yield from _merged_directly(parts)
+        return
+    with tempfile.TemporaryDirectory(prefix=".uid-merge-", dir=parts[0].parent) as folder:
+        runs = []
+        for start in range(0, len(parts), MERGE_FAN_IN):
+            group = parts[start : start + MERGE_FAN_IN]
+            runs.append(Path(folder) / f"run-{start:09d}.npy")
+            _write_npy(_merged_directly(group), uid_count(group), runs[-1])
+        yield from _merged(runs)
+
+
+def _merged_directly(parts: list[Path]) -> Iterator[np.ndarray]:
     """Sorted chunks of the union of sorted parts: each round takes from every part what lies at
     or below the smallest of their buffered chunks' last elements, so what it yields is final."""
     readers = [_SortedPart(p) for p in parts]
@@ -77,6 +96,15 @@ def _merged(parts: list[Path]) -> Iterator[np.ndarray]:
     finally:
         for reader in readers:
             reader.handle.close()
+
+
+def _write_npy(chunks: Iterable[np.ndarray], total: int, path: Path) -> None:
+    """Sorted uid chunks holding `total` pairs in all, as one .npy file (atomically)."""
+    with atomic(path) as tmp, open(tmp, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, {"descr": np.lib.format.dtype_to_descr(UID_DTYPE),
+                                                      "fortran_order": False, "shape": (total,)})
+        for chunk in chunks:
+            handle.write(chunk.astype(UID_DTYPE).tobytes())
 
 
 def uid_count(parts: list[Path]) -> int:
@@ -101,9 +129,5 @@ def repeated_uids(parts: list[Path], examples: int = 3) -> tuple[int, list[str]]
 def merge_uids(parts: list[Path], out: Path) -> int:
     """Merge sorted uid parts into one DataComp subset file (a sorted .npy of u8,u8); returns its length."""
     total = uid_count(parts)
-    with atomic(out) as tmp, open(tmp, "wb") as handle:
-        np.lib.format.write_array_header_1_0(handle, {"descr": np.lib.format.dtype_to_descr(UID_DTYPE),
-                                                      "fortran_order": False, "shape": (total,)})
-        for chunk in _merged(parts):
-            handle.write(chunk.astype(UID_DTYPE).tobytes())
+    _write_npy(_merged(parts), total, out)
     return total

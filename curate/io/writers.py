@@ -14,6 +14,7 @@ import secrets
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -22,21 +23,17 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.io.tar_shard import NAME_BYTES, TarShard
+from curate.io.work import WORK_SUFFIX, WorkPart, work_batches
 from curate.schema import uid_array
 
 TMP_SUFFIX = ".tmp"
-_OWN_TEMP = re.compile(r"(.+\.\d+-[0-9a-f]{8}|part-\d{5,}\.(parquet|tar))\.tmp")  # atomic()'s, PartWriter's
+_OWN_TEMP = re.compile(r"(.+\.\d+-[0-9a-f]{8}|part-\d{5,}\.(parquet|arrow|tar))\.tmp")  # atomic()'s, PartWriter's
 _PART_FOLDERS, _WORK_FOLDER = ("shards", "parquet", "rejected.parquet"), "_work"  # RunLayout's folders
 _SAFE_KEY = re.compile(r"[0-9A-Za-z_-]+")
 _MAGIC = ((b"\xff\xd8\xff", "jpg"), (b"\x89PNG", "png"), (b"GIF8", "gif"), (b"BM", "bmp"))
 MAX_KEY = NAME_BYTES - len(".json")  # the longest extension written is 4 letters (json, webp)
 _SYNC_THREADS = 8  # fsyncs in flight at once (sync_paths)
 _JSON = json.JSONEncoder(ensure_ascii=False, default=str)  # one encoder: json.dumps with options makes one a call
-OUTPUT_CODEC = "zstd"  # what a run hands over (kept parts, the ledger): small, read many times
-# what a run writes for itself and reads back once (a pass's rows, fit rows, shuffle results): lz4
-# and no statistics. A 125k-row metadata part: 25 ms to write, zstd with statistics 35-41 ms, for
-# twice zstd's bytes (Spark's shuffle files are lz4 too); 72k fit rows (uid, key, _row): 3.6 ms, 7.5 ms
-WORK_CODEC = "lz4"
 
 
 def image_extension(data: bytes) -> str:
@@ -76,16 +73,17 @@ def remove_temp_files(folder: Path) -> int:
 
 
 class PartWriter:
-    """Writes one task's rows to a Parquet part and, optionally, a WebDataset tar, atomically.
+    """Writes one task's rows to a Parquet part (a `.arrow` path: a work part, curate.io.work) and,
+    optionally, a WebDataset tar, atomically.
 
     Use as a context manager: the files appear under their final names only when the
     block ends without an exception.
     """
 
-    def __init__(self, parquet_path: Path, tar_path: Path | None = None, work: bool = False):
-        self.parquet_path, self.tar_path, self.work = parquet_path, tar_path, work
+    def __init__(self, parquet_path: Path, tar_path: Path | None = None):
+        self.parquet_path, self.tar_path = parquet_path, tar_path
         self.rows = 0
-        self._parquet: pq.ParquetWriter | None = None
+        self._parquet: pq.ParquetWriter | WorkPart | None = None
         self._schema: pa.Schema | None = None
         self._tar: TarShard | None = None
 
@@ -119,20 +117,22 @@ class PartWriter:
 
     def _open(self, table: pa.Table) -> None:
         self._schema = table.schema
-        self._parquet = pq.ParquetWriter(temp_path(self.parquet_path), self._schema,
-                                         **parquet_options(table, self.work))
+        tmp = temp_path(self.parquet_path)
+        self._parquet = (WorkPart(tmp, self._schema) if self.parquet_path.suffix == WORK_SUFFIX
+                         else pq.ParquetWriter(tmp, self._schema, **parquet_options(table)))
 
     def _widen(self, schema: pa.Schema) -> None:
-        """Rewrite the part so far to `schema`, a row group at a time, and go on writing with it."""
+        """Rewrite the part so far to `schema`, a row group (record batch) at a time, and go on writing with it."""
         self._parquet.close()
         tmp = temp_path(self.parquet_path)
         narrow = tmp.with_name(f"{tmp.name}.{os.getpid()}-{secrets.token_hex(4)}{TMP_SUFFIX}")  # atomic()'s form
         os.replace(tmp, narrow)
         try:
-            source = pq.ParquetFile(narrow)
-            self._open(_conformed(source.read_row_group(0), schema) if source.num_row_groups else schema.empty_table())
-            for group in range(source.num_row_groups):
-                self._parquet.write_table(_conformed(source.read_row_group(group), schema))
+            tables = (_conformed(table, schema) for table in work_batches(narrow))
+            first = next(tables, None)
+            self._open(schema.empty_table() if first is None else first)  # a real batch decides Parquet's options
+            for table in [] if first is None else chain([first], tables):
+                self._parquet.write_table(table)
         finally:
             narrow.unlink(missing_ok=True)
 
@@ -197,9 +197,8 @@ def _binary_views(column: pa.ChunkedArray) -> list[memoryview | None]:
 DICTIONARY_SAMPLE = 1024
 
 
-def parquet_options(table: pa.Table, work: bool = False) -> dict:
-    """Parquet writer options for tables like `table`: OUTPUT_CODEC (a `work` file, one the run
-    reads back itself: WORK_CODEC and no column statistics) for every column but binary ones
+def parquet_options(table: pa.Table) -> dict:
+    """Parquet writer options for tables like `table`: zstd for every column but binary ones
     (encoded images do not compress, so don't spend CPU on them), and dictionary encoding only
     where it pays. A column of mostly distinct values (uid, url, caption, a uid's 64-bit halves,
     a score) is dictionary-encoded until the dictionary overflows and then written plain anyway:
@@ -213,9 +212,8 @@ def parquet_options(table: pa.Table, work: bool = False) -> dict:
     distinct = {f.name for f in table.schema if _countable(f.type)
                 if sample.num_rows and pc.count_distinct(sample.column(f.name)).as_py() > sample.num_rows // 2}
     unsummarised = binary | {f.name for f in table.schema if f.name in distinct and _text(f.type)}
-    codec = WORK_CODEC if work else OUTPUT_CODEC
-    return {"compression": {f.name: "none" if f.name in binary else codec for f in table.schema},
-            "write_statistics": False if work else [f.name for f in table.schema if f.name not in unsummarised],
+    return {"compression": {f.name: "none" if f.name in binary else "zstd" for f in table.schema},
+            "write_statistics": [f.name for f in table.schema if f.name not in unsummarised],
             "use_dictionary": [f.name for f in table.schema if f.name not in binary | distinct]}
 
 
@@ -264,10 +262,10 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def write_table_atomic(table: pa.Table, path: Path, work: bool = False) -> None:
-    """Write a whole table to Parquet, atomically (`work`: a file the run reads back itself, see parquet_options)."""
+def write_table_atomic(table: pa.Table, path: Path) -> None:
+    """Write a whole table to Parquet, atomically."""
     with atomic(path) as tmp:
-        pq.write_table(table, tmp, **parquet_options(table, work))
+        pq.write_table(table, tmp, **parquet_options(table))
 
 
 def write_json_atomic(data: dict, path: Path, durable: bool = False) -> None:

@@ -140,11 +140,11 @@ def test_the_count_is_exact_over_many_partitions_and_reused_on_resume(tmp_path, 
     assert counted[1] == counted[1000] == {0: [{"position": 2, "occurrence": 2}], 1: [{"position": 1, "occurrence": 3}],
                                            2: [], 3: [{"position": 2, "occurrence": 4}],
                                            4: [{"position": 3, "occurrence": 2}], 5: []}
-    (tmp_path / "p1" / "repeats" / "task-00000.parquet").unlink()  # a marked count is not redone
+    (tmp_path / "p1" / "repeats" / "task-00000.arrow").unlink()  # a marked count is not redone
     with LocalEngine(workers=1, progress=False).session():
         count_repeats(LocalEngine(workers=1, progress=False), tasks, ReadLimits(), tmp_path / "w", 1,
                       tmp_path / "p1" / "repeats", tmp_path / "p1" / "counted.json")
-    assert not (tmp_path / "p1" / "repeats" / "task-00000.parquet").exists()
+    assert not (tmp_path / "p1" / "repeats" / "task-00000.arrow").exists()
 
 
 def test_a_read_outside_a_run_numbers_repeats_within_the_task(tmp_path, pool_table):

@@ -46,3 +46,25 @@ def test_sort_uids_equals_the_structured_sort_with_ties_and_runs():
     runs = np.concatenate([np.sort(values[k::5]) for k in range(5)])  # the merge's input: sorted runs
     for pairs in (values, runs, values[:1], values[:0]):
         assert np.array_equal(assembly.sort_uids(pairs), np.sort(pairs))
+
+
+def test_many_parts_merge_in_runs_with_few_open_at_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(assembly, "MERGE_BUFFER", 1000)
+    monkeypatch.setattr(assembly, "MERGE_FAN_IN", 3)  # 11 parts: runs of 3, runs of those, then one merge
+    opened, most = [], [0]
+    original = assembly._SortedPart
+
+    class CountedPart(original):
+        def __init__(self, path):
+            super().__init__(path)
+            opened.append(self)
+            most[0] = max(most[0], sum(not p.handle.closed for p in opened))
+
+    monkeypatch.setattr(assembly, "_SortedPart", CountedPart)
+    parts, arrays = random_parts(tmp_path, np.random.default_rng(3), count=11)
+    assert assembly.merge_uids(parts, tmp_path / "uids.npy") == sum(len(a) for a in arrays)
+    assert np.array_equal(np.load(tmp_path / "uids.npy"), np.sort(np.concatenate(arrays)))
+    assert most[0] <= 3
+    assembly.write_sorted_uids(arrays[9][:4], tmp_path / "again.npy")
+    assert assembly.repeated_uids(parts + [tmp_path / "again.npy"])[0] == 4
+    assert not list(tmp_path.glob(".uid-merge-*"))  # the runs are gone

@@ -145,9 +145,12 @@ def test_our_own_shards_read_back_keep_every_column(tmp_path, pool_root):
     assert set(carried) <= set(pq.read_schema(next((again / "parquet").glob("*.parquet"))).names)
 
 
-def test_a_json_field_first_seen_after_the_first_batch_is_kept(tmp_path, real_jpeg):
+@pytest.mark.parametrize("stages", [[{"stage": "decode"}],
+                                    [{"stage": "decode"}, {"stage": "exact_dedup", "key": "image_text"}]])
+def test_a_json_field_first_seen_after_the_first_batch_is_kept(tmp_path, real_jpeg, stages):
     """Each batch types its own json fields; the task's Parquet part widens to hold a field null in
-    the first batch and text later, and one the first batch does not have at all."""
+    the first batch and text later, and one the first batch does not have at all (with a global
+    stage, the first pass's Arrow IPC work part widens so, and the last pass reads it back)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for i in range(20):
@@ -161,7 +164,7 @@ def test_a_json_field_first_seen_after_the_first_batch_is_kept(tmp_path, real_jp
                 tar.addfile(info, io.BytesIO(data))
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "00000.tar").write_bytes(buffer.getvalue())
-    pipeline = parse_pipeline({"name": "t", "batch_size": 8, "stages": [{"stage": "decode"}]}, "t.yaml")
+    pipeline = parse_pipeline({"name": "t", "batch_size": 8, "stages": stages}, "t.yaml")
     stats = run_pipeline(pipeline, LocalEngine(workers=1, progress=False), [str(tmp_path / "in")], tmp_path / "out")
     assert stats["kept"] == 20
     out = pq.read_table(tmp_path / "out" / "parquet")
