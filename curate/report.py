@@ -20,6 +20,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import yaml
@@ -163,7 +164,14 @@ def _capfilt(parts: list) -> str:
     columns = ["uid", "web_text", "web_score", "synthetic_captions", "synthetic_scores", "caption_source",
                "caption_score", "parent_uid", "text"]
     dataset = ds.dataset(parts, format="parquet")
-    kept = dataset.to_table(columns=columns).to_pylist()
+    counts = Counter()  # exact, over two narrow columns streamed; the plots and gallery from a bounded sample
+    for batch in dataset.to_batches(columns=["parent_uid", "caption_source"]):
+        original = pc.is_null(batch.column("parent_uid"))
+        counts["kept"] += batch.num_rows
+        counts["originals"] += pc.sum(original).as_py() or 0
+        synthetic = pc.equal(batch.column("caption_source"), "synthetic")
+        counts["replaced"] += pc.sum(pc.and_(original, synthetic)).as_py() or 0
+    kept = sample_rows(parts, columns).to_pylist()
     originals = [r for r in kept if r["parent_uid"] is None]
     replaced = [r for r in originals if r["caption_source"] == "synthetic"]
     fig, ax = figure()
@@ -184,9 +192,9 @@ def _capfilt(parts: list) -> str:
                      f"<td>{html.escape(row['web_text'] or '')} <i>({row['web_score']:.3f})</i></td>"
                      f"<td><ul>{synthetic}</ul></td>"
                      f"<td>{html.escape(row['text'] or '')} ({row['caption_source']})</td></tr>")
-    return (f"<h2>Recaptioning (CapFilt)</h2><p>{len(replaced)} of {len(originals)} kept samples had their web caption "
-            f"replaced by a synthetic one; {len(kept) - len(originals)} extra samples carry further surviving "
-            f"captions.</p><img src='data:image/png;base64,{png(fig)}'/>"
+    return (f"<h2>Recaptioning (CapFilt)</h2><p>{counts['replaced']} of {counts['originals']} kept samples had their "
+            f"web caption replaced by a synthetic one; {counts['kept'] - counts['originals']} extra samples carry "
+            f"further surviving captions.</p><img src='data:image/png;base64,{png(fig)}'/>"
             f"<table><tr><th>image</th><th>web caption (score)</th><th>synthetic captions (scores)</th>"
             f"<th>caption kept</th></tr>{''.join(cells)}</table>")
 
@@ -194,8 +202,6 @@ def _capfilt(parts: list) -> str:
 def _concepts(fit: dict, parts: list) -> str:
     """The concept-balancing section: samples per entry before and after (log-log rank-count
     curves), the head entries and how much they were cut, the share that matched nothing."""
-    import pyarrow.compute as pc
-
     from curate.metadata import rank_profile
 
     after: Counter = Counter()

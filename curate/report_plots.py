@@ -16,7 +16,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as ds
 
 from curate import provenance as runs
 from curate import samples
@@ -189,14 +188,21 @@ def _with_languages(table: pa.Table, stages: list[dict]) -> pa.Table:
     return table.append_column("lang", stage.process(table).table.column("lang"))
 
 
-def sample_rows(parts: list, columns: list[str], limit: int = SAMPLE_ROWS):
-    """At most about `limit` kept rows, every k-th of the whole output, read batch by batch (the
-    report's distributions are drawn from this sample, whatever the run's size)."""
-    dataset = ds.dataset(parts, format="parquet")
-    step = max(1, -(-dataset.count_rows() // limit))
-    pieces, seen = [], 0
-    for batch in dataset.to_batches(columns=columns):
-        first = (-seen) % step
-        pieces.append(batch.take(pa.array(range(first, batch.num_rows, step), pa.int64())))  # typed: an empty take too
-        seen += batch.num_rows
-    return pa.Table.from_batches(pieces) if pieces else None
+def sample_rows(parts: list, columns: list[str], limit: int = SAMPLE_ROWS) -> pa.Table | None:
+    """About `limit` kept rows (`columns` where present): whole parts in a seeded order, the last
+    one cut, read batch by batch, as the pool's sample is drawn; the report's distributions come
+    from it, so the run's end reads a bounded share of the output however large the run."""
+    import pyarrow.parquet as pq
+
+    pieces, left = [], limit
+    for index in samples.task_order(range(len(parts)), SEED):
+        if left <= 0:
+            break
+        source = pq.ParquetFile(parts[index])
+        present = [c for c in columns if c in source.schema_arrow.names]
+        for batch in source.iter_batches(columns=present):
+            pieces.append(pa.Table.from_batches([batch.slice(0, left)]))
+            left -= pieces[-1].num_rows
+            if left <= 0:
+                break
+    return pa.concat_tables(pieces, promote_options="default") if pieces else None

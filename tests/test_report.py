@@ -109,3 +109,25 @@ def test_fold_fits_merges_a_global_stage_with_its_fit_row():
                "reasons": {"near_duplicate": 3}}]
     assert fold_fits(stages) == [stages[0], {"key": "1:near_dedup", "name": "near_dedup", "in": 9, "out": 5,
                                              "rejected": 4, "reasons": {"near_duplicate": 3, "phash_failed": 1}}]
+
+
+def test_the_kept_sample_reads_whole_parts_up_to_its_limit(tmp_path):
+    """The distributions' sample is bounded whatever the output's size: whole parts in a seeded
+    order, the last one cut, not every k-th row of every part."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from curate.report_plots import sample_rows
+
+    parts = []
+    for i in range(6):
+        parts.append(tmp_path / f"part-{i:05d}.parquet")
+        pq.write_table(pa.table({"uid": [f"{i}-{j}" for j in range(100)], "text": ["t"] * 100}), parts[-1],
+                       row_group_size=30)
+    sample = sample_rows(parts, ["uid", "clip_score"], limit=150)
+    assert sample.num_rows == 150 and sample.column_names == ["uid"]
+    counts = {}
+    for uid in sample.column("uid").to_pylist():
+        counts[uid.split("-")[0]] = counts.get(uid.split("-")[0], 0) + 1
+    assert sorted(counts.values()) == [50, 100]
+    assert sample_rows(parts, ["uid"], limit=150).equals(sample)  # seeded: the same parts every time
