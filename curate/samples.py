@@ -3,15 +3,18 @@ and `curate inspect`.
 
 The choice is fixed and seeded, and bounded at pool scale: tasks are visited in a seeded order
 and, within a task, rows in the order of a seeded hash of their uid, so the first `n` rejections
-of each (stage, reason) come from the first tasks that have any. Only the ledger parts of the
-tasks visited are read (uid, stage, reason and value, never a whole ledger), and the visit stops
-once every reason has its `n` (the counts come from stats.json). Rejected samples are then read
+of each (stage, reason) come from the first tasks that have any. Only the ledger parts of tasks
+whose completion markers count a reason still wanted are read (uid, stage, reason and value,
+never a whole ledger), so a reason rare in a pool of 10^5 tasks costs the markers' small JSON, not
+every ledger part; and the visit stops once every reason has its `n` (the counts come from
+stats.json). Rejected samples are then read
 back from their input task (a reader stops at the last one wanted), kept ones from their Parquet
 part, so the images read are those of a few tasks, whatever the pool's size.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
 import numpy as np
@@ -69,6 +72,8 @@ def pick_rejected(layout, tasks: list[int], wanted: dict[tuple[str, str], int], 
     for task in task_order(tasks, seed):
         if not left:
             break
+        if not left.keys() & _task_reasons(layout, task):
+            continue
         ledger = _task_ledger(layout, task)
         if not ledger.num_rows:
             continue
@@ -88,6 +93,16 @@ def pick_rejected(layout, tasks: list[int], wanted: dict[tuple[str, str], int], 
                 del left[key]
     tables = [t for key in wanted for t in picked.get(key, [])]
     return pa.concat_tables(tables).cast(PICKED_SCHEMA) if tables else PICKED_SCHEMA.empty_table()
+
+
+def _task_reasons(layout, task: int) -> set[tuple[str, str]]:
+    """The (stage, reason) pairs a task's ledger holds, from its markers' stats (no ledger read)."""
+    found, k = set(), 0
+    while (path := layout.marker(k, task)).exists():
+        for entry in json.loads(path.read_text())["stats"].values():
+            found.update((entry["name"], reason) for reason, count in entry["reasons"].items() if count)
+        k += 1
+    return found
 
 
 def _task_ledger(layout, task: int) -> pa.Table:

@@ -49,6 +49,18 @@ def test_the_visit_stops_once_every_reason_has_its_samples(report_run):
     assert picked["task"].to_pylist() == [samples.task_order(tasks, 0)[0]]
 
 
+def test_a_rare_reason_reads_only_the_ledger_of_the_task_holding_it(report_run):
+    out, stats = report_run
+    layout = CountingLayout(out)
+    tasks = [t.index for t in provenance.input_tasks(provenance.read(out))]
+    rare = ("decode", "missing_image")  # one sample of the report's input
+    holding = [t for t in tasks if rare in samples._task_reasons(RunLayout(out), t)]
+    assert len(holding) == 1 and samples.task_order(tasks, 0).index(holding[0]) > 0  # not the first visited
+    picked = samples.pick_rejected(layout, tasks, {rare: 1})
+    assert picked.num_rows == 1 and picked["task"].to_pylist() == holding
+    assert layout.tasks_read == set(holding)  # the markers said which; no other task's ledger was read
+
+
 def test_rejected_samples_are_read_back_from_their_input(report_run, report_input):
     out, stats = report_run
     run = provenance.read(out)
