@@ -320,5 +320,6 @@ def shared_rows(values: np.ndarray) -> np.ndarray:
     only these exactly (by every key column, a uid): the rows of a random 64-bit key half are
     almost all unique, and one unstable integer sort costs a fifth of a stable one."""
     order = np.argsort(values)
-    ties = values[order][1:] == values[order][:-1]
+    ordered = values[order]
+    ties = ordered[1:] == ordered[:-1]
     return order[np.r_[ties, False] | np.r_[False, ties]] if len(values) else order

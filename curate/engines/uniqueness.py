@@ -66,7 +66,7 @@ def write_task_uids(limits: ReadLimits, item: tuple[InputTask, str]) -> dict:
         given, pairs = np.zeros(0, np.int64), np.zeros(0, UID_DTYPE)
     places = (np.int64(task.index) << TASK_SHIFT) | given.astype(np.int64)
     write_work(pa.Table.from_arrays([pa.array(pairs["f0"].view(np.int64)), pa.array(pairs["f1"].view(np.int64)),
-                                             pa.array(places)], schema=UID_SCHEMA), Path(target))
+                                     pa.array(places)], schema=UID_SCHEMA), Path(target))
     return {"rows": len(pairs), "problem": problem}
 
 
